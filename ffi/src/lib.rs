@@ -1,0 +1,1 @@
+//! bitnet.cpp, the C++ reference (being written).

@@ -1,0 +1,2 @@
+//! bitnet-parity harness library (being written).
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! I2_S flavours and ternary kernels (being written).

@@ -6,5 +6,6 @@
 #![deny(unsafe_code)]
 
 pub mod gguf;
+mod mmap;
 pub mod quant;
 pub mod tokenizer;

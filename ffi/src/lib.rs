@@ -1,1 +1,35 @@
-//! bitnet.cpp, the C++ reference (being written).
+//! bitnet.cpp, the C++ reference, as a Rust library.
+//!
+//! - `build.rs` compiles the pinned bitnet.cpp tree (registry package `bitnet-llm-sys`) into one
+//!   shared library for the host CPU, with the I2_S MAD kernels, cached across builds; see
+//!   [`BuildInfo`] for what was built and how.
+//! - [`sys`](crate::sys) holds bindgen's dynamic-loading bindings (committed; regenerate with
+//!   `scripts/gen-bindings.sh`); a user's library whose headers differ is refused.
+//! - The safe wrapper ([`Reference`], [`Model`], [`Context`], [`GgufTensors`]) is the only place
+//!   with `unsafe`.
+//! - [`worker`] runs the reference in a child process so that an abort or a segfault in C++
+//!   becomes an error value ("reference crashed (signal 6) during ...") in the caller.
+
+mod build_info;
+mod capture;
+mod context;
+mod error;
+mod library;
+mod locate;
+mod model;
+mod quantize;
+mod sys;
+mod tensors;
+pub mod worker;
+
+pub use build_info::{
+    BuildInfo, CompileGroup, CompilerInfo, HeaderPin, IsaInfo, SourceInfo, BAKED_LIBRARY,
+};
+pub use capture::{CaptureFilter, CapturedTensor};
+pub use context::{Context, ContextParams};
+pub use error::{Error, Result};
+pub use library::{set_log_level, LogLevel, Reference};
+pub use locate::{PINNED_HEADERS, PINNED_SOURCE_VERSION};
+pub use model::{Model, ModelInfo};
+pub use quantize::{QuantizeOptions, FTYPE_MOSTLY_I2_S};
+pub use tensors::{GgufTensors, TensorEntry};

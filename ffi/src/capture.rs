@@ -157,11 +157,14 @@ unsafe fn to_f32(
     let mut out = Vec::with_capacity(ne0 * ne1 * ne2 * ne3);
     let base = t.data as *const u8;
     let convert: Box<dyn Fn(*const u8) -> f32> = match t.type_ {
-        // SAFETY (both arms): p points at one element of the tensor (caller's contract).
-        sys::ggml_type_GGML_TYPE_F32 => Box::new(|p| unsafe { (p as *const f32).read_unaligned() }),
-        sys::ggml_type_GGML_TYPE_I32 => {
-            Box::new(|p| unsafe { (p as *const i32).read_unaligned() } as f32)
-        }
+        sys::ggml_type_GGML_TYPE_F32 => Box::new(|p| {
+            // SAFETY: p points at one f32 element of the tensor (caller's contract).
+            unsafe { (p as *const f32).read_unaligned() }
+        }),
+        sys::ggml_type_GGML_TYPE_I32 => Box::new(|p| {
+            // SAFETY: p points at one i32 element of the tensor (caller's contract).
+            unsafe { (p as *const i32).read_unaligned() as f32 }
+        }),
         ty => {
             let lookup = traits.ok_or("no type traits")?;
             // SAFETY: ggml_get_type_traits returns a pointer into a static table for valid types.

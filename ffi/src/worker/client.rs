@@ -1,0 +1,424 @@
+//! The parent side: a handle on a worker process whose methods mirror the safe wrapper.
+
+use std::io::{BufReader, BufWriter};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+
+use super::protocol::{read_frame, tag, write_frame, Dec, Enc, ERR, OK, PROTOCOL_VERSION};
+use super::LibraryChoice;
+use crate::{
+    BuildInfo, CaptureFilter, CapturedTensor, ContextParams, ModelInfo, QuantizeOptions,
+    TensorEntry,
+};
+
+/// What went wrong talking to the worker. A crash or exit of the reference is distinguished
+/// from a request the reference refused, so the caller can keep what it already has.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WorkerError {
+    /// The worker died from a signal (GGML_ASSERT aborts with SIGABRT, 6; a segfault is 11).
+    #[error("reference crashed (signal {signal}{}) during {during}", signal_name(*.signal))]
+    Crashed { signal: i32, during: String },
+    /// The worker exited by itself.
+    #[error("reference exited (code {code}) during {during}")]
+    Exited { code: i32, during: String },
+    /// The reference refused or failed this request; the worker is still usable.
+    #[error("reference error during {during}: {message}")]
+    Request { during: String, message: String },
+    /// The worker could not be started.
+    #[error("cannot start the reference worker: {0}")]
+    Spawn(String),
+    /// The worker answered something unreadable.
+    #[error("reference worker protocol error during {during}: {message}")]
+    Protocol { during: String, message: String },
+    /// A request after the worker died; carries the original failure.
+    #[error("the reference worker is gone ({0})")]
+    Gone(Box<WorkerError>),
+}
+
+impl WorkerError {
+    /// True when the worker process is gone (crashed, exited, or died earlier).
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, WorkerError::Request { .. })
+    }
+
+    /// The signal that killed the worker, if that is what happened.
+    pub fn signal(&self) -> Option<i32> {
+        match self {
+            WorkerError::Crashed { signal, .. } => Some(*signal),
+            WorkerError::Gone(inner) => inner.signal(),
+            _ => None,
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        4 => ", SIGILL",
+        6 => ", SIGABRT",
+        7 => ", SIGBUS",
+        8 => ", SIGFPE",
+        9 => ", SIGKILL",
+        11 => ", SIGSEGV",
+        15 => ", SIGTERM",
+        _ => "",
+    }
+}
+
+/// A running reference worker.
+pub struct RefWorker {
+    child: Child,
+    stdin: Option<BufWriter<ChildStdin>>,
+    stdout: BufReader<ChildStdout>,
+    dead: Option<WorkerError>,
+    build_info: BuildInfo,
+    library: PathBuf,
+    system_info: String,
+    model: Option<ModelInfo>,
+}
+
+impl std::fmt::Debug for RefWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefWorker")
+            .field("pid", &self.child.id())
+            .field("library", &self.library)
+            .finish()
+    }
+}
+
+type R<T> = Result<T, WorkerError>;
+
+impl RefWorker {
+    /// Start `cmd` (a program that calls [`super::serve_stdio`], e.g. `harness cpp-worker`),
+    /// with piped stdin/stdout and inherited stderr, and make it load the chosen library.
+    pub fn spawn(mut cmd: Command, library: LibraryChoice) -> R<RefWorker> {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| WorkerError::Spawn(format!("{:?}: {e}", cmd.get_program())))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(WorkerError::Spawn("no pipes to the child".into()));
+        };
+        let mut w = RefWorker {
+            child,
+            stdin: Some(BufWriter::with_capacity(1 << 16, stdin)),
+            stdout: BufReader::with_capacity(1 << 20, stdout),
+            dead: None,
+            build_info: BuildInfo::baked().map_err(|e| WorkerError::Spawn(e.to_string()))?,
+            library: PathBuf::new(),
+            system_info: String::new(),
+            model: None,
+        };
+        let mut hello = Enc::new().u32(PROTOCOL_VERSION);
+        hello = match &library {
+            LibraryChoice::Default => hello.u8(0),
+            LibraryChoice::Built => hello.u8(1),
+            LibraryChoice::Dir(d) => hello.u8(2).str(&d.to_string_lossy()),
+        };
+        let reply = w.call(
+            tag::HELLO,
+            hello,
+            "start-up (loading the reference library)",
+        )?;
+        let mut d = Dec::new(&reply);
+        let during = "start-up";
+        w.build_info = d.json("build info").map_err(|m| proto(during, m))?;
+        w.library = PathBuf::from(d.str("library path").map_err(|m| proto(during, m))?);
+        w.system_info = d.str("system info").map_err(|m| proto(during, m))?;
+        Ok(w)
+    }
+
+    /// Process id of the worker (for tests and diagnostics).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How the library the worker loaded was built.
+    pub fn build_info(&self) -> &BuildInfo {
+        &self.build_info
+    }
+
+    /// The library the worker loaded.
+    pub fn library_path(&self) -> &Path {
+        &self.library
+    }
+
+    /// llama.cpp's CPU feature line, from the worker.
+    pub fn system_info(&self) -> &str {
+        &self.system_info
+    }
+
+    /// Vocabulary size of the loaded model.
+    pub fn vocab_size(&self) -> Option<usize> {
+        self.model.as_ref().map(|m| m.n_vocab as usize)
+    }
+
+    /// Send one request and read its response, turning a dead worker into Crashed/Exited.
+    fn call(&mut self, t: u8, payload: Enc, during: &str) -> R<Vec<u8>> {
+        if let Some(dead) = &self.dead {
+            return Err(WorkerError::Gone(Box::new(dead.clone())));
+        }
+        let sent = match self.stdin.as_mut() {
+            Some(w) => write_frame(w, t, &payload.0),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        };
+        let frame = match sent {
+            Ok(()) => read_frame(&mut self.stdout),
+            Err(e) => Err(e),
+        };
+        match frame {
+            Ok(Some((OK, body))) => Ok(body),
+            Ok(Some((ERR, body))) => Err(WorkerError::Request {
+                during: during.to_string(),
+                message: String::from_utf8_lossy(&body).into_owned(),
+            }),
+            Ok(Some((other, _))) => Err(proto(during, format!("unknown response tag {other}"))),
+            // End of stream or a broken pipe: the worker is gone; say how.
+            Ok(None) | Err(_) => {
+                let err = self.reap(during);
+                self.dead = Some(err.clone());
+                Err(err)
+            }
+        }
+    }
+
+    /// Wait for a worker whose pipes closed and describe its end.
+    fn reap(&mut self, during: &str) -> WorkerError {
+        self.stdin = None;
+        let status = match self.child.wait() {
+            Ok(s) => s,
+            Err(e) => return proto(during, format!("cannot wait for the worker: {e}")),
+        };
+        describe_exit(status, during)
+    }
+
+    /// Load a model and create its context (replacing any previous one).
+    pub fn load_model(&mut self, path: &Path, params: ContextParams) -> R<ModelInfo> {
+        let during = format!("loading {}", path.display());
+        let p = Enc::new()
+            .str(&path.to_string_lossy())
+            .u32(params.n_ctx)
+            .u32(params.n_threads);
+        let body = self.call(tag::LOAD_MODEL, p, &during)?;
+        let info: ModelInfo = Dec::new(&body)
+            .json("model info")
+            .map_err(|m| proto(&during, m))?;
+        self.model = Some(info.clone());
+        Ok(info)
+    }
+
+    /// Metadata of the loaded model, asked again from the worker.
+    pub fn model_info(&mut self) -> R<ModelInfo> {
+        let body = self.call(tag::MODEL_INFO, Enc::new(), "model info")?;
+        Dec::new(&body)
+            .json("model info")
+            .map_err(|m| proto("model info", m))
+    }
+
+    pub fn tokenize(&mut self, text: &str, add_special: bool, parse_special: bool) -> R<Vec<i32>> {
+        let during = format!("tokenizing {} bytes", text.len());
+        let body = self.call(
+            tag::TOKENIZE,
+            Enc::new().str(text).bool(add_special).bool(parse_special),
+            &during,
+        )?;
+        Dec::new(&body)
+            .i32s("tokens")
+            .map_err(|m| proto(&during, m))
+    }
+
+    pub fn detokenize(
+        &mut self,
+        tokens: &[i32],
+        remove_special: bool,
+        unparse_special: bool,
+    ) -> R<Vec<u8>> {
+        let during = format!("detokenizing {} tokens", tokens.len());
+        let p = Enc::new()
+            .i32s(tokens)
+            .bool(remove_special)
+            .bool(unparse_special);
+        let body = self.call(tag::DETOKENIZE, p, &during)?;
+        Ok(Dec::new(&body)
+            .bytes("text")
+            .map_err(|m| proto(&during, m))?
+            .to_vec())
+    }
+
+    pub fn token_piece(&mut self, token: i32, special: bool) -> R<Vec<u8>> {
+        let during = format!("rendering token {token}");
+        let body = self.call(
+            tag::TOKEN_PIECE,
+            Enc::new().i32(token).bool(special),
+            &during,
+        )?;
+        Ok(Dec::new(&body)
+            .bytes("piece")
+            .map_err(|m| proto(&during, m))?
+            .to_vec())
+    }
+
+    /// Teacher forcing: logits of `token` at `pos` (KV cache kept).
+    pub fn eval_token(&mut self, token: i32, pos: u32) -> R<Vec<f32>> {
+        let during = format!("eval of token {token} at position {pos}");
+        let body = self.call(tag::EVAL_TOKEN, Enc::new().i32(token).u32(pos), &during)?;
+        Dec::new(&body)
+            .f32s("logits")
+            .map_err(|m| proto(&during, m))
+    }
+
+    /// Logits of every position of a batch, row after row.
+    pub fn eval_batch(&mut self, tokens: &[i32], start_pos: u32) -> R<Vec<f32>> {
+        let during = format!(
+            "eval of a batch of {} tokens at position {start_pos}",
+            tokens.len()
+        );
+        let body = self.call(
+            tag::EVAL_BATCH,
+            Enc::new().i32s(tokens).u32(start_pos),
+            &during,
+        )?;
+        Dec::new(&body)
+            .f32s("logits")
+            .map_err(|m| proto(&during, m))
+    }
+
+    /// Logits plus the captured graph nodes for this position.
+    pub fn eval_token_capture(
+        &mut self,
+        token: i32,
+        pos: u32,
+        filter: &CaptureFilter,
+    ) -> R<(Vec<f32>, Vec<CapturedTensor>)> {
+        let during = format!("eval (with capture) of token {token} at position {pos}");
+        let body = self.call(
+            tag::EVAL_CAPTURE,
+            Enc::new().i32(token).u32(pos).json(filter),
+            &during,
+        )?;
+        let mut d = Dec::new(&body);
+        let decode = |d: &mut Dec| -> Result<(Vec<f32>, Vec<CapturedTensor>), String> {
+            let logits = d.f32s("logits")?;
+            let n = d.u32("capture count")?;
+            let mut out = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let mut c: CapturedTensor = d.json("captured tensor")?;
+                c.data = d.f32s("captured data")?;
+                out.push(c);
+            }
+            Ok((logits, out))
+        };
+        decode(&mut d).map_err(|m| proto(&during, m))
+    }
+
+    /// Clear the KV cache.
+    pub fn reset(&mut self) -> R<()> {
+        self.call(tag::RESET, Enc::new(), "reset").map(|_| ())
+    }
+
+    /// Tensors of a GGUF file as ggml reads them.
+    pub fn list_tensors(&mut self, path: &Path) -> R<Vec<TensorEntry>> {
+        let during = format!("listing tensors of {}", path.display());
+        let body = self.call(
+            tag::LIST_TENSORS,
+            Enc::new().str(&path.to_string_lossy()),
+            &during,
+        )?;
+        Dec::new(&body)
+            .json("tensor list")
+            .map_err(|m| proto(&during, m))
+    }
+
+    /// One tensor of a GGUF file, dequantized by ggml's type traits.
+    pub fn dequantize(&mut self, path: &Path, name: &str) -> R<(TensorEntry, Vec<f32>)> {
+        let during = format!("dequantizing {name} of {}", path.display());
+        let body = self.call(
+            tag::DEQUANTIZE,
+            Enc::new().str(&path.to_string_lossy()).str(name),
+            &during,
+        )?;
+        let mut d = Dec::new(&body);
+        let entry = d.json("tensor entry").map_err(|m| proto(&during, m))?;
+        let data = d.f32s("values").map_err(|m| proto(&during, m))?;
+        Ok((entry, data))
+    }
+
+    /// `llama_model_quantize` in the worker; see [`QuantizeOptions::threads`].
+    pub fn quantize(&mut self, input: &Path, output: &Path, options: QuantizeOptions) -> R<()> {
+        let during = format!("quantizing {} to {}", input.display(), output.display());
+        let p = Enc::new()
+            .str(&input.to_string_lossy())
+            .str(&output.to_string_lossy())
+            .json(&options);
+        self.call(tag::QUANTIZE, p, &during).map(|_| ())
+    }
+
+    /// Ask the worker to exit and wait for it.
+    pub fn shutdown(mut self) -> R<ExitStatus> {
+        self.call(tag::SHUTDOWN, Enc::new(), "shutdown")?;
+        self.stdin = None;
+        self.child
+            .wait()
+            .map_err(|e| proto("shutdown", e.to_string()))
+    }
+}
+
+impl Drop for RefWorker {
+    fn drop(&mut self) {
+        // Closing stdin ends a healthy worker; kill covers one stuck in C++.
+        self.stdin = None;
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn proto(during: &str, message: impl Into<String>) -> WorkerError {
+    WorkerError::Protocol {
+        during: during.to_string(),
+        message: message.into(),
+    }
+}
+
+fn describe_exit(status: ExitStatus, during: &str) -> WorkerError {
+    match (status.signal(), status.code()) {
+        (Some(signal), _) => WorkerError::Crashed {
+            signal,
+            during: during.to_string(),
+        },
+        (None, Some(code)) => WorkerError::Exited {
+            code,
+            during: during.to_string(),
+        },
+        (None, None) => proto(during, format!("worker ended with {status}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_messages_name_the_signal_and_the_request() {
+        let e = WorkerError::Crashed {
+            signal: 6,
+            during: "eval of token 5 at position 37".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "reference crashed (signal 6, SIGABRT) during eval of token 5 at position 37"
+        );
+        assert!(e.is_fatal());
+        assert_eq!(WorkerError::Gone(Box::new(e)).signal(), Some(6));
+        let r = WorkerError::Request {
+            during: "x".into(),
+            message: "y".into(),
+        };
+        assert!(!r.is_fatal());
+    }
+}

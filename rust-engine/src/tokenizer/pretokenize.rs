@@ -20,7 +20,7 @@ pub enum PreSplit {
 
 impl PreSplit {
     /// Cuts `text` into words.
-    pub fn split<'t>(self, text: &'t str) -> Vec<&'t str> {
+    pub fn split(self, text: &str) -> Vec<&str> {
         let cuts = Cuts::new(text);
         match self {
             PreSplit::Llama3 => cuts.llama3(),

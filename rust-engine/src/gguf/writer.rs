@@ -127,33 +127,29 @@ impl<W: Write> TensorDataWriter<W> {
 
     /// Writes the whole data of the next tensor (which must be `name`) and its padding.
     pub fn write_tensor_data(&mut self, name: &str, bytes: &[u8]) -> Result<(), GgufError> {
-        self.write_tensor_chunks(name, std::iter::once(bytes))
+        self.write_tensor_with(name, |w| w.write_all(bytes))
     }
 
-    /// Like [`write_tensor_data`](Self::write_tensor_data), but from a sequence of chunks,
-    /// so very large tensors can be produced piecewise.
-    pub fn write_tensor_chunks<'b>(
+    /// Streams the data of the next tensor (which must be `name`): `fill` writes exactly
+    /// the declared number of bytes, in as many pieces as it likes, so very large tensors
+    /// never have to be held in memory.
+    pub fn write_tensor_with(
         &mut self,
         name: &str,
-        chunks: impl IntoIterator<Item = &'b [u8]>,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<(), GgufError> {
-        let t = self
-            .tensors
-            .get(self.next)
-            .ok_or_else(|| writer_err(format!("tensor {name:?} written but every declared tensor is done")))?;
+        let t = self.tensors.get(self.next).ok_or_else(|| {
+            writer_err(format!("tensor {name:?} written but every declared tensor is done"))
+        })?;
         if t.name != name {
             return Err(writer_err(format!("expected data for tensor {:?}, got {name:?}", t.name)));
         }
-        let mut written = 0u64;
-        for c in chunks {
-            written += c.len() as u64;
-            if written > t.n_bytes {
-                return Err(writer_err(format!("tensor {name:?} got more than its {} bytes", t.n_bytes)));
-            }
-            self.out.write_all(c).map_err(|e| GgufError::new(e.into()))?;
-        }
-        if written != t.n_bytes {
-            return Err(writer_err(format!("tensor {name:?} got {written} of its {} bytes", t.n_bytes)));
+        let expected = t.n_bytes;
+        let mut sink = Counted { inner: &mut self.out, written: 0, limit: expected };
+        fill(&mut sink).map_err(|e| GgufError::new(e.into()))?;
+        let written = sink.written;
+        if written != expected {
+            return Err(writer_err(format!("tensor {name:?} got {written} of its {expected} bytes")));
         }
         let pad = written.next_multiple_of(self.alignment) - written;
         self.out.write_all(&vec![0u8; pad as usize]).map_err(|e| GgufError::new(e.into()))?;
@@ -168,6 +164,31 @@ impl<W: Write> TensorDataWriter<W> {
         }
         self.out.flush().map_err(|e| GgufError::new(e.into()))?;
         Ok(self.out)
+    }
+}
+
+/// Passes bytes through, refusing to exceed the tensor's declared size.
+struct Counted<'a, W: Write> {
+    inner: &'a mut W,
+    written: u64,
+    limit: u64,
+}
+
+impl<W: Write> Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written + buf.len() as u64 > self.limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("more than the declared {} bytes", self.limit),
+            ));
+        }
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

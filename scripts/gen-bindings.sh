@@ -47,6 +47,7 @@ FUNCTIONS=(
   ggml_get_first_tensor ggml_get_next_tensor ggml_get_tensor ggml_free
   ggml_backend_buffer_is_host ggml_backend_tensor_get
   gguf_init_from_file gguf_free gguf_get_n_tensors gguf_get_tensor_name gguf_get_tensor_type
+  gguf_get_data_offset gguf_get_tensor_offset gguf_find_tensor
   ggml_cpu_has_avx ggml_cpu_has_avx2 ggml_cpu_has_avx512 ggml_cpu_has_fma ggml_cpu_has_f16c
   ggml_cpu_has_neon
 )

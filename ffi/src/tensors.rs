@@ -1,7 +1,14 @@
-//! Reading a GGUF file's tensors with ggml's own loader and dequantizing them with ggml's own
+//! Reading a GGUF file's tensors with ggml's own parser and dequantizing them with ggml's own
 //! type traits (`to_float`): the ground truth for tensor-level comparisons.
+//!
+//! ggml's `gguf_init_from_file` cannot load I2_S data itself (it sizes the data section with
+//! `ggml_row_size`, which counts an I2_S weight as one byte, and fails reading past the end),
+//! so it parses the header only (`no_alloc`), and each tensor's `ggml_nbytes` bytes are read
+//! from the file at the offset ggml computed — the way llama.cpp's own loader does it.
 
 use std::ffi::{c_void, CStr};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -30,10 +37,11 @@ pub struct TensorEntry {
     pub n_bytes: u64,
 }
 
-/// A GGUF file loaded whole by `gguf_init_from_file` into a ggml context.
+/// A GGUF file parsed by `gguf_init_from_file` (tensor descriptors in a ggml context).
 pub struct GgufTensors {
     api: Arc<Api>,
     path: PathBuf,
+    file: File,
     gguf: NonNull<sys::gguf_context>,
     ctx: NonNull<sys::ggml_context>,
 }
@@ -52,7 +60,7 @@ impl Drop for GgufTensors {
 }
 
 impl Reference {
-    /// Load every tensor of a GGUF file through ggml (the data is read into memory).
+    /// Parse a GGUF file with ggml; tensor data is read on demand.
     pub fn open_gguf_tensors(&self, path: &Path) -> Result<GgufTensors> {
         let err = |reason: String| Error::Tensor {
             path: path.to_path_buf(),
@@ -63,14 +71,15 @@ impl Reference {
         }
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| err("path contains a NUL byte".into()))?;
+        let file = File::open(path).map_err(|e| err(e.to_string()))?;
         let mut ctx: *mut sys::ggml_context = std::ptr::null_mut();
         take_last_error();
-        // SAFETY: valid C string; ctx receives a new ggml context owning the tensor data.
+        // SAFETY: valid C string; ctx receives a new ggml context holding tensor descriptors.
         let gguf = unsafe {
             self.api.raw.gguf_init_from_file(
                 c.as_ptr(),
                 sys::gguf_init_params {
-                    no_alloc: false,
+                    no_alloc: true,
                     ctx: &mut ctx,
                 },
             )
@@ -85,6 +94,7 @@ impl Reference {
         Ok(GgufTensors {
             api: self.api.clone(),
             path: path.to_path_buf(),
+            file,
             gguf,
             ctx,
         })
@@ -147,15 +157,30 @@ impl GgufTensors {
             .collect()
     }
 
-    /// The tensor's bytes exactly as stored (`ggml_nbytes` long).
-    pub fn raw_bytes(&self, name: &str) -> Result<&[u8]> {
+    /// The tensor's bytes exactly as stored (`ggml_nbytes` long), read at ggml's offset.
+    pub fn raw_bytes(&self, name: &str) -> Result<Vec<u8>> {
         let t = self.tensor(name)?;
         let n = self.entry(t).n_bytes as usize;
-        if t.data.is_null() {
-            return Err(self.error(format!("tensor {name} has no data")));
-        }
-        // SAFETY: ggml allocated n bytes at t.data (no_alloc = false) that live as long as self.
-        Ok(unsafe { std::slice::from_raw_parts(t.data as *const u8, n) })
+        let c = std::ffi::CString::new(name)
+            .map_err(|_| self.error(format!("bad tensor name {name:?}")))?;
+        // SAFETY: valid gguf context and C string; the index is checked before use.
+        let offset = unsafe {
+            let i = self.raw().gguf_find_tensor(self.gguf.as_ptr(), c.as_ptr());
+            if i < 0 {
+                return Err(self.error(format!("no tensor named {name:?}")));
+            }
+            self.raw().gguf_get_data_offset(self.gguf.as_ptr())
+                + self.raw().gguf_get_tensor_offset(self.gguf.as_ptr(), i)
+        };
+        let mut buf = vec![0u8; n];
+        self.file
+            .read_exact_at(&mut buf, offset as u64)
+            .map_err(|e| {
+                self.error(format!(
+                    "reading {n} bytes of {name} at offset {offset}: {e}"
+                ))
+            })?;
+        Ok(buf)
     }
 
     /// All values as f32, converted by ggml: F32 copied, other types through their traits'
@@ -164,6 +189,7 @@ impl GgufTensors {
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
         let t = self.tensor(name)?;
         let bytes = self.raw_bytes(name)?;
+        let bytes = bytes.as_slice();
         // SAFETY: reads t's dims only.
         let n = unsafe { self.raw().ggml_nelements(t) }.max(0) as usize;
         let mut out = vec![0f32; n];

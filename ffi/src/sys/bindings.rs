@@ -697,7 +697,14 @@ pub struct BitnetCppApi {
         params: gguf_init_params,
     ) -> *mut gguf_context,
     pub gguf_free: unsafe extern "C" fn(ctx: *mut gguf_context),
+    pub gguf_get_data_offset: unsafe extern "C" fn(ctx: *const gguf_context) -> usize,
     pub gguf_get_n_tensors: unsafe extern "C" fn(ctx: *const gguf_context) -> ::std::os::raw::c_int,
+    pub gguf_find_tensor: unsafe extern "C" fn(
+        ctx: *const gguf_context,
+        name: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int,
+    pub gguf_get_tensor_offset:
+        unsafe extern "C" fn(ctx: *const gguf_context, i: ::std::os::raw::c_int) -> usize,
     pub gguf_get_tensor_name: unsafe extern "C" fn(
         ctx: *const gguf_context,
         i: ::std::os::raw::c_int,
@@ -837,7 +844,10 @@ impl BitnetCppApi {
         let ggml_get_tensor = __library.get(b"ggml_get_tensor\0").map(|sym| *sym)?;
         let gguf_init_from_file = __library.get(b"gguf_init_from_file\0").map(|sym| *sym)?;
         let gguf_free = __library.get(b"gguf_free\0").map(|sym| *sym)?;
+        let gguf_get_data_offset = __library.get(b"gguf_get_data_offset\0").map(|sym| *sym)?;
         let gguf_get_n_tensors = __library.get(b"gguf_get_n_tensors\0").map(|sym| *sym)?;
+        let gguf_find_tensor = __library.get(b"gguf_find_tensor\0").map(|sym| *sym)?;
+        let gguf_get_tensor_offset = __library.get(b"gguf_get_tensor_offset\0").map(|sym| *sym)?;
         let gguf_get_tensor_name = __library.get(b"gguf_get_tensor_name\0").map(|sym| *sym)?;
         let gguf_get_tensor_type = __library.get(b"gguf_get_tensor_type\0").map(|sym| *sym)?;
         let ggml_cpu_has_avx = __library.get(b"ggml_cpu_has_avx\0").map(|sym| *sym)?;
@@ -921,7 +931,10 @@ impl BitnetCppApi {
             ggml_get_tensor,
             gguf_init_from_file,
             gguf_free,
+            gguf_get_data_offset,
             gguf_get_n_tensors,
+            gguf_find_tensor,
+            gguf_get_tensor_offset,
             gguf_get_tensor_name,
             gguf_get_tensor_type,
             ggml_cpu_has_avx,
@@ -1017,8 +1030,25 @@ impl BitnetCppApi {
     pub unsafe fn gguf_free(&self, ctx: *mut gguf_context) {
         (self.gguf_free)(ctx)
     }
+    pub unsafe fn gguf_get_data_offset(&self, ctx: *const gguf_context) -> usize {
+        (self.gguf_get_data_offset)(ctx)
+    }
     pub unsafe fn gguf_get_n_tensors(&self, ctx: *const gguf_context) -> ::std::os::raw::c_int {
         (self.gguf_get_n_tensors)(ctx)
+    }
+    pub unsafe fn gguf_find_tensor(
+        &self,
+        ctx: *const gguf_context,
+        name: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int {
+        (self.gguf_find_tensor)(ctx, name)
+    }
+    pub unsafe fn gguf_get_tensor_offset(
+        &self,
+        ctx: *const gguf_context,
+        i: ::std::os::raw::c_int,
+    ) -> usize {
+        (self.gguf_get_tensor_offset)(ctx, i)
     }
     pub unsafe fn gguf_get_tensor_name(
         &self,

@@ -25,6 +25,9 @@ pub struct Spec {
     pub rope_base: f32,
     pub eps: f32,
     pub seed: u64,
+    /// Writes `attention.value_length` (and sizes attn_v to it) when set; a value different
+    /// from the key length loads fine but trips a GGML_ASSERT when the graph is built.
+    pub value_length: Option<usize>,
 }
 
 impl Spec {
@@ -40,6 +43,7 @@ impl Spec {
             rope_base: 10000.0,
             eps: 1e-5,
             seed: 0x5eed_f32,
+            value_length: None,
         }
     }
 
@@ -157,6 +161,7 @@ pub fn tensors(spec: &Spec, n_vocab: usize) -> Vec<Tensor> {
     let mut rng = Rng::new(spec.seed);
     let e = spec.n_embd;
     let kv = spec.head_dim() * spec.n_head_kv;
+    let v_rows = spec.value_length.unwrap_or(spec.head_dim()) * spec.n_head_kv;
     let mut out = vec![Tensor {
         name: "token_embd.weight".into(),
         dims: vec![e as u64, n_vocab as u64],
@@ -168,7 +173,7 @@ pub fn tensors(spec: &Spec, n_vocab: usize) -> Vec<Tensor> {
         out.push(norm_tensor(&mut rng, b("attn_norm"), e));
         out.push(ternary_tensor(&mut rng, b("attn_q"), e, e));
         out.push(ternary_tensor(&mut rng, b("attn_k"), e, kv));
-        out.push(ternary_tensor(&mut rng, b("attn_v"), e, kv));
+        out.push(ternary_tensor(&mut rng, b("attn_v"), e, v_rows));
         out.push(norm_tensor(&mut rng, b("attn_sub_norm"), e));
         out.push(ternary_tensor(&mut rng, b("attn_output"), e, e));
         out.push(norm_tensor(&mut rng, b("ffn_norm"), e));
@@ -228,6 +233,10 @@ pub fn write_f32_model(dir: &Path, name: &str, spec: &Spec) -> PathBuf {
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(v.eos)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)),
     ];
+    let mut meta = meta;
+    if let Some(v) = spec.value_length {
+        meta.push((k("attention.value_length"), Value::U32(v as u32)));
+    }
     for (key, value) in meta {
         w.add_metadata(key, value).unwrap();
     }

@@ -1,0 +1,234 @@
+//! AVX2 kernels: the QK256 integer dot product and activation quantization.
+//!
+//! Both must equal their scalar twins in [`scalar`](super::scalar) and
+//! [`act`](super::act) bit for bit; `tests/quant_kernels.rs` holds them together.
+//!
+//! # The QK256 dot, and how it differs from the reference's
+//!
+//! One 32-byte chunk of weights holds 128 codes: byte `b` has elements `b`, `b+32`, `b+64`,
+//! `b+96` in bits 7–6, 5–4, 3–2, 1–0. Shifting the chunk right by 6/4/2/0 (16-bit lanes;
+//! the mask removes what crosses bytes) and masking with 3 gives four vectors of 32 codes
+//! that line up with four contiguous 32-byte runs of activations. `vpmaddubsw` multiplies
+//! codes (unsigned, 0..3) by activations (signed) and adds adjacent pairs into i16; that
+//! never saturates (|pair| ≤ 2·3·128 = 768).
+//!
+//! The reference (`ggml_vec_dot_i2_i8_s_1x1`) then adds those i16 lanes over up to 32 chunks
+//! before widening: each lane can reach 32·4·2·2·127 = 65024, which wraps. We widen to i32
+//! every [`GROUP_CHUNKS`] chunks (each lane then stays within ±8·4·768 = ±24576, even with the
+//! invalid code 3), so our sums are exact for every byte pattern.
+//!
+//! Several rows are processed per pass so the four activation loads of a chunk are shared.
+
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::*;
+
+use super::act::{nearest_int_from_biased, ACT_MAX_FLOOR, NEAREST_INT_MAGIC};
+
+/// Chunks (of 128 elements) accumulated in i16 lanes before widening to i32. Each chunk adds
+/// at most 4·768 = 3072 in magnitude to a lane; 8 chunks stay below 2¹⁵.
+pub(crate) const GROUP_CHUNKS: usize = 8;
+
+/// Proof that this CPU has AVX2 and FMA: only [`detect`](Self::detect) creates one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Avx2Token(());
+
+impl Avx2Token {
+    pub(crate) fn detect() -> Option<Self> {
+        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+            .then_some(Avx2Token(()))
+    }
+}
+
+/// `Σ c·q` (codes 0..3 as stored, not minus one) for `R` weight rows in the x86 I2_S layout
+/// against one activation row `q`.
+///
+/// # Panics
+/// If a row's byte length times 4 differs from `q.len()`, or `q.len()` is not a multiple of 128.
+#[inline]
+pub(crate) fn qk256_dots<const R: usize>(_t: Avx2Token, rows: [&[u8]; R], q: &[i8]) -> [i32; R] {
+    assert!(
+        q.len() % 128 == 0,
+        "QK256 row length must be a multiple of 128"
+    );
+    for r in &rows {
+        assert_eq!(
+            r.len() * 4,
+            q.len(),
+            "QK256 weight row and activations differ in length"
+        );
+    }
+    // SAFETY: the token proves AVX2 is available; every row holds `q.len() / 4` bytes and `q`
+    // holds `128 · (q.len() / 128)` values, which is all the kernel reads.
+    unsafe { qk256_dots_avx2::<R>(rows.map(|r| r.as_ptr()), q.as_ptr(), q.len() / 128) }
+}
+
+/// # Safety
+/// AVX2 must be available; each `w[r]` must be valid for `32 · chunks` bytes and `q` for
+/// `128 · chunks` bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn qk256_dots_avx2<const R: usize>(
+    w: [*const u8; R],
+    q: *const i8,
+    chunks: usize,
+) -> [i32; R] {
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc32 = [_mm256_setzero_si256(); R];
+    let mut start = 0;
+    while start < chunks {
+        let end = (start + GROUP_CHUNKS).min(chunks);
+        let mut acc16 = [_mm256_setzero_si256(); R];
+        for c in start..end {
+            // SAFETY: c < chunks, so the 128 activations at 128·c and the 32 weight bytes at
+            // 32·c are in bounds (caller contract); unaligned loads have no other requirement.
+            let (a0, a1, a2, a3, wv) = unsafe {
+                let qp = q.add(128 * c) as *const __m256i;
+                let a = (
+                    _mm256_loadu_si256(qp),
+                    _mm256_loadu_si256(qp.add(1)),
+                    _mm256_loadu_si256(qp.add(2)),
+                    _mm256_loadu_si256(qp.add(3)),
+                );
+                let wv: [__m256i; R] =
+                    std::array::from_fn(|r| _mm256_loadu_si256(w[r].add(32 * c) as *const __m256i));
+                (a.0, a.1, a.2, a.3, wv)
+            };
+            for r in 0..R {
+                let c0 = _mm256_and_si256(_mm256_srli_epi16::<6>(wv[r]), mask);
+                let c1 = _mm256_and_si256(_mm256_srli_epi16::<4>(wv[r]), mask);
+                let c2 = _mm256_and_si256(_mm256_srli_epi16::<2>(wv[r]), mask);
+                let c3 = _mm256_and_si256(wv[r], mask);
+                let p01 =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(c0, a0), _mm256_maddubs_epi16(c1, a1));
+                let p23 =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(c2, a2), _mm256_maddubs_epi16(c3, a3));
+                acc16[r] = _mm256_add_epi16(acc16[r], _mm256_add_epi16(p01, p23));
+            }
+        }
+        for r in 0..R {
+            acc32[r] = _mm256_add_epi32(acc32[r], _mm256_madd_epi16(acc16[r], ones));
+        }
+        start = end;
+    }
+    acc32.map(|v| hsum_i32(v))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Quantizes `x` into `q` like the reference's `quantize_row_i8_s` (fused or unfused
+/// rounding). Returns `None`, leaving `q` unspecified, when `x` contains a NaN: the caller
+/// then uses the scalar mirror, whose `MAX` recurrence handles NaN as the reference does.
+///
+/// # Panics
+/// If `x.len() != q.len()`.
+pub(crate) fn quantize_row(
+    _t: Avx2Token,
+    x: &[f32],
+    q: &mut [i8],
+    fused: bool,
+) -> Option<(f32, i32)> {
+    assert_eq!(x.len(), q.len());
+    // SAFETY: the token proves AVX2 and FMA are available.
+    let max_abs = unsafe { max_abs_avx2(x) }?;
+    // Without NaN the reference's MAX recurrence is the plain maximum, floored at 1e-5.
+    let max = f64::from(max_abs).max(ACT_MAX_FLOOR);
+    let s = (127.0 / max) as f32;
+    // SAFETY: as above; `x` and `q` have equal lengths (asserted).
+    let sum = unsafe { quantize_avx2(x, q, s, fused) };
+    Some((s, sum))
+}
+
+/// Max of |x_i| in f32, or `None` if some x_i is NaN.
+///
+/// # Safety
+/// AVX2 must be available.
+#[target_feature(enable = "avx2")]
+unsafe fn max_abs_avx2(x: &[f32]) -> Option<f32> {
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let mut m = _mm256_setzero_ps();
+    let mut nan = _mm256_setzero_ps();
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        // SAFETY: `c` has exactly 8 f32s; the load is unaligned.
+        let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+        m = _mm256_max_ps(m, _mm256_and_ps(v, abs_mask));
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+    }
+    if _mm256_movemask_ps(nan) != 0 || rest.iter().any(|v| v.is_nan()) {
+        return None;
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` has room for 8 f32s; the store is unaligned.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
+    Some(lanes.iter().chain(rest).fold(0f32, |a, &v| a.max(v.abs())))
+}
+
+/// Writes `q_i = clamp(nearest_int(x_i·s), -128, 127)` and returns `Σ q_i` (wrapping).
+///
+/// # Safety
+/// AVX2 and FMA must be available; `x.len() == q.len()`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_avx2(x: &[f32], q: &mut [i8], s: f32, fused: bool) -> i32 {
+    let sv = _mm256_set1_ps(s);
+    let magic = _mm256_set1_ps(NEAREST_INT_MAGIC);
+    let mant = _mm256_set1_epi32(0x007f_ffff);
+    let bias = _mm256_set1_epi32(0x0040_0000);
+    let lo = _mm256_set1_epi32(-128);
+    let hi = _mm256_set1_epi32(127);
+    // packs_epi32 + packs_epi16 leave 4-byte groups in the order 0 2 4 6 1 3 5 7 (by source
+    // half-lane); this permutation restores element order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let mut sum = _mm256_setzero_si256();
+
+    let to_int = |v: __m256| {
+        let biased = if fused {
+            _mm256_fmadd_ps(v, sv, magic)
+        } else {
+            _mm256_add_ps(_mm256_mul_ps(v, sv), magic)
+        };
+        let i = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(biased), mant), bias);
+        _mm256_min_epi32(_mm256_max_epi32(i, lo), hi)
+    };
+
+    let xs = x.chunks_exact(32);
+    let x_rest = xs.remainder();
+    let mut qs = q.chunks_exact_mut(32);
+    for (xc, qc) in xs.zip(&mut qs) {
+        // SAFETY: `xc` holds 32 f32s, read as four unaligned loads of 8.
+        let v: [__m256; 4] =
+            std::array::from_fn(|k| unsafe { _mm256_loadu_ps(xc.as_ptr().add(8 * k)) });
+        let i: [__m256i; 4] = v.map(to_int);
+        sum = _mm256_add_epi32(
+            sum,
+            _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3])),
+        );
+        let b = _mm256_packs_epi16(
+            _mm256_packs_epi32(i[0], i[1]),
+            _mm256_packs_epi32(i[2], i[3]),
+        );
+        let b = _mm256_permutevar8x32_epi32(b, order);
+        // SAFETY: `qc` holds 32 bytes; the store is unaligned.
+        unsafe { _mm256_storeu_si256(qc.as_mut_ptr() as *mut __m256i, b) };
+    }
+    let mut total = hsum_i32(sum);
+    for (d, &v) in qs.into_remainder().iter_mut().zip(x_rest) {
+        let biased = if fused {
+            v.mul_add(s, NEAREST_INT_MAGIC)
+        } else {
+            v * s + NEAREST_INT_MAGIC
+        };
+        let i = nearest_int_from_biased(biased).clamp(-128, 127);
+        total = total.wrapping_add(i);
+        *d = i as i8;
+    }
+    total
+}

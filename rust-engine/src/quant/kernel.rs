@@ -1,0 +1,126 @@
+//! Run-time kernel selection: scalar or AVX2, chosen once, with a reportable name.
+//!
+//! `BITNET_QK256_IMPL` = `scalar` | `avx2` | `auto` (default: the best this CPU runs).
+//! Every kernel computes the same exact integer sums, so the choice changes speed only.
+
+use std::sync::OnceLock;
+
+use super::error::QuantError;
+
+/// Environment variable choosing the QK256 kernel.
+pub const KERNEL_ENV: &str = "BITNET_QK256_IMPL";
+
+/// A kernel implementation. Only constructible for kernels this CPU can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Qk256Kernel(Imp);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Imp {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2(super::avx2::Avx2Token),
+}
+
+impl Qk256Kernel {
+    /// The portable scalar kernel: plain loops, the oracle the SIMD kernels are tested against.
+    pub fn scalar() -> Self {
+        Qk256Kernel(Imp::Scalar)
+    }
+
+    /// The AVX2 kernel (needs AVX2 and FMA), if this CPU has them.
+    pub fn avx2() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            super::avx2::Avx2Token::detect().map(|t| Qk256Kernel(Imp::Avx2(t)))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
+    }
+
+    /// The fastest kernel this CPU runs.
+    pub fn best() -> Self {
+        Self::avx2().unwrap_or_else(Self::scalar)
+    }
+
+    /// Resolves a setting (`None`, `""` or `auto`: best; `scalar`; `avx2`), case-insensitive.
+    /// Asking for a kernel this CPU cannot run is an error, never a silent fallback.
+    pub fn resolve(setting: Option<&str>) -> Result<Self, QuantError> {
+        let value = setting.map(str::trim).unwrap_or("");
+        match value.to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(Self::best()),
+            "scalar" => Ok(Self::scalar()),
+            "avx2" => Self::avx2().ok_or(QuantError::KernelUnavailable {
+                kernel: "avx2",
+                reason: "the CPU lacks AVX2 or FMA",
+            }),
+            _ => Err(QuantError::UnknownKernel {
+                value: value.to_string(),
+                origin: KERNEL_ENV,
+            }),
+        }
+    }
+
+    /// The kernel selected by `BITNET_QK256_IMPL`, resolved once per process.
+    pub fn from_env() -> Result<Self, QuantError> {
+        static CHOSEN: OnceLock<Result<Qk256Kernel, QuantError>> = OnceLock::new();
+        CHOSEN
+            .get_or_init(|| {
+                let value = std::env::var(KERNEL_ENV).ok();
+                Self::resolve(value.as_deref())
+            })
+            .clone()
+    }
+
+    /// `"scalar"` or `"avx2"`.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            Imp::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx2(_) => "avx2",
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn avx2_token(self) -> Option<super::avx2::Avx2Token> {
+        match self.0 {
+            Imp::Avx2(t) => Some(t),
+            Imp::Scalar => None,
+        }
+    }
+}
+
+/// Name of the kernel selected by `BITNET_QK256_IMPL` (`"scalar"` or `"avx2"`), or
+/// `"invalid"` when the variable holds a bad value (building a matrix then reports the error).
+pub fn kernel_name() -> &'static str {
+    Qk256Kernel::from_env().map_or("invalid", Qk256Kernel::name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_settings() {
+        assert_eq!(
+            Qk256Kernel::resolve(Some("scalar")).unwrap().name(),
+            "scalar"
+        );
+        assert_eq!(
+            Qk256Kernel::resolve(Some(" Scalar ")).unwrap().name(),
+            "scalar"
+        );
+        assert_eq!(Qk256Kernel::resolve(None).unwrap(), Qk256Kernel::best());
+        assert_eq!(
+            Qk256Kernel::resolve(Some("auto")).unwrap(),
+            Qk256Kernel::best()
+        );
+        match Qk256Kernel::resolve(Some("avx2")) {
+            Ok(k) => assert_eq!(k.name(), "avx2"),
+            Err(e) => assert!(matches!(e, QuantError::KernelUnavailable { .. })),
+        }
+        let err = Qk256Kernel::resolve(Some("neon")).unwrap_err();
+        assert!(err.to_string().contains("neon"), "{err}");
+    }
+}

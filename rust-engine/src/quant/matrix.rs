@@ -1,0 +1,426 @@
+//! A ternary weight matrix borrowed from the GGUF map, with matvec, matmul and dequantize.
+//!
+//! Shapes follow ggml: the tensor's `dims[0]` is `cols` (the input dimension, the row
+//! length) and `dims[1]` is `rows` (the output dimension). `matvec` computes
+//! `out[r] = Σ_i W[r, i] · x[i]` with `x` quantized by [`QuantizedActs`].
+//!
+//! Float epilogues (the integer parts are exact, so these fix the result bit for bit):
+//! - x86 / ARM I2_S: `y = ((float)Σc·q − (float)Σq) / s · w`, the reference's
+//!   `(tmp[row] - act_sums[i]) / act_scales[i] * (*scale)` in f32, in that order.
+//! - BitNet32F16 / Split32WithSibling (no reference exists): `acc = Σ_b d_b · (float)isum_b`
+//!   summed in f32 over blocks in order, then `y = acc / s`, where
+//!   `isum_b = Σ_{j∈b} (c_j − 1)·q_j`.
+
+use std::ops::Range;
+
+use half::f16;
+
+use super::act::QuantizedActs;
+use super::error::QuantError;
+use super::flavor::I2sFlavor;
+use super::kernel::Qk256Kernel;
+use super::layout::{
+    unpack_codes, ARM_GROUP_BYTES, BITNET32_F16_BLOCK_BYTES, BLOCK32_CODE_BYTES, CODE_VALUE,
+    X86_GROUP_BYTES,
+};
+use super::pack::SiblingScaleType;
+use super::scalar;
+
+/// Rows processed per pass by the SIMD matvec (they share activation loads).
+const ROWS_PER_PASS: usize = 4;
+/// Rows per block in `matmul`, so a block's weights stay in cache across the columns.
+const MATMUL_ROW_BLOCK: usize = 32;
+
+/// Where the scales of a matrix come from.
+#[derive(Debug, Clone, Copy)]
+enum Scales<'a> {
+    /// One f32 for the whole tensor (x86 / ARM I2_S).
+    Tensor(f32),
+    /// An f16 inside every 10-byte block (BitNet32F16).
+    InlineF16,
+    /// A sibling tensor of per-block scales (Split32WithSibling).
+    Sibling(&'a [u8], SiblingScaleType),
+}
+
+/// A ternary matrix of `rows × cols`, borrowing its bytes (typically from the GGUF map).
+#[derive(Debug, Clone)]
+pub struct TernaryMatrix<'a> {
+    name: String,
+    flavor: I2sFlavor,
+    codes: &'a [u8],
+    rows: usize,
+    cols: usize,
+    scales: Scales<'a>,
+    kernel: Qk256Kernel,
+}
+
+impl<'a> TernaryMatrix<'a> {
+    /// Wraps `data` as a `rows × cols` matrix of `flavor`, checking sizes and reading the
+    /// tensor scale. `sibling_scales` (the bytes of `<name>.scale`) is required for
+    /// Split32WithSibling — f32 or f16 is told apart by its length — and ignored otherwise.
+    /// Uses the kernel selected by `BITNET_QK256_IMPL` (an invalid value is an error here).
+    pub fn new(
+        name: &str,
+        flavor: I2sFlavor,
+        data: &'a [u8],
+        rows: usize,
+        cols: usize,
+        sibling_scales: Option<&'a [u8]>,
+    ) -> Result<Self, QuantError> {
+        let kernel = Qk256Kernel::from_env()?;
+        let dims = [cols as u64, rows as u64];
+        let expected = flavor
+            .required_bytes(&dims)
+            .ok_or_else(|| QuantError::BadShape {
+                tensor: name.to_string(),
+                dims: dims.to_vec(),
+                reason: format!(
+                    "{} needs a non-zero shape whose row length is a multiple of {}",
+                    flavor.name(),
+                    flavor.row_multiple()
+                ),
+            })?;
+        if data.len() as u64 != expected {
+            return Err(QuantError::SizeMismatch {
+                tensor: name.to_string(),
+                flavor: flavor.name(),
+                rows,
+                cols,
+                expected,
+                actual: data.len() as u64,
+            });
+        }
+        let n = rows * cols;
+        let (codes, scales) = match flavor {
+            I2sFlavor::X86Qk256 | I2sFlavor::Arm64 => {
+                let (codes, tail) = data.split_at(n / 4);
+                let scale = f32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+                (codes, Scales::Tensor(scale))
+            }
+            I2sFlavor::BitNet32F16 => (data, Scales::InlineF16),
+            I2sFlavor::Split32WithSibling => {
+                let sib = sibling_scales.ok_or_else(|| QuantError::SiblingScale {
+                    tensor: name.to_string(),
+                    reason: format!("the sibling `{name}.scale` tensor is missing"),
+                })?;
+                let blocks = n / 32;
+                let ty = if sib.len() == blocks * 4 {
+                    SiblingScaleType::F32
+                } else if sib.len() == blocks * 2 {
+                    SiblingScaleType::F16
+                } else {
+                    return Err(QuantError::SiblingScale {
+                        tensor: name.to_string(),
+                        reason: format!(
+                            "`{name}.scale` has {} bytes; {blocks} block scales need {} (f32) \
+                             or {} (f16)",
+                            sib.len(),
+                            blocks * 4,
+                            blocks * 2
+                        ),
+                    });
+                };
+                (data, Scales::Sibling(sib, ty))
+            }
+        };
+        Ok(TernaryMatrix {
+            name: name.to_string(),
+            flavor,
+            codes,
+            rows,
+            cols,
+            scales,
+            kernel,
+        })
+    }
+
+    /// The same matrix computed with another kernel (results are identical; speed differs).
+    pub fn with_kernel(mut self, kernel: Qk256Kernel) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
+    /// Tensor name given at construction.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Number of rows (output dimension, ggml `dims[1]`).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Row length (input dimension, ggml `dims[0]`).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The flavour.
+    pub fn flavor(&self) -> I2sFlavor {
+        self.flavor
+    }
+
+    /// The kernel used by matvec/matmul.
+    pub fn kernel(&self) -> Qk256Kernel {
+        self.kernel
+    }
+
+    /// The single f32 scale of an x86 / ARM I2_S tensor; `None` for block-scaled flavours.
+    pub fn tensor_scale(&self) -> Option<f32> {
+        match self.scales {
+            Scales::Tensor(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Bytes of packed weights streamed by one full matvec (codes and scales).
+    pub fn packed_bytes(&self) -> usize {
+        match self.scales {
+            Scales::Sibling(s, _) => self.codes.len() + s.len(),
+            _ => self.codes.len(),
+        }
+    }
+
+    /// Bytes of one row in `codes` (for block flavours, including inline scales).
+    fn row_bytes(&self) -> usize {
+        match self.flavor {
+            I2sFlavor::X86Qk256 | I2sFlavor::Arm64 | I2sFlavor::Split32WithSibling => self.cols / 4,
+            I2sFlavor::BitNet32F16 => self.cols / 32 * BITNET32_F16_BLOCK_BYTES,
+        }
+    }
+
+    fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.codes[r * rb..(r + 1) * rb]
+    }
+
+    /// Scale of 32-element block `b` (flattened block index) of a block-scaled flavour.
+    fn block_scale(&self, b: usize) -> f32 {
+        match self.scales {
+            Scales::Tensor(s) => s,
+            Scales::InlineF16 => {
+                let at = b * BITNET32_F16_BLOCK_BYTES + BLOCK32_CODE_BYTES;
+                f16::from_le_bytes([self.codes[at], self.codes[at + 1]]).to_f32()
+            }
+            Scales::Sibling(s, SiblingScaleType::F32) => {
+                f32::from_le_bytes([s[4 * b], s[4 * b + 1], s[4 * b + 2], s[4 * b + 3]])
+            }
+            Scales::Sibling(s, SiblingScaleType::F16) => {
+                f16::from_le_bytes([s[2 * b], s[2 * b + 1]]).to_f32()
+            }
+        }
+    }
+
+    /// The 8 code bytes of block `k` of a row of a block-scaled flavour.
+    fn block_codes(&self, row: &'a [u8], k: usize) -> &'a [u8] {
+        let stride = match self.flavor {
+            I2sFlavor::BitNet32F16 => BITNET32_F16_BLOCK_BYTES,
+            _ => BLOCK32_CODE_BYTES,
+        };
+        &row[k * stride..k * stride + BLOCK32_CODE_BYTES]
+    }
+
+    /// `out[i] = Σ_j c_{r,j}·q_j` for `r = rows.start + i`: the raw integer sums over the
+    /// stored codes (0..3), before any scale. Exact, and identical for every kernel.
+    ///
+    /// # Panics
+    /// If `q.len() != cols`, `rows` exceeds the matrix or `out.len() != rows.len()`.
+    pub fn code_dots(&self, q: &[i8], rows: Range<usize>, out: &mut [i32]) {
+        assert_eq!(q.len(), self.cols, "activations have the wrong length");
+        assert!(
+            rows.end <= self.rows,
+            "row range {rows:?} exceeds {} rows",
+            self.rows
+        );
+        assert_eq!(
+            out.len(),
+            rows.len(),
+            "output length differs from the row range"
+        );
+        match self.flavor {
+            I2sFlavor::X86Qk256 => self.qk256_dots(q, rows, out),
+            I2sFlavor::Arm64 => {
+                for (o, r) in out.iter_mut().zip(rows) {
+                    *o = scalar::grouped_dot(self.row(r), q, ARM_GROUP_BYTES);
+                }
+            }
+            I2sFlavor::BitNet32F16 | I2sFlavor::Split32WithSibling => {
+                for (o, r) in out.iter_mut().zip(rows) {
+                    let row = self.row(r);
+                    *o = (0..self.cols / 32)
+                        .map(|k| {
+                            let codes = self.block_codes(row, k);
+                            scalar::grouped_dot(codes, &q[32 * k..32 * k + 32], BLOCK32_CODE_BYTES)
+                        })
+                        .fold(0i32, i32::wrapping_add);
+                }
+            }
+        }
+    }
+
+    fn qk256_dots(&self, q: &[i8], rows: Range<usize>, out: &mut [i32]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = self.kernel.avx2_token() {
+            use super::avx2::qk256_dots;
+            let mut r = rows.start;
+            let mut outs = out.chunks_exact_mut(ROWS_PER_PASS);
+            for o in &mut outs {
+                let res =
+                    qk256_dots::<ROWS_PER_PASS>(t, std::array::from_fn(|k| self.row(r + k)), q);
+                o.copy_from_slice(&res);
+                r += ROWS_PER_PASS;
+            }
+            for o in outs.into_remainder() {
+                *o = qk256_dots::<1>(t, [self.row(r)], q)[0];
+                r += 1;
+            }
+            return;
+        }
+        for (o, r) in out.iter_mut().zip(rows) {
+            *o = scalar::grouped_dot(self.row(r), q, X86_GROUP_BYTES);
+        }
+    }
+
+    /// `out = W · x` for all rows.
+    ///
+    /// # Panics
+    /// If `x.len() != cols` or `out.len() != rows`.
+    pub fn matvec(&self, x: &QuantizedActs, out: &mut [f32]) {
+        self.matvec_rows(x, 0..self.rows, out);
+    }
+
+    /// `out[i] = (W · x)[rows.start + i]`: a slice of the output, for splitting rows across
+    /// threads. Allocates nothing.
+    ///
+    /// # Panics
+    /// If `x.len() != cols`, `rows` exceeds the matrix or `out.len() != rows.len()`.
+    pub fn matvec_rows(&self, x: &QuantizedActs, rows: Range<usize>, out: &mut [f32]) {
+        assert_eq!(
+            x.len(),
+            self.cols,
+            "activations have the wrong length for `{}`",
+            self.name
+        );
+        assert!(
+            rows.end <= self.rows,
+            "row range {rows:?} exceeds {} rows",
+            self.rows
+        );
+        assert_eq!(
+            out.len(),
+            rows.len(),
+            "output length differs from the row range"
+        );
+        let s = x.scale();
+        match self.scales {
+            Scales::Tensor(w) => {
+                let act_sum = x.sum() as f32;
+                // Integer sums in blocks of 64 rows on the stack: no allocation per call.
+                let mut sums = [0i32; 64];
+                let mut start = rows.start;
+                for o in out.chunks_mut(sums.len()) {
+                    let sums = &mut sums[..o.len()];
+                    self.code_dots(x.q(), start..start + o.len(), sums);
+                    for (y, &d) in o.iter_mut().zip(sums.iter()) {
+                        *y = (d as f32 - act_sum) / s * w;
+                    }
+                    start += o.len();
+                }
+            }
+            Scales::InlineF16 | Scales::Sibling(..) => {
+                let q = x.q();
+                let blocks_per_row = self.cols / 32;
+                for (y, r) in out.iter_mut().zip(rows) {
+                    let row = self.row(r);
+                    let mut acc = 0f32;
+                    for k in 0..blocks_per_row {
+                        let isum = scalar::block32_ternary_dot(
+                            self.block_codes(row, k),
+                            &q[32 * k..32 * k + 32],
+                        );
+                        acc += self.block_scale(r * blocks_per_row + k) * isum as f32;
+                    }
+                    *y = acc / s;
+                }
+            }
+        }
+    }
+
+    /// `out[c·rows + r] = (W · xs[c])[r]`: several activation rows (a batch of tokens), each
+    /// output row contiguous as in ggml. Rows are processed in blocks so the weights of a
+    /// block are read from memory once for all columns.
+    ///
+    /// # Panics
+    /// If any `xs[c].len() != cols` or `out.len() != xs.len() · rows`.
+    pub fn matmul(&self, xs: &[QuantizedActs], out: &mut [f32]) {
+        assert_eq!(
+            out.len(),
+            xs.len() * self.rows,
+            "output length must be columns × rows"
+        );
+        let mut start = 0;
+        while start < self.rows {
+            let end = (start + MATMUL_ROW_BLOCK).min(self.rows);
+            for (c, x) in xs.iter().enumerate() {
+                let base = c * self.rows;
+                self.matvec_rows(x, start..end, &mut out[base + start..base + end]);
+            }
+            start = end;
+        }
+    }
+
+    /// Row `r` as f32: `scale · value(code)` with the reference's table `{-1, 0, +1, 0}`
+    /// (so it matches `dequantize_row_i2_s` bit for bit on x86 I2_S).
+    ///
+    /// # Panics
+    /// If `r >= rows` or `out.len() != cols`.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.rows, "row {r} out of range ({} rows)", self.rows);
+        assert_eq!(
+            out.len(),
+            self.cols,
+            "output length must equal the row length"
+        );
+        let row = self.row(r);
+        let mut codes = [0u8; 128];
+        match self.scales {
+            Scales::Tensor(w) => {
+                let g = if self.flavor == I2sFlavor::Arm64 {
+                    ARM_GROUP_BYTES
+                } else {
+                    X86_GROUP_BYTES
+                };
+                let elems = 4 * g;
+                for (bytes, dst) in row.chunks_exact(g).zip(out.chunks_exact_mut(elems)) {
+                    unpack_codes(bytes, g, &mut codes[..elems]);
+                    for (y, &c) in dst.iter_mut().zip(&codes[..elems]) {
+                        *y = w * CODE_VALUE[c as usize];
+                    }
+                }
+            }
+            Scales::InlineF16 | Scales::Sibling(..) => {
+                let blocks_per_row = self.cols / 32;
+                for (k, dst) in out.chunks_exact_mut(32).enumerate() {
+                    let d = self.block_scale(r * blocks_per_row + k);
+                    unpack_codes(
+                        self.block_codes(row, k),
+                        BLOCK32_CODE_BYTES,
+                        &mut codes[..32],
+                    );
+                    for (y, &c) in dst.iter_mut().zip(&codes[..32]) {
+                        *y = d * CODE_VALUE[c as usize];
+                    }
+                }
+            }
+        }
+    }
+
+    /// The whole matrix as f32, row-major (`rows · cols` values).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, dst) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.dequantize_row(r, dst);
+        }
+        out
+    }
+}

@@ -1,0 +1,239 @@
+//! QK256 kernels: AVX2 and scalar agree bit for bit, and both equal a third, naive oracle.
+
+mod quant_common;
+
+use bitnet_engine::quant::layout::{code_at, X86_GROUP_BYTES};
+use bitnet_engine::quant::{pack_i2s_x86, I2sFlavor, Qk256Kernel, QuantizedActs, TernaryMatrix};
+use proptest::prelude::*;
+use quant_common::{random_x86_tensor, Rng};
+
+/// Σ c·q by element index through `code_at`: no chunking, no SIMD, i64.
+fn naive_code_dot(data: &[u8], row: usize, cols: usize, q: &[i8]) -> i64 {
+    let row_bytes = &data[row * cols / 4..(row + 1) * cols / 4];
+    (0..cols)
+        .map(|i| i64::from(code_at(row_bytes, i, X86_GROUP_BYTES)) * i64::from(q[i]))
+        .sum()
+}
+
+fn matrix(data: &[u8], rows: usize, cols: usize, k: Qk256Kernel) -> TernaryMatrix<'_> {
+    TernaryMatrix::new("test.weight", I2sFlavor::X86Qk256, data, rows, cols, None)
+        .unwrap()
+        .with_kernel(k)
+}
+
+fn avx2() -> Option<Qk256Kernel> {
+    let k = Qk256Kernel::avx2();
+    if k.is_none() {
+        eprintln!("AVX2/FMA not available: SIMD comparisons skipped");
+    }
+    k
+}
+
+/// Every row length 128..=8192 (step 128), 5 rows of random bytes: integer sums of both
+/// kernels equal each other and the naive oracle, for whole matrices and row ranges.
+#[test]
+fn avx2_equals_scalar_for_every_row_length() {
+    let Some(simd) = avx2() else { return };
+    let mut rng = Rng::new(1);
+    for cols in (128..=8192).step_by(128) {
+        let rows = 5;
+        let data = random_x86_tensor(&mut rng, rows, cols, 0.37);
+        let q = rng.i8s(cols);
+        let mut a = vec![0i32; rows];
+        let mut b = vec![0i32; rows];
+        matrix(&data, rows, cols, Qk256Kernel::scalar()).code_dots(&q, 0..rows, &mut a);
+        matrix(&data, rows, cols, simd).code_dots(&q, 0..rows, &mut b);
+        assert_eq!(a, b, "cols {cols}");
+        for (r, &v) in a.iter().enumerate() {
+            assert_eq!(
+                i64::from(v),
+                naive_code_dot(&data, r, cols, &q),
+                "cols {cols} row {r}"
+            );
+        }
+        let mut part = vec![0i32; 3];
+        matrix(&data, rows, cols, simd).code_dots(&q, 1..4, &mut part);
+        assert_eq!(part, a[1..4], "cols {cols} rows 1..4");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// Random codes (any byte), activations, row lengths and row ranges: the f32 outputs
+    /// of matvec, matvec_rows and matmul are bit-identical between kernels.
+    #[test]
+    fn matvec_bit_identical(
+        chunks in 1usize..=64,
+        rows in 1usize..=11,
+        seed in any::<u64>(),
+        scale in 0.001f32..10.0,
+        range_seed in any::<(usize, usize)>(),
+    ) {
+        let Some(simd) = Qk256Kernel::avx2() else { return Ok(()) };
+        let cols = chunks * 128;
+        let mut rng = Rng::new(seed);
+        let data = random_x86_tensor(&mut rng, rows, cols, scale);
+        let x = rng.activations(cols);
+        let mut acts = QuantizedActs::with_kernel(cols, simd);
+        acts.quantize(&x);
+
+        let ms = matrix(&data, rows, cols, Qk256Kernel::scalar());
+        let mv = matrix(&data, rows, cols, simd);
+        let mut ys = vec![0f32; rows];
+        let mut yv = vec![0f32; rows];
+        ms.matvec(&acts, &mut ys);
+        mv.matvec(&acts, &mut yv);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&ys), bits(&yv));
+
+        let lo = range_seed.0 % rows;
+        let hi = lo + range_seed.1 % (rows - lo + 1);
+        let mut part = vec![0f32; hi - lo];
+        mv.matvec_rows(&acts, lo..hi, &mut part);
+        prop_assert_eq!(bits(&part), bits(&ys[lo..hi]));
+
+        let mut acts2 = QuantizedActs::with_kernel(cols, simd);
+        acts2.quantize(&rng.activations(cols));
+        let batch = [acts, acts2];
+        let mut ym = vec![0f32; 2 * rows];
+        mv.matmul(&batch, &mut ym);
+        let mut y2 = vec![0f32; rows];
+        ms.matvec(&batch[1], &mut y2);
+        prop_assert_eq!(bits(&ym[..rows]), bits(&ys));
+        prop_assert_eq!(bits(&ym[rows..]), bits(&y2));
+    }
+}
+
+/// The reference's AVX2 dot adds `vpmaddubsw` results in int16 lanes over up to 32 chunks
+/// before widening. With codes 2 (+1) and activations 127 over 32 chunks, one lane would
+/// need 32 · 4 · (2·127 + 2·127) = 65024 > 32767, so the reference's lanes wrap (its sum
+/// comes out as −8192 on this input). Ours is the exact Σc·q.
+#[test]
+fn extreme_input_gives_exact_sum_where_reference_lanes_wrap() {
+    let cols = 4096; // 32 chunks: one full reference group
+    let ternary = vec![1i8; cols];
+    let data = pack_i2s_x86(&ternary, 1.0).unwrap();
+    let q = vec![127i8; cols];
+
+    // The per-lane partial sum the reference keeps in int16 (16 lanes over 32 chunks):
+    let lane_sum: i64 = 32 * 4 * (2 * 127 + 2 * 127);
+    assert!(
+        lane_sum > i64::from(i16::MAX),
+        "the input must overflow an int16 lane"
+    );
+
+    let exact = (cols as i64) * 2 * 127;
+    for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()]
+        .into_iter()
+        .flatten()
+    {
+        let mut out = [0i32];
+        matrix(&data, 1, cols, k).code_dots(&q, 0..1, &mut out);
+        assert_eq!(i64::from(out[0]), exact, "kernel {}", k.name());
+    }
+
+    // The same at the most negative end.
+    let q = vec![-128i8; cols];
+    for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()]
+        .into_iter()
+        .flatten()
+    {
+        let mut out = [0i32];
+        matrix(&data, 1, cols, k).code_dots(&q, 0..1, &mut out);
+        assert_eq!(
+            i64::from(out[0]),
+            -(cols as i64) * 2 * 128,
+            "kernel {}",
+            k.name()
+        );
+    }
+}
+
+/// Invalid code 3 in every position with the most negative activations: the widest i16
+/// excursion our AVX2 kernel allows (8 chunks per group); still exact.
+#[test]
+fn code_three_everywhere_is_still_exact() {
+    let cols = 8192;
+    let mut data = vec![0xffu8; cols / 4];
+    data.extend_from_slice(&1.0f32.to_le_bytes());
+    data.resize(cols / 4 + 32, 0);
+    for v in [-128i8, 127] {
+        let q = vec![v; cols];
+        for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()]
+            .into_iter()
+            .flatten()
+        {
+            let mut out = [0i32];
+            matrix(&data, 1, cols, k).code_dots(&q, 0..1, &mut out);
+            assert_eq!(
+                i64::from(out[0]),
+                3 * cols as i64 * i64::from(v),
+                "kernel {}",
+                k.name()
+            );
+        }
+    }
+}
+
+/// The float epilogue is `((float)Σc·q − (float)Σq) / s · w`, computed here from the
+/// ternary values themselves (Σc·q = Σt·q + Σq), independent of packing and kernels.
+#[test]
+fn matvec_follows_the_reference_formula() {
+    let mut rng = Rng::new(7);
+    let (rows, cols) = (6, 2560);
+    let t = rng.ternary(rows * cols);
+    let w = 0.0421f32;
+    let data = pack_i2s_x86(&t, w).unwrap();
+    let x = rng.activations(cols);
+    for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()]
+        .into_iter()
+        .flatten()
+    {
+        let mut acts = QuantizedActs::with_kernel(cols, k);
+        acts.quantize(&x);
+        let mut y = vec![0f32; rows];
+        matrix(&data, rows, cols, k).matvec(&acts, &mut y);
+        for r in 0..rows {
+            let tq: i32 = (0..cols)
+                .map(|i| i32::from(t[r * cols + i]) * i32::from(acts.q()[i]))
+                .sum();
+            let cq = tq + acts.sum();
+            let expected = (cq as f32 - acts.sum() as f32) / acts.scale() * w;
+            assert_eq!(
+                y[r].to_bits(),
+                expected.to_bits(),
+                "kernel {} row {r}",
+                k.name()
+            );
+        }
+    }
+}
+
+/// The process-wide choice honours `BITNET_QK256_IMPL` through `Qk256Kernel::resolve`,
+/// tested with explicit settings (no process environment is mutated).
+#[test]
+fn kernel_override_is_honoured() {
+    assert_eq!(
+        Qk256Kernel::resolve(Some("scalar")).unwrap().name(),
+        "scalar"
+    );
+    assert_eq!(
+        Qk256Kernel::resolve(Some("auto")).unwrap(),
+        Qk256Kernel::best()
+    );
+    assert_eq!(Qk256Kernel::resolve(Some("")).unwrap(), Qk256Kernel::best());
+    if let Some(k) = Qk256Kernel::avx2() {
+        assert_eq!(Qk256Kernel::resolve(Some("AVX2")).unwrap(), k);
+        assert_eq!(Qk256Kernel::best().name(), "avx2");
+    }
+    let err = Qk256Kernel::resolve(Some("avx512"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("avx512") && err.contains("BITNET_QK256_IMPL"),
+        "{err}"
+    );
+    // Whatever the environment says, the reported name is one of the known kernels or "invalid".
+    assert!(["scalar", "avx2", "invalid"].contains(&bitnet_engine::quant::kernel_name()));
+}

@@ -1,0 +1,99 @@
+//! Single-thread matvec throughput, scalar vs AVX2, in GB/s of packed weights. Prints
+//! numbers, asserts nothing about time. Run with
+//! `cargo test --release -p bitnet-engine --test quant_throughput -- --ignored --nocapture`.
+
+mod quant_common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bitnet_engine::quant::{I2sFlavor, Qk256Kernel, QuantizedActs, TernaryMatrix};
+use quant_common::{random_x86_tensor, Rng};
+
+/// Runs `f` repeatedly for about `budget`, returns seconds per call (best of 3 rounds).
+fn time_per_call(budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let mut calls = 0u32;
+        while start.elapsed() < budget / 3 {
+            f();
+            calls += 1;
+        }
+        best = best.min(start.elapsed().as_secs_f64() / f64::from(calls));
+    }
+    best
+}
+
+fn kernels() -> Vec<Qk256Kernel> {
+    [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+#[test]
+#[ignore = "measurement, prints numbers"]
+fn matvec_throughput() {
+    let mut rng = Rng::new(99);
+    println!("single thread, x86 I2_S matvec (codes only; activation quantization separate)");
+    for (rows, cols) in [(2560usize, 2560usize), (6912, 2560), (2560, 6912)] {
+        let data = random_x86_tensor(&mut rng, rows, cols, 0.01);
+        let x = rng.activations(cols);
+        let mut out = vec![0f32; rows];
+        for k in kernels() {
+            let m = TernaryMatrix::new("w", I2sFlavor::X86Qk256, &data, rows, cols, None)
+                .unwrap()
+                .with_kernel(k);
+            let mut acts = QuantizedActs::with_kernel(cols, k);
+            acts.quantize(&x);
+            let t = time_per_call(Duration::from_millis(900), || {
+                m.matvec(black_box(&acts), &mut out);
+                black_box(&out);
+            });
+            let tq = time_per_call(Duration::from_millis(300), || {
+                acts.quantize(black_box(&x));
+            });
+            println!(
+                "  {rows:>5} x {cols:<5} {:<6}: {:>8.1} us  {:>6.2} GB/s   (quantize acts {:.2} us)",
+                k.name(),
+                t * 1e6,
+                m.packed_bytes() as f64 / t / 1e9,
+                tq * 1e6
+            );
+        }
+    }
+
+    // Streaming from memory: cycle through more distinct matrices than the L3 holds.
+    let (rows, cols, count) = (6912usize, 2560usize, 24usize);
+    let mats: Vec<Vec<u8>> = (0..count)
+        .map(|_| random_x86_tensor(&mut rng, rows, cols, 0.01))
+        .collect();
+    let x = rng.activations(cols);
+    let mut out = vec![0f32; rows];
+    for k in kernels() {
+        let ms: Vec<TernaryMatrix<'_>> = mats
+            .iter()
+            .map(|d| {
+                TernaryMatrix::new("w", I2sFlavor::X86Qk256, d, rows, cols, None)
+                    .unwrap()
+                    .with_kernel(k)
+            })
+            .collect();
+        let mut acts = QuantizedActs::with_kernel(cols, k);
+        acts.quantize(&x);
+        let t = time_per_call(Duration::from_millis(1500), || {
+            for m in &ms {
+                m.matvec(black_box(&acts), &mut out);
+            }
+            black_box(&out);
+        });
+        let bytes = ms.iter().map(|m| m.packed_bytes()).sum::<usize>() as f64;
+        println!(
+            "  {count} x ({rows} x {cols}) from DRAM {:<6}: {:>6.2} GB/s",
+            k.name(),
+            bytes / t / 1e9
+        );
+    }
+}

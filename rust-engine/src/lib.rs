@@ -7,5 +7,7 @@
 
 pub mod gguf;
 mod mmap;
+pub mod model;
+pub mod ops;
 pub mod quant;
 pub mod tokenizer;

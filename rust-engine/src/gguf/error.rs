@@ -13,7 +13,8 @@ pub struct GgufError {
     pub path: Option<PathBuf>,
     /// Byte offset in the file where the problem was found, when it has one.
     pub offset: Option<u64>,
-    pub kind: GgufErrorKind,
+    /// Boxed: errors travel through many `Result`s and should stay small.
+    pub kind: Box<GgufErrorKind>,
 }
 
 impl fmt::Display for GgufError {
@@ -30,12 +31,12 @@ impl fmt::Display for GgufError {
 
 impl GgufError {
     pub(crate) fn new(kind: GgufErrorKind) -> Self {
-        GgufError { path: None, offset: None, kind }
+        GgufError { path: None, offset: None, kind: Box::new(kind) }
     }
 
     /// An error found at byte `pos` of the file.
     pub(crate) fn at(pos: usize, kind: GgufErrorKind) -> Self {
-        GgufError { path: None, offset: Some(pos as u64), kind }
+        GgufError { path: None, offset: Some(pos as u64), kind: Box::new(kind) }
     }
 
     pub(crate) fn with_path(mut self, path: impl Into<PathBuf>) -> Self {

@@ -89,8 +89,7 @@ impl GgufFile {
     /// Memory-maps and validates `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref();
-        let bytes = Bytes::map(path)
-            .map_err(|e| GgufError::new(GgufErrorKind::Io(e)).with_path(path))?;
+        let bytes = Bytes::map(path).map_err(|e| GgufError::new(GgufErrorKind::Io(e)).with_path(path))?;
         Self::parse(path.to_path_buf(), bytes).map_err(|e| e.with_path(path))
     }
 
@@ -174,10 +173,7 @@ impl GgufFile {
             let type_at = c.pos;
             let type_id = c.u32(&format!("{what} type"))?;
             let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
-                GgufError::at(
-                    type_at,
-                    GgufErrorKind::UnknownTensorType { tensor: name.clone(), type_id },
-                )
+                GgufError::at(type_at, GgufErrorKind::UnknownTensorType { tensor: name.clone(), type_id })
             })?;
             let n_bytes = ggml_type.tensor_bytes(&dims).map_err(|reason| {
                 GgufError::at(
@@ -289,8 +285,7 @@ impl GgufFile {
 
     fn require(&self, key: &str) -> Result<&Value, GgufError> {
         self.get(key).ok_or_else(|| {
-            GgufError::new(GgufErrorKind::MissingKey { key: key.to_string() })
-                .with_path(&self.path)
+            GgufError::new(GgufErrorKind::MissingKey { key: key.to_string() }).with_path(&self.path)
         })
     }
 
@@ -377,11 +372,7 @@ impl<'a> Cursor<'a> {
         if n > self.remaining() {
             return Err(GgufError::at(
                 self.pos,
-                GgufErrorKind::Truncated {
-                    what: what.to_string(),
-                    needed: n,
-                    available: self.remaining(),
-                },
+                GgufErrorKind::Truncated { what: what.to_string(), needed: n, available: self.remaining() },
             ));
         }
         let s = &self.buf[self.pos..self.pos + n as usize];
@@ -405,7 +396,13 @@ impl<'a> Cursor<'a> {
     }
 
     /// Fails unless `count` items of at least `min_bytes` each fit in what remains.
-    fn bound_count<W: Display + ?Sized>(&self, count: u64, min_bytes: u64, what: &W, at: usize) -> Result<(), GgufError> {
+    fn bound_count<W: Display + ?Sized>(
+        &self,
+        count: u64,
+        min_bytes: u64,
+        what: &W,
+        at: usize,
+    ) -> Result<(), GgufError> {
         let max = self.remaining() / min_bytes;
         if count > max {
             return Err(GgufError::at(
@@ -420,12 +417,16 @@ impl<'a> Cursor<'a> {
         let len_at = self.pos;
         let len = self.u64(&format_args!("{what} length"))?;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| {
-            GgufError::at(len_at, GgufErrorKind::InvalidUtf8 { what: what.to_string() })
-        })
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| GgufError::at(len_at, GgufErrorKind::InvalidUtf8 { what: what.to_string() }))
     }
 
-    fn value<W: Display + ?Sized>(&mut self, vt: ValueType, what: &W, depth: usize) -> Result<Value, GgufError> {
+    fn value<W: Display + ?Sized>(
+        &mut self,
+        vt: ValueType,
+        what: &W,
+        depth: usize,
+    ) -> Result<Value, GgufError> {
         Ok(match vt {
             ValueType::U8 => Value::U8(u8::from_le_bytes(self.array(what)?)),
             ValueType::I8 => Value::I8(i8::from_le_bytes(self.array(what)?)),

@@ -207,10 +207,7 @@ impl GgmlType {
     /// (`dims[0]` is the row length), or `Err` with the reason the shape is impossible.
     /// All arithmetic is checked: absurd shapes give an error, never an overflow.
     pub fn tensor_bytes(self, dims: &[u64]) -> Result<u64, ShapeError> {
-        let n = dims
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .ok_or(ShapeError::Overflow)?;
+        let n = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or(ShapeError::Overflow)?;
         let row_len = dims.first().copied().unwrap_or(1);
         match self.layout() {
             Layout::Blocks { blck, bytes } => {

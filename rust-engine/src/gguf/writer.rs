@@ -36,7 +36,13 @@ impl GgufWriter {
     /// A writer for GGUF `version` (2 or 3; the two are identical for little-endian files).
     /// The alignment is taken from a `general.alignment` u32 entry when one is added.
     pub fn new(version: u32) -> GgufWriter {
-        GgufWriter { version, alignment: DEFAULT_ALIGNMENT, metadata: Vec::new(), tensors: Vec::new(), data_len: 0 }
+        GgufWriter {
+            version,
+            alignment: DEFAULT_ALIGNMENT,
+            metadata: Vec::new(),
+            tensors: Vec::new(),
+            data_len: 0,
+        }
     }
 
     pub fn add_metadata(&mut self, key: impl Into<String>, value: Value) -> Result<(), GgufError> {

@@ -1,0 +1,28 @@
+//! Errors from loading or running a model; each names the tensor, key or value at fault.
+
+use crate::gguf::GgufError;
+use crate::quant::QuantError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+    #[error("architecture {0:?} is not supported (bitnet-b1.58 and bitnet-25 are)")]
+    UnsupportedArchitecture(String),
+    #[error("hyper-parameter {key}: {reason}")]
+    BadHyperParameter { key: String, reason: String },
+    #[error("tensor {0:?} is missing")]
+    MissingTensor(String),
+    #[error("tensor {tensor:?} has shape {found:?}, the hyper-parameters require {expected:?}")]
+    ShapeMismatch { tensor: String, expected: Vec<u64>, found: Vec<u64> },
+    #[error("tensor {tensor:?} has type {ggml_type}, which the engine cannot use there")]
+    UnsupportedType { tensor: String, ggml_type: String },
+    #[error("token id {token} is outside the vocabulary (size {n_vocab})")]
+    TokenOutOfRange { token: u32, n_vocab: usize },
+    #[error("position {pos} is outside the context of {n_ctx} tokens")]
+    ContextFull { pos: usize, n_ctx: usize },
+    #[error("position {pos} skips ahead: positions 0..{filled} are filled, evaluate them in order")]
+    PositionGap { pos: usize, filled: usize },
+}

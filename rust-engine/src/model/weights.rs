@@ -1,0 +1,274 @@
+//! Tensors of the model, borrowed from the map where they are large (I2_S and F16
+//! matrices) and copied to f32 where they are small vectors (norms, biases).
+
+use crate::gguf::{GgmlType, GgufFile, TensorInfo};
+use crate::ops::{dot_f16, dot_f16_f32, dot_f32, f16_to_f32, f32_to_f16};
+use crate::quant::{detect_flavor, FlavorDetection, QuantizedActs, TernaryMatrix};
+
+use super::config::Config;
+use super::error::ModelError;
+
+/// A weight matrix of `rows × cols` (ggml dims `[cols, rows]`): output = W · input.
+pub enum Linear<'a> {
+    /// I2_S (any flavour): int8 activations, exact integer dots.
+    Ternary(TernaryMatrix<'a>),
+    /// F16 bytes from the map: the input is rounded to f16 (the reference's `vec_dot_type`).
+    F16 { data: &'a [u8], rows: usize, cols: usize },
+    /// F32 weights, decoded once at load.
+    F32 { data: Vec<f32>, rows: usize, cols: usize },
+}
+
+/// Scratch the matrix products need, kept across tokens so nothing is allocated per token.
+pub struct LinearScratch {
+    pub acts: QuantizedActs,
+    pub f16_input: Vec<u16>,
+    pub row: Vec<u16>,
+}
+
+impl LinearScratch {
+    pub fn new(max_cols: usize) -> LinearScratch {
+        LinearScratch {
+            acts: QuantizedActs::new(max_cols),
+            f16_input: Vec::with_capacity(max_cols),
+            row: Vec::with_capacity(max_cols),
+        }
+    }
+}
+
+impl<'a> Linear<'a> {
+    pub fn rows(&self) -> usize {
+        match self {
+            Linear::Ternary(m) => m.rows(),
+            Linear::F16 { rows, .. } | Linear::F32 { rows, .. } => *rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Linear::Ternary(m) => m.cols(),
+            Linear::F16 { cols, .. } | Linear::F32 { cols, .. } => *cols,
+        }
+    }
+
+    /// `out = W · x`. `exact_rounding` rounds the input to f16 for F16 weights, as the
+    /// reference does; I2_S inputs are quantized to int8 (ternary weights only ever see
+    /// int8 activations in the reference). `quantized` says `scratch.acts` already holds x.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        scratch: &mut LinearScratch,
+        quantized: bool,
+        exact_rounding: bool,
+    ) {
+        debug_assert_eq!(x.len(), self.cols());
+        debug_assert_eq!(out.len(), self.rows());
+        match self {
+            Linear::Ternary(m) => {
+                if !quantized {
+                    scratch.acts.quantize(x);
+                }
+                m.matvec(&scratch.acts, out);
+            }
+            Linear::F16 { data, cols, .. } => {
+                let row_bytes = cols * 2;
+                if exact_rounding {
+                    scratch.f16_input.clear();
+                    scratch.f16_input.extend(x.iter().map(|&v| f32_to_f16(v)));
+                }
+                for (r, o) in out.iter_mut().enumerate() {
+                    let bytes = &data[r * row_bytes..(r + 1) * row_bytes];
+                    scratch.row.clear();
+                    scratch.row.extend(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])));
+                    *o = if exact_rounding {
+                        dot_f16(&scratch.row, &scratch.f16_input)
+                    } else {
+                        dot_f16_f32(&scratch.row, x)
+                    };
+                }
+            }
+            Linear::F32 { data, cols, .. } => {
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = dot_f32(&data[r * cols..(r + 1) * cols], x);
+                }
+            }
+        }
+    }
+
+    /// Row `r` as f32 (the embedding lookup, `ggml_get_rows`).
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        match self {
+            Linear::Ternary(m) => m.dequantize_row(r, out),
+            Linear::F16 { data, cols, .. } => {
+                let bytes = &data[r * cols * 2..(r + 1) * cols * 2];
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                }
+            }
+            Linear::F32 { data, cols, .. } => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
+        }
+    }
+}
+
+/// Loads a weight matrix named `name` that must have ggml dims `[cols, rows]`.
+/// I2_S flavours are detected (and reported through `flavors`).
+pub fn load_linear<'a>(
+    file: &'a GgufFile,
+    name: &str,
+    cols: usize,
+    rows: usize,
+    flavors: &mut Vec<(String, FlavorDetection)>,
+) -> Result<Linear<'a>, ModelError> {
+    let t = require(file, name)?;
+    check_shape(t, &[cols as u64, rows as u64])?;
+    let data = file.tensor_data(t);
+    match t.ggml_type {
+        GgmlType::I2_S => {
+            let sibling = file.tensor(&format!("{name}.scale"));
+            let detection = detect_flavor(name, &t.dims, data, sibling.is_some())?;
+            let m = TernaryMatrix::new(
+                name,
+                detection.flavor,
+                data,
+                rows,
+                cols,
+                sibling.map(|s| file.tensor_data(s)),
+            )?;
+            flavors.push((name.to_string(), detection));
+            Ok(Linear::Ternary(m))
+        }
+        GgmlType::F16 => Ok(Linear::F16 { data, rows, cols }),
+        GgmlType::F32 => Ok(Linear::F32 { data: f32s(data), rows, cols }),
+        other => {
+            Err(ModelError::UnsupportedType { tensor: name.to_string(), ggml_type: other.name().to_string() })
+        }
+    }
+}
+
+/// Loads a vector of `len` values (F32 or F16) as f32.
+pub fn load_vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    let t = require(file, name)?;
+    check_shape(t, &[len as u64])?;
+    decode_small(file, t)
+}
+
+/// An optional vector: absent is `None`, present with the wrong shape is an error.
+pub fn load_optional_vector(file: &GgufFile, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+    match file.tensor(name) {
+        None => Ok(None),
+        Some(_) => load_vector(file, name, len).map(Some),
+    }
+}
+
+fn decode_small(file: &GgufFile, t: &TensorInfo) -> Result<Vec<f32>, ModelError> {
+    let data = file.tensor_data(t);
+    match t.ggml_type {
+        GgmlType::F32 => Ok(f32s(data)),
+        GgmlType::F16 => {
+            Ok(data.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect())
+        }
+        other => {
+            Err(ModelError::UnsupportedType { tensor: t.name.clone(), ggml_type: other.name().to_string() })
+        }
+    }
+}
+
+fn f32s(data: &[u8]) -> Vec<f32> {
+    data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+fn require<'f>(file: &'f GgufFile, name: &str) -> Result<&'f TensorInfo, ModelError> {
+    file.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+}
+
+/// ggml treats trailing dimensions of 1 as absent: `[n]` and `[n, 1]` are the same shape.
+fn check_shape(t: &TensorInfo, expected: &[u64]) -> Result<(), ModelError> {
+    let trim = |d: &[u64]| {
+        let mut v = d.to_vec();
+        while v.len() > 1 && v.last() == Some(&1) {
+            v.pop();
+        }
+        v
+    };
+    if trim(&t.dims) != trim(expected) {
+        return Err(ModelError::ShapeMismatch {
+            tensor: t.name.clone(),
+            expected: expected.to_vec(),
+            found: t.dims.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Every weight of one transformer block.
+pub struct Layer<'a> {
+    pub attn_norm: Vec<f32>,
+    pub wq: Linear<'a>,
+    pub wk: Linear<'a>,
+    pub wv: Linear<'a>,
+    pub wo: Linear<'a>,
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    pub bo: Option<Vec<f32>>,
+    pub attn_sub_norm: Vec<f32>,
+    pub ffn_norm: Vec<f32>,
+    pub ffn_gate: Linear<'a>,
+    pub ffn_up: Linear<'a>,
+    pub ffn_down: Linear<'a>,
+    pub ffn_sub_norm: Vec<f32>,
+    /// Optional per-tensor output scales (`blk.N.attn_q.scale`, ...), applied right after
+    /// their matmul: q, k, v, o, gate, up, down.
+    pub scales: [Option<f32>; 7],
+}
+
+/// Index of each matrix in [`Layer::scales`].
+pub mod scale_idx {
+    pub const Q: usize = 0;
+    pub const K: usize = 1;
+    pub const V: usize = 2;
+    pub const O: usize = 3;
+    pub const GATE: usize = 4;
+    pub const UP: usize = 5;
+    pub const DOWN: usize = 6;
+}
+
+pub fn load_layer<'a>(
+    file: &'a GgufFile,
+    c: &Config,
+    l: usize,
+    flavors: &mut Vec<(String, FlavorDetection)>,
+) -> Result<Layer<'a>, ModelError> {
+    let w = |s: &str| format!("blk.{l}.{s}.weight");
+    let b = |s: &str| format!("blk.{l}.{s}.bias");
+    let (e, f, kv) = (c.n_embd, c.n_ff, c.n_embd_kv());
+    let scale = |s: &str| -> Result<Option<f32>, ModelError> {
+        Ok(load_optional_vector(file, &format!("blk.{l}.{s}.scale"), 1)?.map(|v| v[0]))
+    };
+    Ok(Layer {
+        attn_norm: load_vector(file, &w("attn_norm"), e)?,
+        wq: load_linear(file, &w("attn_q"), e, e, flavors)?,
+        wk: load_linear(file, &w("attn_k"), e, kv, flavors)?,
+        wv: load_linear(file, &w("attn_v"), e, kv, flavors)?,
+        wo: load_linear(file, &w("attn_output"), e, e, flavors)?,
+        bq: load_optional_vector(file, &b("attn_q"), e)?,
+        bk: load_optional_vector(file, &b("attn_k"), kv)?,
+        bv: load_optional_vector(file, &b("attn_v"), kv)?,
+        bo: load_optional_vector(file, &b("attn_output"), e)?,
+        attn_sub_norm: load_vector(file, &w("attn_sub_norm"), e)?,
+        ffn_norm: load_vector(file, &w("ffn_norm"), e)?,
+        ffn_gate: load_linear(file, &w("ffn_gate"), e, f, flavors)?,
+        ffn_up: load_linear(file, &w("ffn_up"), e, f, flavors)?,
+        ffn_down: load_linear(file, &w("ffn_down"), f, e, flavors)?,
+        ffn_sub_norm: load_vector(file, &w("ffn_sub_norm"), f)?,
+        scales: [
+            scale("attn_q")?,
+            scale("attn_k")?,
+            scale("attn_v")?,
+            scale("attn_output")?,
+            scale("ffn_gate")?,
+            scale("ffn_up")?,
+            scale("ffn_down")?,
+        ],
+    })
+}

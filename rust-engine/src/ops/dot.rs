@@ -1,0 +1,139 @@
+//! Dot products that round exactly like ggml's single-token path.
+//!
+//! For one token, every F16 and F32 matrix product in the reference ends in
+//! `ggml_vec_dot_f16` / `ggml_vec_dot_f32` (llamafile's sgemm declines batches of one
+//! column). On AVX2 those keep four accumulators of eight f32 lanes, fused-multiply-add
+//! 32 elements per step, then reduce: accumulators (0+2, 1+3), then 0+1; lanes i+4 onto i;
+//! then `(l0+l1) + (l2+l3)`. F16 leftovers (n not a multiple of 32) are added in f64;
+//! F32 leftovers in f32. The scalar code below emulates those lanes exactly (`mul_add` is a
+//! correctly rounded FMA, the same operation as `vfmadd`), so results are bit-identical to
+//! the reference; the AVX2 kernels compute the same operations in registers.
+
+use half::f16;
+
+/// Elements consumed per step: 4 accumulators × 8 lanes.
+const STEP: usize = 32;
+
+/// ggml's reduction of the four 8-lane accumulators to one f32.
+#[inline]
+fn reduce(acc: [[f32; 8]; 4]) -> f32 {
+    let a02: [f32; 8] = std::array::from_fn(|l| acc[0][l] + acc[2][l]);
+    let a13: [f32; 8] = std::array::from_fn(|l| acc[1][l] + acc[3][l]);
+    let a: [f32; 8] = std::array::from_fn(|l| a02[l] + a13[l]);
+    let t: [f32; 4] = std::array::from_fn(|i| a[i] + a[i + 4]);
+    (t[0] + t[1]) + (t[2] + t[3])
+}
+
+/// `ggml_vec_dot_f16` on two f16 vectors (raw little-endian bits).
+pub fn dot_f16(x: &[u16], y: &[u16]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let n = x.len();
+    let np = n & !(STEP - 1);
+    let mut acc = [[0f32; 8]; 4];
+    for i in (0..np).step_by(STEP) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, lane) in a.iter_mut().enumerate() {
+                let k = i + j * 8 + l;
+                *lane = f16_to_f32(x[k]).mul_add(f16_to_f32(y[k]), *lane);
+            }
+        }
+    }
+    let mut sum = f64::from(reduce(acc));
+    for k in np..n {
+        // The product of two f16 values is exact in f32.
+        sum += f64::from(f16_to_f32(x[k]) * f16_to_f32(y[k]));
+    }
+    sum as f32
+}
+
+/// `ggml_vec_dot_f32`.
+pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let n = x.len();
+    let np = n & !(STEP - 1);
+    let mut acc = [[0f32; 8]; 4];
+    for i in (0..np).step_by(STEP) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, lane) in a.iter_mut().enumerate() {
+                let k = i + j * 8 + l;
+                *lane = x[k].mul_add(y[k], *lane);
+            }
+        }
+    }
+    let mut sum = reduce(acc);
+    for k in np..n {
+        sum += x[k] * y[k];
+    }
+    sum
+}
+
+/// Mixed dot of f16 weights with f32 activations, same lane structure as [`dot_f16`]
+/// (used when the reference rounding is switched off).
+pub fn dot_f16_f32(x: &[u16], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let n = x.len();
+    let np = n & !(STEP - 1);
+    let mut acc = [[0f32; 8]; 4];
+    for i in (0..np).step_by(STEP) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, lane) in a.iter_mut().enumerate() {
+                let k = i + j * 8 + l;
+                *lane = f16_to_f32(x[k]).mul_add(y[k], *lane);
+            }
+        }
+    }
+    let mut sum = f64::from(reduce(acc));
+    for k in np..n {
+        sum += f64::from(f16_to_f32(x[k]) * y[k]);
+    }
+    sum as f32
+}
+
+#[inline]
+pub fn f16_to_f32(bits: u16) -> f32 {
+    f16::from_bits(bits).to_f32()
+}
+
+/// Round to nearest even, as `_cvtss_sh(x, 0)` and `ggml_fp32_to_fp16_row` do.
+#[inline]
+pub fn f32_to_f16(x: f32) -> u16 {
+    f16::from_f32(x).to_bits()
+}
+
+/// Rounds every element through f16 and back (the value an F16 tensor would hold).
+pub fn round_through_f16(x: &mut [f32]) {
+    for v in x {
+        *v = f16_to_f32(f32_to_f16(*v));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_structure_changes_rounding_but_not_value() {
+        let x: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let y: Vec<f32> = (0..100).map(|i| (i as f32 * 0.11).cos()).collect();
+        let exact: f64 = x.iter().zip(&y).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+        assert!((f64::from(dot_f32(&x, &y)) - exact).abs() < 1e-5);
+        let xh: Vec<u16> = x.iter().map(|&v| f32_to_f16(v)).collect();
+        let yh: Vec<u16> = y.iter().map(|&v| f32_to_f16(v)).collect();
+        let exact_h: f64 =
+            xh.iter().zip(&yh).map(|(a, b)| f64::from(f16_to_f32(*a)) * f64::from(f16_to_f32(*b))).sum();
+        assert!((f64::from(dot_f16(&xh, &yh)) - exact_h).abs() < 1e-5);
+    }
+
+    #[test]
+    fn reduction_order_is_ggmls() {
+        // One non-zero lane per accumulator: the sum must be exact whatever the order, so
+        // use values whose f32 sum depends on order: 1e8 + 1 - 1e8.
+        let mut x = vec![0f32; 32];
+        let y = vec![1f32; 32];
+        x[0] = 1e8; // acc0 lane0
+        x[16] = 1.0; // acc2 lane0: added to acc0 first → 1e8 (1 is lost)
+        x[8] = -1e8; // acc1 lane0
+                     // (1e8 + 1) rounds to 1e8; then + (-1e8) = 0. Another order would give 1.
+        assert_eq!(dot_f32(&x, &y), 0.0);
+    }
+}

@@ -1,0 +1,59 @@
+//! The element-wise and reduction operations of the forward pass, one function each,
+//! rounding the way ggml's CPU backend does for a single token.
+
+pub mod dot;
+pub mod rope;
+pub mod softmax;
+
+pub use dot::{dot_f16, dot_f16_f32, dot_f32, f16_to_f32, f32_to_f16, round_through_f16};
+pub use rope::Rope;
+pub use softmax::softmax_scaled;
+
+/// RMSNorm then the weight, as `ggml_rms_norm` + `ggml_mul`:
+/// the sum of squares is accumulated in f64 over f32 products, the mean narrowed to f32,
+/// `scale = 1 / sqrt(mean + eps)` in f32, then `(x · scale) · w` with two roundings.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    debug_assert!(x.len() == weight.len() && x.len() == out.len());
+    let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = (v * scale) * w;
+    }
+}
+
+/// `acc += x`, element-wise (the residual connections).
+pub fn add_assign(acc: &mut [f32], x: &[f32]) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a += v;
+    }
+}
+
+/// The bitnet FFN gate: `relu(gate)² · up` (ggml_relu, ggml_sqr, ggml_mul), into `gate`.
+pub fn relu_sqr_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let r = g.max(0.0);
+        *g = (r * r) * u;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_normalises() {
+        let x = [3.0f32, 4.0, 0.0, 0.0];
+        let mut out = [0f32; 4];
+        rms_norm(&x, &[1.0, 1.0, 2.0, 1.0], 0.0, &mut out);
+        // rms = sqrt(25/4) = 2.5
+        assert_eq!(out, [1.2, 1.6, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn relu_sqr_gate() {
+        let mut g = [-1.0f32, 2.0, 0.5];
+        relu_sqr_mul(&mut g, &[3.0, 0.5, 4.0]);
+        assert_eq!(g, [0.0, 2.0, 1.0]);
+    }
+}

@@ -1,2 +1,8 @@
-//! bitnet-parity harness library (being written).
+//! bitnet-parity: the harness that runs a Rust BitNet engine and bitnet.cpp on the same
+//! tokens and reports, as versioned JSON receipts, where they agree and where they do not.
 #![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod exit;
+pub mod fixtures;
+pub mod inspect;

@@ -1,1 +1,28 @@
-fn main() {}
+//! The `harness` binary: a thin layer over the `harness` library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use harness::cli::{Cli, Command};
+use harness::exit::{Exit, Failure};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(exit) => exit.into(),
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            failure.exit.into()
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<Exit, Failure> {
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Inspect(args) => harness::inspect::run(&args),
+        Command::Fixtures(args) => harness::fixtures::run(&args),
+        Command::Run | Command::Gate | Command::Diff | Command::Bench => {
+            Err(Failure::new(Exit::Internal, anyhow::anyhow!("this subcommand is not built yet")))
+        }
+    }
+}

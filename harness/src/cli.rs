@@ -1,0 +1,32 @@
+//! What the user typed: the clap command line.
+
+use clap::{Parser, Subcommand};
+
+use crate::{fixtures, inspect};
+
+/// bitnet-parity: does a Rust BitNet engine compute what bitnet.cpp computes?
+///
+/// With no subcommand, `harness` runs the parity check (`harness run`) on the model named by
+/// CROSSVAL_GGUF, or on the embedded default fixture.
+#[derive(Debug, Parser)]
+#[command(name = "harness", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run both engines on the same tokens and write a parity receipt (the default).
+    Run,
+    /// Check a receipt against thresholds (exit 0 pass, 1 fail, 2 unreadable).
+    Gate,
+    /// Compare two receipts metric by metric.
+    Diff,
+    /// Describe a GGUF file: architecture, hyper-parameters, tokenizer, tensors.
+    Inspect(inspect::InspectArgs),
+    /// Measure decode/prefill speed and kernel throughput of both engines.
+    Bench,
+    /// Write the deterministic fixture models.
+    Fixtures(fixtures::FixturesArgs),
+}

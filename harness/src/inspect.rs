@@ -1,0 +1,186 @@
+//! `harness inspect MODEL [--json]`: what a GGUF file holds, as the engine sees it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bitnet_engine::gguf::{Array, GgufFile, Value};
+use serde::Serialize;
+
+use crate::exit::{Exit, Failure, OrExit};
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The GGUF file to inspect.
+    pub model: PathBuf,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Everything `inspect` reports; also the JSON shape of `inspect --json`.
+#[derive(Debug, Serialize)]
+pub struct InspectReport {
+    pub path: String,
+    pub file_size: u64,
+    pub gguf_version: u32,
+    pub alignment: u64,
+    pub data_offset: u64,
+    pub architecture: Option<String>,
+    /// `<architecture>.*` keys with the prefix removed, plus `general.*` scalars.
+    pub hyperparameters: BTreeMap<String, serde_json::Value>,
+    pub tokenizer: Option<TokenizerSummary>,
+    pub metadata_keys: usize,
+    pub tensors: Vec<TensorReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenizerSummary {
+    pub model: String,
+    pub pre: Option<String>,
+    pub n_tokens: usize,
+    pub n_merges: usize,
+    pub bos_id: Option<u64>,
+    pub eos_id: Option<u64>,
+    pub add_bos: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TensorReport {
+    pub name: String,
+    /// ggml order: the first dimension is the row length.
+    pub dims: Vec<u64>,
+    pub ggml_type: String,
+    pub n_bytes: u64,
+    /// Offset in the file (absolute).
+    pub file_offset: u64,
+}
+
+pub fn run(args: &InspectArgs) -> Result<Exit, Failure> {
+    let report = inspect(&args.model)?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&report).or_exit(Exit::Internal)?;
+        println!("{text}");
+    } else {
+        print!("{}", render_text(&report));
+    }
+    Ok(Exit::Ok)
+}
+
+/// Opens and describes `path`; any structural problem is a [`Exit::BadInput`] failure.
+pub fn inspect(path: &Path) -> Result<InspectReport, Failure> {
+    let file = GgufFile::open(path).or_exit(Exit::BadInput)?;
+    Ok(describe(&file))
+}
+
+pub fn describe(file: &GgufFile) -> InspectReport {
+    let architecture = file.get("general.architecture").and_then(Value::as_str).map(str::to_string);
+    let mut hyperparameters = BTreeMap::new();
+    for (key, value) in file.metadata() {
+        let short = match &architecture {
+            Some(arch) => key.strip_prefix(arch.as_str()).and_then(|k| k.strip_prefix('.')),
+            None => None,
+        };
+        if let Some(short) = short {
+            hyperparameters.insert(short.to_string(), json_value(value));
+        } else if key.starts_with("general.") && !matches!(value, Value::Array(_)) {
+            hyperparameters.insert(key.clone(), json_value(value));
+        }
+    }
+    let tensors = file
+        .tensors()
+        .iter()
+        .map(|t| TensorReport {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ggml_type: t.ggml_type.name().to_string(),
+            n_bytes: t.n_bytes,
+            file_offset: file.data_offset() + t.offset,
+        })
+        .collect();
+    InspectReport {
+        path: file.path().display().to_string(),
+        file_size: file.file_len(),
+        gguf_version: file.version(),
+        alignment: file.alignment(),
+        data_offset: file.data_offset(),
+        architecture,
+        hyperparameters,
+        tokenizer: tokenizer_summary(file),
+        metadata_keys: file.metadata().len(),
+        tensors,
+    }
+}
+
+fn tokenizer_summary(file: &GgufFile) -> Option<TokenizerSummary> {
+    let model = file.get("tokenizer.ggml.model")?.as_str()?.to_string();
+    let len = |key: &str| file.get(key).and_then(Value::as_array).map_or(0, Array::len);
+    Some(TokenizerSummary {
+        model,
+        pre: file.get("tokenizer.ggml.pre").and_then(Value::as_str).map(str::to_string),
+        n_tokens: len("tokenizer.ggml.tokens"),
+        n_merges: len("tokenizer.ggml.merges"),
+        bos_id: file.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64),
+        eos_id: file.get("tokenizer.ggml.eos_token_id").and_then(Value::as_u64),
+        add_bos: file.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool),
+    })
+}
+
+/// Scalars as JSON; arrays summarised (a vocabulary does not belong in a hyper-parameter list).
+fn json_value(v: &Value) -> serde_json::Value {
+    use serde_json::json;
+    match v {
+        Value::String(s) => json!(s),
+        Value::Bool(b) => json!(b),
+        Value::F32(x) => json!(x),
+        Value::F64(x) => json!(x),
+        Value::Array(a) => json!(format!("[{}; {}]", a.element_type(), a.len())),
+        other => other.as_i64().map_or_else(|| json!(other.as_u64()), |x| json!(x)),
+    }
+}
+
+fn render_text(r: &InspectReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{}: GGUF v{}, {} bytes, alignment {}, data at byte {}, {} metadata keys, {} tensors",
+        r.path,
+        r.gguf_version,
+        r.file_size,
+        r.alignment,
+        r.data_offset,
+        r.metadata_keys,
+        r.tensors.len()
+    );
+    let _ = writeln!(s, "architecture: {}", r.architecture.as_deref().unwrap_or("(none)"));
+    let _ = writeln!(s, "hyper-parameters:");
+    for (k, v) in &r.hyperparameters {
+        let _ = writeln!(s, "  {k} = {v}");
+    }
+    match &r.tokenizer {
+        Some(t) => {
+            let _ = writeln!(
+                s,
+                "tokenizer: {} (pre {}), {} tokens, {} merges, bos {}, eos {}, add_bos {}",
+                t.model,
+                t.pre.as_deref().unwrap_or("-"),
+                t.n_tokens,
+                t.n_merges,
+                t.bos_id.map_or("-".into(), |x| x.to_string()),
+                t.eos_id.map_or("-".into(), |x| x.to_string()),
+                t.add_bos.map_or("-".into(), |x| x.to_string()),
+            );
+        }
+        None => {
+            let _ = writeln!(s, "tokenizer: (none)");
+        }
+    }
+    let _ = writeln!(s, "tensors:");
+    let name_w = r.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+    let _ = writeln!(s, "  {:name_w$}  {:>18}  {:>6}  {:>12}", "name", "shape", "type", "bytes");
+    for t in &r.tensors {
+        let dims = t.dims.iter().map(u64::to_string).collect::<Vec<_>>().join("×");
+        let _ = writeln!(s, "  {:name_w$}  {:>18}  {:>6}  {:>12}", t.name, dims, t.ggml_type, t.n_bytes);
+    }
+    s
+}

@@ -3,9 +3,7 @@
 //! special-token partition, BOS rules, detokenizer clean-up).
 
 use bitnet_engine::tokenizer::unicode::BYTE_TO_CHAR;
-use bitnet_engine::tokenizer::{
-    token_type, SpecialIds, TokenAttr, Tokenizer, TokenizerError, TokenizerSpec,
-};
+use bitnet_engine::tokenizer::{token_type, SpecialIds, TokenAttr, Tokenizer, TokenizerError, TokenizerSpec};
 
 /// 256 byte tokens (id = byte value), then `extra` (NORMAL), then `specials` with their types.
 fn spec(pre: &str, extra: &[&str], merges: &[&str], specials: &[(&str, i32)]) -> TokenizerSpec {
@@ -32,8 +30,7 @@ fn tok(spec: TokenizerSpec) -> Tokenizer {
 
 /// The id of a stored token text.
 fn id(t: &Tokenizer, text: &str) -> u32 {
-    t.token_id(text)
-        .unwrap_or_else(|| panic!("no token {text:?}"))
+    t.token_id(text).unwrap_or_else(|| panic!("no token {text:?}"))
 }
 
 /// Ids of single bytes.
@@ -44,24 +41,13 @@ fn bytes(s: &str) -> Vec<u32> {
 #[test]
 fn merges_apply_by_rank_then_leftmost() {
     // "b c" outranks "a b": "abc" merges bc first, then "a bc".
-    let t = tok(spec(
-        "gpt-2",
-        &["bc", "abc", "ab", "aa"],
-        &["b c", "a b", "a bc", "a a"],
-        &[],
-    ));
+    let t = tok(spec("gpt-2", &["bc", "abc", "ab", "aa"], &["b c", "a b", "a bc", "a a"], &[]));
     assert_eq!(t.encode("abc", false, false), [id(&t, "abc")]);
     // Without the "a bc" rule the result is a + bc even though "ab" exists.
     let t2 = tok(spec("gpt-2", &["bc", "ab"], &["b c", "a b"], &[]));
-    assert_eq!(
-        t2.encode("abc", false, false),
-        [u32::from(b'a'), id(&t2, "bc")]
-    );
+    assert_eq!(t2.encode("abc", false, false), [u32::from(b'a'), id(&t2, "bc")]);
     // Equal ranks (the same rule twice in a row): the leftmost pair merges first.
-    assert_eq!(
-        t.encode("aaa", false, false),
-        [id(&t, "aa"), u32::from(b'a')]
-    );
+    assert_eq!(t.encode("aaa", false, false), [id(&t, "aa"), u32::from(b'a')]);
 }
 
 #[test]
@@ -74,10 +60,7 @@ fn llama3_looks_whole_words_up_before_merging() {
     assert_eq!(gpt2.encode("xyz", false, false), bytes("xyz"));
     // The lookup is per pre-tokenized word, in byte-level form.
     let llama = tok(spec("llama-bpe", &["Ġxyz"], &[], &[]));
-    assert_eq!(
-        llama.encode("a xyz", false, false),
-        [u32::from(b'a'), id(&llama, "Ġxyz")]
-    );
+    assert_eq!(llama.encode("a xyz", false, false), [u32::from(b'a'), id(&llama, "Ġxyz")]);
 }
 
 #[test]
@@ -101,10 +84,7 @@ fn merges_never_cross_pre_tokenizer_words() {
     assert_eq!(t.encode("a 1", false, false), bytes("a 1"));
     // The GPT-2 split keeps " 1" together.
     let t = tok(spec("gpt-2", &["Ġ1"], &["Ġ 1"], &[]));
-    assert_eq!(
-        t.encode("a 1", false, false),
-        [u32::from(b'a'), id(&t, "Ġ1")]
-    );
+    assert_eq!(t.encode("a 1", false, false), [u32::from(b'a'), id(&t, "Ġ1")]);
 }
 
 const BOT: &str = "<|begin_of_text|>";
@@ -116,11 +96,7 @@ fn with_specials() -> Tokenizer {
         "llama-bpe",
         &["hi", "Ġthere"],
         &["h i", "Ġ t", "h e", "Ġt he", "r e", "Ġthe re"],
-        &[
-            (BOT, token_type::CONTROL),
-            (EOT, token_type::CONTROL),
-            ("<tool>", token_type::USER_DEFINED),
-        ],
+        &[(BOT, token_type::CONTROL), (EOT, token_type::CONTROL), ("<tool>", token_type::USER_DEFINED)],
     );
     s.bos_id = Some(258);
     s.eos_id = Some(259);
@@ -148,12 +124,7 @@ fn bos_is_added_for_llama3_unless_disabled() {
 
 #[test]
 fn eos_is_added_only_when_asked() {
-    let mut s = spec(
-        "llama-bpe",
-        &[],
-        &[],
-        &[(BOT, token_type::CONTROL), (EOT, token_type::CONTROL)],
-    );
+    let mut s = spec("llama-bpe", &[], &[], &[(BOT, token_type::CONTROL), (EOT, token_type::CONTROL)]);
     s.bos_id = Some(256);
     s.eos_id = Some(257);
     s.add_eos = Some(true);
@@ -172,34 +143,19 @@ fn special_texts_are_tokens_only_with_parse_special() {
     // Several occurrences, text between them, at both ends.
     let eot = id(&t, EOT);
     assert_eq!(
-        t.encode(
-            "hi<|end_of_text|><|begin_of_text|> there<|end_of_text|>",
-            false,
-            true
-        ),
+        t.encode("hi<|end_of_text|><|begin_of_text|> there<|end_of_text|>", false, true),
         [hi, eot, bot, id(&t, "Ġthere"), eot]
     );
     // USER_DEFINED tokens are cut out even without parse_special.
     let tool = id(&t, "<tool>");
     assert_eq!(t.encode("hi<tool>hi", false, false), [hi, tool, hi]);
     // A special token splits words: " there" after it keeps its space.
-    assert_eq!(
-        t.encode("<tool> there", false, false),
-        [tool, id(&t, "Ġthere")]
-    );
+    assert_eq!(t.encode("<tool> there", false, false), [tool, id(&t, "Ġthere")]);
 }
 
 #[test]
 fn longer_special_tokens_are_matched_first() {
-    let mut s = spec(
-        "llama-bpe",
-        &[],
-        &[],
-        &[
-            ("<a>", token_type::CONTROL),
-            ("<a><b>", token_type::CONTROL),
-        ],
-    );
+    let mut s = spec("llama-bpe", &[], &[], &[("<a>", token_type::CONTROL), ("<a><b>", token_type::CONTROL)]);
     s.bos_id = Some(256);
     let t = tok(s);
     assert_eq!(t.encode("<a><b><a>", false, true), [257, 256]);
@@ -228,29 +184,15 @@ fn detokenize_mirrors_the_reference() {
     // decode: every piece, specials included, nothing cleaned.
     assert_eq!(t.decode(&ids), "<|begin_of_text|>hi , there !");
     // detokenize: clean-up of " ," and " !"; specials rendered only if asked.
-    assert_eq!(
-        t.detokenize(&ids, false, true),
-        b"<|begin_of_text|>hi, there!"
-    );
+    assert_eq!(t.detokenize(&ids, false, true), b"<|begin_of_text|>hi, there!");
     assert_eq!(t.detokenize(&ids, false, false), b"hi, there!");
     assert_eq!(t.detokenize(&ids, true, true), b"hi, there!");
 }
 
 #[test]
 fn byte_level_round_trip() {
-    let t = tok(spec(
-        "llama-bpe",
-        &["Ġthe", "Ġt", "he"],
-        &["Ġ t", "h e", "Ġt he"],
-        &[],
-    ));
-    for text in [
-        "",
-        "the the",
-        "  \n\t x",
-        "日本語 😀 é\u{301}",
-        "\u{0}\u{7f}\u{ad}",
-    ] {
+    let t = tok(spec("llama-bpe", &["Ġthe", "Ġt", "he"], &["Ġ t", "h e", "Ġt he"], &[]));
+    for text in ["", "the the", "  \n\t x", "日本語 😀 é\u{301}", "\u{0}\u{7f}\u{ad}"] {
         let ids = t.encode(text, false, false);
         assert_eq!(t.decode(&ids), text, "{text:?} -> {ids:?}");
     }
@@ -263,39 +205,21 @@ fn bad_vocabularies_are_typed_errors() {
     s.tokens[40] = "!".into(); // id 33 is byte '!'
     assert!(matches!(
         Tokenizer::from_spec(s),
-        Err(TokenizerError::DuplicateToken {
-            first: 33,
-            second: 40,
-            ..
-        })
+        Err(TokenizerError::DuplicateToken { first: 33, second: 40, .. })
     ));
     let s = spec("nonsense", &[], &[], &[]);
-    assert!(
-        matches!(Tokenizer::from_spec(s), Err(TokenizerError::UnsupportedPre(p)) if p == "nonsense")
-    );
+    assert!(matches!(Tokenizer::from_spec(s), Err(TokenizerError::UnsupportedPre(p)) if p == "nonsense"));
     let mut s = spec("llama-bpe", &[], &[], &[]);
     s.model = "bert".into();
-    assert!(matches!(
-        Tokenizer::from_spec(s),
-        Err(TokenizerError::UnsupportedModel(_))
-    ));
+    assert!(matches!(Tokenizer::from_spec(s), Err(TokenizerError::UnsupportedModel(_))));
     let mut s = spec("llama-bpe", &[], &[], &[]);
     s.token_types.pop();
-    assert!(matches!(
-        Tokenizer::from_spec(s),
-        Err(TokenizerError::LengthMismatch { .. })
-    ));
+    assert!(matches!(Tokenizer::from_spec(s), Err(TokenizerError::LengthMismatch { .. })));
     let mut s = spec("llama-bpe", &[], &[""], &[]);
     s.merges[0].clear();
+    assert!(matches!(Tokenizer::from_spec(s), Err(TokenizerError::EmptyMerge(0))));
     assert!(matches!(
-        Tokenizer::from_spec(s),
-        Err(TokenizerError::EmptyMerge(0))
-    ));
-    assert!(matches!(
-        Tokenizer::from_spec(TokenizerSpec {
-            model: "gpt2".into(),
-            ..Default::default()
-        }),
+        Tokenizer::from_spec(TokenizerSpec { model: "gpt2".into(), ..Default::default() }),
         Err(TokenizerError::EmptyVocab)
     ));
 }
@@ -305,10 +229,7 @@ fn default_ids_and_out_of_range_keys() {
     // BPE defaults BOS and EOS to 11; an out-of-range key keeps the default.
     let mut s = spec("llama-bpe", &[], &[], &[]);
     s.bos_id = Some(100_000);
-    s.other_ids = SpecialIds {
-        pad: Some(3),
-        ..SpecialIds::default()
-    };
+    s.other_ids = SpecialIds { pad: Some(3), ..SpecialIds::default() };
     let t = tok(s);
     assert_eq!(t.bos_id(), Some(11));
     assert_eq!(t.eos_id(), Some(11));
@@ -326,14 +247,8 @@ fn phi3_special_tokens_swallow_following_spaces() {
     let t = tok(s);
     let user = id(&t, "<|user|>");
     assert!(t.token_attr(user).unwrap().any(TokenAttr::RSTRIP));
-    assert_eq!(
-        t.encode("<|user|>  \n a", false, true),
-        [user, u32::from(b'a')]
-    );
+    assert_eq!(t.encode("<|user|>  \n a", false, true), [user, u32::from(b'a')]);
     let mut s = spec("llama-bpe", &[], &[], &[("<|user|>", token_type::CONTROL)]);
     s.model_name = Some("other".into());
-    assert_eq!(
-        tok(s).encode("<|user|> a", false, true),
-        [256, u32::from(b' '), u32::from(b'a')]
-    );
+    assert_eq!(tok(s).encode("<|user|> a", false, true), [256, u32::from(b' '), u32::from(b'a')]);
 }

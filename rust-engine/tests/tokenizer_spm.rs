@@ -6,11 +6,7 @@ use bitnet_engine::tokenizer::{token_type, Tokenizer, TokenizerSpec};
 /// `<unk>`, `<s>`, `</s>`, the 256 byte tokens `<0xXX>` (ids 3..259), then `pieces` with scores.
 fn spm(pieces: &[(&str, f32)]) -> TokenizerSpec {
     let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into()];
-    let mut types = vec![
-        token_type::UNKNOWN,
-        token_type::CONTROL,
-        token_type::CONTROL,
-    ];
+    let mut types = vec![token_type::UNKNOWN, token_type::CONTROL, token_type::CONTROL];
     let mut scores = vec![0.0, 0.0, 0.0];
     for b in 0..=255u8 {
         tokens.push(format!("<0x{b:02X}>"));
@@ -47,8 +43,7 @@ const PIECES: &[(&str, f32)] = &[
 ];
 
 fn id(t: &Tokenizer, text: &str) -> u32 {
-    t.token_id(text)
-        .unwrap_or_else(|| panic!("no token {text:?}"))
+    t.token_id(text).unwrap_or_else(|| panic!("no token {text:?}"))
 }
 
 fn byte(b: u8) -> u32 {
@@ -64,19 +59,13 @@ fn merges_by_score_with_space_prefix_and_bos() {
     assert_eq!(t.encode("hello", true, false), [1, id(&t, "▁hello")]);
     assert_eq!(t.encode("hello", false, false), [id(&t, "▁hello")]);
     // Two words: each space becomes ▁, which cannot join "h" after "o" ...
-    assert_eq!(
-        t.encode("hello hello", false, false),
-        [id(&t, "▁hello"), id(&t, "▁hello")]
-    );
+    assert_eq!(t.encode("hello hello", false, false), [id(&t, "▁hello"), id(&t, "▁hello")]);
 }
 
 #[test]
 fn unknown_characters_fall_back_to_byte_tokens() {
     let t = Tokenizer::from_spec(spm(PIECES)).unwrap();
-    assert_eq!(
-        t.encode("hé", false, false),
-        [id(&t, "▁h"), byte(0xC3), byte(0xA9)]
-    );
+    assert_eq!(t.encode("hé", false, false), [id(&t, "▁h"), byte(0xC3), byte(0xA9)]);
     assert_eq!(t.decode(&t.encode("hé", false, false)), " hé");
 }
 
@@ -95,10 +84,7 @@ fn text_after_a_special_token_gets_a_space_prefix() {
     assert_eq!(t.encode("hello</s>hello", false, true), [hello, 2, hello]);
     // Without parse_special, "</s>" is text: "<", "/", "s", ">" are byte tokens.
     let ids = t.encode("</s>", false, false);
-    assert_eq!(
-        ids,
-        [id(&t, "▁"), byte(b'<'), byte(b'/'), byte(b's'), byte(b'>')]
-    );
+    assert_eq!(ids, [id(&t, "▁"), byte(b'<'), byte(b'/'), byte(b's'), byte(b'>')]);
 }
 
 #[test]

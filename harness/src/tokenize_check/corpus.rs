@@ -33,10 +33,7 @@ pub fn parse_corpus(text: &str) -> Result<Vec<String>, CorpusError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        out.push(unescape(line).map_err(|reason| CorpusError {
-            line: i + 1,
-            reason,
-        })?);
+        out.push(unescape(line).map_err(|reason| CorpusError { line: i + 1, reason })?);
     }
     Ok(out)
 }
@@ -62,8 +59,7 @@ fn unescape(line: &str) -> Result<String, String> {
                     return Err("\\u must be followed by {HEX}".into());
                 }
                 let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
-                let cp = u32::from_str_radix(&hex, 16)
-                    .map_err(|_| format!("bad code point \\u{{{hex}}}"))?;
+                let cp = u32::from_str_radix(&hex, 16).map_err(|_| format!("bad code point \\u{{{hex}}}"))?;
                 let ch = char::from_u32(cp)
                     .ok_or_else(|| format!("\\u{{{hex}}} is not a Unicode scalar value"))?;
                 out.push(ch);
@@ -82,8 +78,7 @@ mod tests {
     #[test]
     fn escapes() {
         let parsed =
-            parse_corpus("# comment\n\na\\nb\n\\s\\tx\\s\n\\e\n\\#1 \\\\ \\u{1F600}\\u{301}\n")
-                .unwrap();
+            parse_corpus("# comment\n\na\\nb\n\\s\\tx\\s\n\\e\n\\#1 \\\\ \\u{1F600}\\u{301}\n").unwrap();
         assert_eq!(parsed, ["a\nb", " \tx ", "", "#1 \\ 😀\u{301}"]);
     }
 

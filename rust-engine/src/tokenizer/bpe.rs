@@ -26,12 +26,7 @@ impl Tokenizer {
     pub(crate) fn bpe_word(&self, word: &str, out: &mut Vec<u32>) {
         let mut symbols: Vec<Symbol> = Vec::new();
         if self.ignore_merges && self.token_to_id.contains_key(word) {
-            symbols.push(Symbol {
-                start: 0,
-                len: word.len(),
-                prev: None,
-                next: None,
-            });
+            symbols.push(Symbol { start: 0, len: word.len(), prev: None, next: None });
         } else {
             let starts: Vec<usize> = word.char_indices().map(|(i, _)| i).collect();
             for (k, &start) in starts.iter().enumerate() {
@@ -48,22 +43,20 @@ impl Tokenizer {
         // (rank, left, right, combined length): the heap pops the lowest rank, then leftmost.
         let mut queue: BinaryHeap<Reverse<(u32, usize, usize, usize)>> = BinaryHeap::new();
         let mut key = String::new();
-        let mut push_pair = |queue: &mut BinaryHeap<_>,
-                             symbols: &[Symbol],
-                             left: Option<usize>,
-                             right: Option<usize>| {
-            let (Some(l), Some(r)) = (left, right) else {
-                return;
+        let mut push_pair =
+            |queue: &mut BinaryHeap<_>, symbols: &[Symbol], left: Option<usize>, right: Option<usize>| {
+                let (Some(l), Some(r)) = (left, right) else {
+                    return;
+                };
+                let (a, b) = (symbols[l], symbols[r]);
+                key.clear();
+                key.push_str(&word[a.start..a.start + a.len]);
+                key.push(' ');
+                key.push_str(&word[b.start..b.start + b.len]);
+                if let Some(&rank) = self.merges.get(key.as_str()) {
+                    queue.push(Reverse((rank, l, r, a.len + b.len)));
+                }
             };
-            let (a, b) = (symbols[l], symbols[r]);
-            key.clear();
-            key.push_str(&word[a.start..a.start + a.len]);
-            key.push(' ');
-            key.push_str(&word[b.start..b.start + b.len]);
-            if let Some(&rank) = self.merges.get(key.as_str()) {
-                queue.push(Reverse((rank, l, r, a.len + b.len)));
-            }
-        };
         for i in 1..symbols.len() {
             push_pair(&mut queue, &symbols, Some(i - 1), Some(i));
         }
@@ -96,10 +89,7 @@ impl Tokenizer {
                     // can be (valid UTF-8) token texts.
                     for b in text.bytes().filter(u8::is_ascii) {
                         let mut buf = [0u8; 4];
-                        if let Some(&id) = self
-                            .token_to_id
-                            .get(char::from(b).encode_utf8(&mut buf) as &str)
-                        {
+                        if let Some(&id) = self.token_to_id.get(char::from(b).encode_utf8(&mut buf) as &str) {
                             out.push(id);
                         }
                     }

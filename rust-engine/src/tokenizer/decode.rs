@@ -11,10 +11,7 @@ impl Tokenizer {
     pub(crate) fn render_piece(&self, id: u32) -> Vec<u8> {
         let data = &self.tokens[id as usize];
         let text = data.text.as_str();
-        if data
-            .attr
-            .any(TokenAttr::UNKNOWN | TokenAttr::CONTROL | TokenAttr::USER_DEFINED)
-        {
+        if data.attr.any(TokenAttr::UNKNOWN | TokenAttr::CONTROL | TokenAttr::USER_DEFINED) {
             return text.as_bytes().to_vec();
         }
         match self.kind {
@@ -37,11 +34,7 @@ impl Tokenizer {
             return Vec::new();
         }
         let piece = &self.pieces[id as usize];
-        let skip = piece
-            .iter()
-            .take(lstrip)
-            .take_while(|&&b| b == b' ')
-            .count();
+        let skip = piece.iter().take(lstrip).take_while(|&&b| b == b' ').count();
         piece[skip..].to_vec()
     }
 
@@ -56,10 +49,7 @@ impl Tokenizer {
             remove_space = false;
             ids = &ids[1..];
         }
-        if remove_special
-            && self.add_eos
-            && ids.last().copied().is_some_and(|l| Some(l) == self.eos)
-        {
+        if remove_special && self.add_eos && ids.last().copied().is_some_and(|l| Some(l) == self.eos) {
             ids = &ids[..ids.len() - 1];
         }
         let mut text = Vec::new();
@@ -145,8 +135,8 @@ fn clean_spaces(text: &[u8]) -> Vec<u8> {
         if i > 0 && pass2[i - 1] == b' ' && x == b'\'' && i + 1 < n {
             let x1 = pass2[i + 1];
             let x2 = pass2.get(i + 2).copied().filter(|_| i + 2 < n);
-            let drop_space = matches!(x1, b's' | b'm')
-                || matches!((x1, x2), (b'r', Some(b'e')) | (b'v', Some(b'e')));
+            let drop_space =
+                matches!(x1, b's' | b'm') || matches!((x1, x2), (b'r', Some(b'e')) | (b'v', Some(b'e')));
             if drop_space {
                 pass3.pop();
             }
@@ -179,9 +169,6 @@ mod tests {
         assert_eq!(spm_byte_value("<0x0A>"), 10);
         assert_eq!(spm_byte_value("<0xFF>"), 255);
         assert_eq!(decode_byte_level("ĠhelloĊ"), b" hello\n");
-        assert_eq!(
-            decode_byte_level("a中"),
-            b"a[UNK_BYTE_0xe4b8ada\xe4\xb8\xad]".to_vec()
-        );
+        assert_eq!(decode_byte_level("a中"), b"a[UNK_BYTE_0xe4b8ada\xe4\xb8\xad]".to_vec());
     }
 }

@@ -20,18 +20,10 @@ pub enum TokenizerError {
     TooManyTokens(usize),
     /// A per-token array does not have one entry per token.
     #[error("{field} has {found} entries but tokenizer.ggml.tokens has {expected}")]
-    LengthMismatch {
-        field: &'static str,
-        expected: usize,
-        found: usize,
-    },
+    LengthMismatch { field: &'static str, expected: usize, found: usize },
     /// Two tokens have the same text (the reference aborts on this).
     #[error("tokenizer.ggml.tokens: ids {first} and {second} have the same text {text:?}")]
-    DuplicateToken {
-        text: String,
-        first: u32,
-        second: u32,
-    },
+    DuplicateToken { text: String, first: u32, second: u32 },
     /// A byte-level BPE vocabulary without merges.
     #[error("tokenizer.ggml.merges is missing: a gpt2 (BPE) vocabulary needs it")]
     MissingMerges,
@@ -40,11 +32,7 @@ pub enum TokenizerError {
     EmptyMerge(usize),
     /// A metadata key holds a value of a type the reference refuses.
     #[error("{key} must be {expected}, found {found}")]
-    WrongType {
-        key: String,
-        expected: &'static str,
-        found: String,
-    },
+    WrongType { key: String, expected: &'static str, found: String },
     /// The GGUF metadata could not be read (boxed: GGUF errors are large).
     #[error(transparent)]
     Gguf(Box<GgufError>),

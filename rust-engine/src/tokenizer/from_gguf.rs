@@ -80,11 +80,7 @@ pub fn spec_from_gguf(file: &GgufFile) -> Result<TokenizerSpec, TokenizerError> 
 }
 
 fn wrong(key: &str, expected: &'static str, v: &Value) -> TokenizerError {
-    TokenizerError::WrongType {
-        key: key.to_string(),
-        expected,
-        found: v.value_type().name().to_string(),
-    }
+    TokenizerError::WrongType { key: key.to_string(), expected, found: v.value_type().name().to_string() }
 }
 
 fn opt_str(file: &GgufFile, key: &str) -> Result<Option<String>, TokenizerError> {

@@ -9,15 +9,8 @@ use super::pretokenize::PreSplit;
 use super::{Kind, SpecialIds, TokenData, Tokenizer, TokenizerError, TokenizerSpec};
 
 /// Texts the reference treats as end-of-generation and forces to CONTROL.
-const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<|eom_id|>",
-    "<EOT>",
-];
+const EOG_TEXTS: &[&str] =
+    &["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>"];
 /// Texts the reference takes for the end-of-turn token when no id is given.
 const EOT_TEXTS: &[&str] = &[
     "<|eot_id|>",
@@ -56,21 +49,14 @@ fn pre_config(pre: Option<&str>) -> Result<PreConfig, TokenizerError> {
         no_default_bos: false,
     };
     let Some(pre) = pre else {
-        return Err(TokenizerError::UnsupportedPre(
-            "(missing: the reference would use \"default\")".into(),
-        ));
+        return Err(TokenizerError::UnsupportedPre("(missing: the reference would use \"default\")".into()));
     };
     Ok(match pre {
-        "llama3" | "llama-v3" | "llama-bpe" => PreConfig {
-            ignore_merges: true,
-            add_bos: true,
-            ..base(PreSplit::Llama3)
-        },
+        "llama3" | "llama-v3" | "llama-bpe" => {
+            PreConfig { ignore_merges: true, add_bos: true, ..base(PreSplit::Llama3) }
+        }
         "dbrx" | "smaug-bpe" => base(PreSplit::Llama3),
-        "chatglm-bpe" => PreConfig {
-            no_default_bos: true,
-            ..base(PreSplit::Llama3)
-        },
+        "chatglm-bpe" => PreConfig { no_default_bos: true, ..base(PreSplit::Llama3) },
         "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "jina-v1-en" | "jina-v2-es" | "jina-v2-de"
         | "jina-v2-code" | "mpt" | "olmo" | "jais" => base(PreSplit::Gpt2),
         other => return Err(TokenizerError::UnsupportedPre(other.to_string())),
@@ -87,12 +73,7 @@ impl Tokenizer {
         if u32::try_from(n_vocab).is_err() || n_vocab > i32::MAX as usize {
             return Err(TokenizerError::TooManyTokens(n_vocab));
         }
-        check_len(
-            "tokenizer.ggml.token_type",
-            n_vocab,
-            spec.token_types.len(),
-            true,
-        )?;
+        check_len("tokenizer.ggml.token_type", n_vocab, spec.token_types.len(), true)?;
         if let Some(scores) = &spec.scores {
             check_len("tokenizer.ggml.scores", n_vocab, scores.len(), false)?;
         }
@@ -118,17 +99,9 @@ impl Tokenizer {
         let mut token_to_id = HashMap::with_capacity(n_vocab);
         for (i, text) in spec.tokens.into_iter().enumerate() {
             let id = i as u32;
-            let text = if text.is_empty() {
-                format!("[EMPTY_{i}]")
-            } else {
-                text
-            };
+            let text = if text.is_empty() { format!("[EMPTY_{i}]") } else { text };
             if let Some(first) = token_to_id.insert(text.clone(), id) {
-                return Err(TokenizerError::DuplicateToken {
-                    text,
-                    first,
-                    second: id,
-                });
+                return Err(TokenizerError::DuplicateToken { text, first, second: id });
             }
             let attr = match spec.token_types.get(i) {
                 Some(&t) => TokenAttr::from_token_type(t),
@@ -157,19 +130,11 @@ impl Tokenizer {
         // Special ids: type defaults, then keys (ids out of range keep the default).
         let default_id = |id: u32| (id < n_vocab as u32).then_some(id);
         let mut ids = SpecialIds::default();
-        let mut bos = if is_bpe {
-            default_id(11)
-        } else {
-            default_id(1)
-        };
+        let mut bos = if is_bpe { default_id(11) } else { default_id(1) };
         if pre_cfg.as_ref().is_some_and(|c| c.no_default_bos) {
             bos = None;
         }
-        let mut eos = if is_bpe {
-            default_id(11)
-        } else {
-            default_id(2)
-        };
+        let mut eos = if is_bpe { default_id(11) } else { default_id(2) };
         ids.unk = if is_bpe { None } else { default_id(0) };
         let in_range = |id: Option<u32>| id.filter(|&i| (i as usize) < n_vocab);
         bos = in_range(spec.bos_id).or(bos);
@@ -205,10 +170,7 @@ impl Tokenizer {
         // forced to CONTROL. The reference walks a hash map, so with several candidates its
         // pick is unspecified; we take the lowest id.
         let find = |texts: &[&str]| -> Option<u32> {
-            texts
-                .iter()
-                .filter_map(|t| token_to_id.get(*t).copied())
-                .min()
+            texts.iter().filter_map(|t| token_to_id.get(*t).copied()).min()
         };
         let mut force_control = Vec::new();
         for (slot, texts) in [
@@ -226,11 +188,7 @@ impl Tokenizer {
                 force_control.extend(*slot);
             }
         }
-        force_control.extend(
-            EOG_TEXTS
-                .iter()
-                .filter_map(|t| token_to_id.get(*t).copied()),
-        );
+        force_control.extend(EOG_TEXTS.iter().filter_map(|t| token_to_id.get(*t).copied()));
         for id in force_control {
             tokens[id as usize].attr.set(TokenAttr::CONTROL, true);
         }
@@ -252,11 +210,7 @@ impl Tokenizer {
         let mut eog: Vec<u32> = [ids.fim_pad, ids.fim_rep, ids.fim_sep, eos, ids.eot, ids.eom]
             .into_iter()
             .flatten()
-            .chain(
-                EOG_TEXTS
-                    .iter()
-                    .filter_map(|t| token_to_id.get(*t).copied()),
-            )
+            .chain(EOG_TEXTS.iter().filter_map(|t| token_to_id.get(*t).copied()))
             .collect();
         eog.sort_unstable();
         eog.dedup();
@@ -286,10 +240,7 @@ impl Tokenizer {
         // Per-model strip attributes, set after the special list as in the reference.
         let name = spec.model_name.unwrap_or_default().to_lowercase();
         let pre = tok.pre.clone().unwrap_or_default();
-        if ["jina-v2-de", "jina-v2-es", "jina-v2-code"]
-            .iter()
-            .any(|p| pre.contains(p))
-        {
+        if ["jina-v2-de", "jina-v2-es", "jina-v2-code"].iter().any(|p| pre.contains(p)) {
             tok.set_attr_by_text("<mask>", TokenAttr::LSTRIP, true);
         } else if name.contains("phi-3") || name.contains("phi3") {
             for id in tok.specials.clone() {
@@ -319,10 +270,6 @@ fn check_len(
     if found == expected || (empty_ok && found == 0) {
         Ok(())
     } else {
-        Err(TokenizerError::LengthMismatch {
-            field,
-            expected,
-            found,
-        })
+        Err(TokenizerError::LengthMismatch { field, expected, found })
     }
 }

@@ -189,10 +189,7 @@ impl Tokenizer {
                         Fragment::Token(id) => out.push(id),
                         Fragment::Text { start, end } => {
                             for word in split.split(&text[start..end]) {
-                                self.bpe_word(
-                                    &unicode::bytes_to_byte_level(word.as_bytes()),
-                                    &mut out,
-                                );
+                                self.bpe_word(&unicode::bytes_to_byte_level(word.as_bytes()), &mut out);
                             }
                         }
                     }
@@ -209,13 +206,8 @@ impl Tokenizer {
                             prev_special = true;
                         }
                         Fragment::Text { start, end } => {
-                            let prefix = if self.add_space_prefix && prev_special {
-                                " "
-                            } else {
-                                ""
-                            };
-                            let escaped =
-                                format!("{prefix}{}", &text[start..end]).replace(' ', "▁");
+                            let prefix = if self.add_space_prefix && prev_special { " " } else { "" };
+                            let escaped = format!("{prefix}{}", &text[start..end]).replace(' ', "▁");
                             self.spm_text(&escaped, &mut out);
                             prev_special = false;
                         }
@@ -286,11 +278,8 @@ impl Tokenizer {
     }
 
     pub fn summary(&self) -> TokenizerSummary {
-        let mut specials: Vec<(u32, String)> = self
-            .specials
-            .iter()
-            .map(|&id| (id, self.tokens[id as usize].text.clone()))
-            .collect();
+        let mut specials: Vec<(u32, String)> =
+            self.specials.iter().map(|&id| (id, self.tokens[id as usize].text.clone())).collect();
         specials.sort();
         TokenizerSummary {
             model: self.model.clone(),

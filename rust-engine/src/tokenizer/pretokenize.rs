@@ -46,12 +46,7 @@ struct Flags {
 
 impl Flags {
     fn of(c: char) -> Self {
-        Flags {
-            in_range: true,
-            letter: is_letter(c),
-            number: is_number(c),
-            space: is_whitespace(c),
-        }
+        Flags { in_range: true, letter: is_letter(c), number: is_number(c), space: is_whitespace(c) }
     }
 
     /// `[^\s\p{L}\p{N}]`, inside the text.
@@ -78,14 +73,7 @@ impl<'t> Cuts<'t> {
         offsets.push(text.len());
         let chars: Vec<char> = text.chars().collect();
         let flags = chars.iter().map(|&c| Flags::of(c)).collect();
-        Cuts {
-            text,
-            offsets,
-            chars,
-            flags,
-            words: Vec::new(),
-            prev_end: 0,
-        }
+        Cuts { text, offsets, chars, flags, words: Vec::new(), prev_end: 0 }
     }
 
     fn len(&self) -> usize {
@@ -104,8 +92,7 @@ impl<'t> Cuts<'t> {
     fn cut(&mut self, end: usize) -> usize {
         let len = end - self.prev_end;
         if len > 0 {
-            self.words
-                .push(&self.text[self.offsets[self.prev_end]..self.offsets[end]]);
+            self.words.push(&self.text[self.offsets[self.prev_end]..self.offsets[end]]);
         }
         self.prev_end = end;
         len
@@ -153,9 +140,7 @@ impl<'t> Cuts<'t> {
             }
 
             // [^\r\n\p{L}\p{N}]?\p{L}+
-            if !(cpt == '\r' || cpt == '\n' || flags.number)
-                && (flags.letter || self.flags(pos + 1).letter)
-            {
+            if !(cpt == '\r' || cpt == '\n' || flags.number) && (flags.letter || self.flags(pos + 1).letter) {
                 pos += 1;
                 while self.flags(pos).letter {
                     pos += 1;
@@ -180,11 +165,7 @@ impl<'t> Cuts<'t> {
 
             // ?[^\s\p{L}\p{N}]+[\r\n]*  (a lone space at the very end also lands here, as in
             // the reference: the out-of-range position after it has no class at all)
-            let mut flags2 = if cpt == ' ' {
-                self.flags(pos + 1)
-            } else {
-                flags
-            };
+            let mut flags2 = if cpt == ' ' { self.flags(pos + 1) } else { flags };
             if !(flags2.space || flags2.letter || flags2.number) {
                 if cpt == ' ' {
                     pos += 1;
@@ -250,11 +231,7 @@ impl<'t> Cuts<'t> {
                 continue;
             }
 
-            let mut flags2 = if cpt == ' ' {
-                self.flags(pos + 1)
-            } else {
-                flags
-            };
+            let mut flags2 = if cpt == ' ' { self.flags(pos + 1) } else { flags };
             // ?\p{L}+
             if flags2.letter {
                 pos += usize::from(cpt == ' ');
@@ -407,8 +384,7 @@ mod tests {
 
     #[test]
     fn every_split_covers_the_text() {
-        for text in ["", "a", "  x  ", "\r\n\r\n a'S 123456 ..!? \t\n", "🇫🇷👨‍👩‍👧 ok"]
-        {
+        for text in ["", "a", "  x  ", "\r\n\r\n a'S 123456 ..!? \t\n", "🇫🇷👨‍👩‍👧 ok"] {
             assert_eq!(l3(text).concat(), text);
             assert_eq!(PreSplit::Gpt2.split(text).concat(), text);
         }
@@ -417,10 +393,7 @@ mod tests {
     #[test]
     fn gpt2_split() {
         let g = |t| PreSplit::Gpt2.split(t);
-        assert_eq!(
-            g("Hello world's 12345 !!"),
-            ["Hello", " world", "'s", " 12345", " !!"]
-        );
+        assert_eq!(g("Hello world's 12345 !!"), ["Hello", " world", "'s", " 12345", " !!"]);
         assert_eq!(g("DON'T"), ["DON", "'", "T"]);
         // No newline rule: a newline run before text also gives up its last newline.
         assert_eq!(g("a   b\n\nc"), ["a", "  ", " b", "\n", "\n", "c"]);

@@ -26,10 +26,7 @@ impl Tokenizer {
         let bytes = text.as_bytes();
         let mut fragments = Vec::new();
         if !text.is_empty() {
-            fragments.push(Fragment::Text {
-                start: 0,
-                end: text.len(),
-            });
+            fragments.push(Fragment::Text { start: 0, end: text.len() });
         }
         for &id in &self.specials {
             let data = &self.tokens[id as usize];
@@ -52,10 +49,7 @@ impl Tokenizer {
                         }
                     }
                     if left_end > start {
-                        next.push(Fragment::Text {
-                            start,
-                            end: left_end,
-                        });
+                        next.push(Fragment::Text { start, end: left_end });
                     }
                     next.push(Fragment::Token(id));
                     start = at + special.len();

@@ -40,9 +40,7 @@ impl PartialOrd for Bigram {
 impl Ord for Bigram {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         // total_cmp: scores are finite in practice; NaN scores still order deterministically.
-        self.score
-            .total_cmp(&other.score)
-            .then_with(|| other.left.cmp(&self.left))
+        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
     }
 }
 
@@ -127,12 +125,7 @@ impl Tokenizer {
         if let Some(&id) = self.token_to_id.get(&hex) {
             return Some(id);
         }
-        let raw = if b.is_ascii() {
-            Some(char::from(b).to_string())
-        } else {
-            None
-        };
-        raw.and_then(|r| self.token_to_id.get(&r).copied())
-            .or(self.ids.unk)
+        let raw = if b.is_ascii() { Some(char::from(b).to_string()) } else { None };
+        raw.and_then(|r| self.token_to_id.get(&r).copied()).or(self.ids.unk)
     }
 }

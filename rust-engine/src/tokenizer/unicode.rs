@@ -15,17 +15,17 @@ fn in_ranges(ranges: &[(u32, u32)], c: char) -> bool {
 }
 
 /// General category L*: the pre-tokenizers' `\p{L}`.
-pub(crate) fn is_letter(c: char) -> bool {
+pub fn is_letter(c: char) -> bool {
     in_ranges(LETTER, c)
 }
 
 /// General category N*: the pre-tokenizers' `\p{N}`.
-pub(crate) fn is_number(c: char) -> bool {
+pub fn is_number(c: char) -> bool {
     in_ranges(NUMBER, c)
 }
 
 /// The Unicode `White_Space` property: the reference's `unicode_set_whitespace`.
-pub(crate) fn is_whitespace(c: char) -> bool {
+pub fn is_whitespace(c: char) -> bool {
     matches!(
         c,
         '\u{09}'..='\u{0D}'
@@ -81,17 +81,12 @@ pub fn char_to_byte(c: char) -> Option<u8> {
     }
     // U+0100 + k is the k-th non-printable byte.
     let k = cp.checked_sub(256)?;
-    (0..=255u8)
-        .filter(|&b| !is_printable_byte(b))
-        .nth(usize::try_from(k).ok()?)
+    (0..=255u8).filter(|&b| !is_printable_byte(b)).nth(usize::try_from(k).ok()?)
 }
 
 /// Writes `bytes` in the byte-level alphabet (the reference's `unicode_byte_encoding_process`).
 pub fn bytes_to_byte_level(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|&b| BYTE_TO_CHAR[usize::from(b)])
-        .collect()
+    bytes.iter().map(|&b| BYTE_TO_CHAR[usize::from(b)]).collect()
 }
 
 #[cfg(test)]
@@ -120,9 +115,7 @@ mod tests {
 
     #[test]
     fn classes() {
-        for c in [
-            'a', 'Z', 'é', 'ß', 'Ж', 'λ', '中', 'ア', '한', 'ª', 'ǅ', 'ʰ',
-        ] {
+        for c in ['a', 'Z', 'é', 'ß', 'Ж', 'λ', '中', 'ア', '한', 'ª', 'ǅ', 'ʰ'] {
             assert!(is_letter(c), "{c:?}");
         }
         for c in ['1', '٣', '½', 'Ⅻ', '²', '〇'] {
@@ -135,9 +128,7 @@ mod tests {
         // Unicode 16 additions are unassigned in 15.1, as in the reference.
         assert!(!is_letter('\u{1C89}'));
         assert!(is_letter('\u{2EBF0}')); // CJK Extension I, new in 15.1
-        for c in [
-            ' ', '\t', '\n', '\r', '\u{0B}', '\u{85}', '\u{A0}', '\u{3000}', '\u{2028}',
-        ] {
+        for c in [' ', '\t', '\n', '\r', '\u{0B}', '\u{85}', '\u{A0}', '\u{3000}', '\u{2028}'] {
             assert!(is_whitespace(c), "{c:?}");
         }
         for c in ['\u{200B}', '\u{1C}', 'a', '\u{FEFF}'] {

@@ -9,7 +9,7 @@ use bitnet_cpp::{ContextParams, Reference};
 use bitnet_engine::gguf::GgufFile;
 use bitnet_engine::model::{Model, ModelOptions};
 use bitnet_engine::tokenizer::Tokenizer;
-use harness::fixtures::{spec, write_spec, WeightForm};
+use bitnet_fixtures::{spec, write_spec, WeightForm};
 
 const PROMPT: &str = "The quick brown fox jumps over the lazy dog, then 42 cats sat on 7 mats; \
                       naïve café owners counted 1234567 coins while the river ran north.";

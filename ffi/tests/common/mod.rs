@@ -106,10 +106,8 @@ pub fn vocab() -> Vocab {
     let map = byte_to_char();
     let mut tokens: Vec<String> = map.iter().map(|c| c.to_string()).collect();
     let mut types = vec![1i32; 256];
-    let merges: Vec<String> = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ s"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let merges: Vec<String> =
+        ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ s"].iter().map(|s| s.to_string()).collect();
     for m in &merges {
         tokens.push(m.replace(' ', ""));
         types.push(1);
@@ -120,13 +118,7 @@ pub fn vocab() -> Vocab {
     let eos = tokens.len() as u32;
     tokens.push("<|end_of_text|>".into());
     types.push(3);
-    Vocab {
-        tokens,
-        types,
-        merges,
-        bos,
-        eos,
-    }
+    Vocab { tokens, types, merges, bos, eos }
 }
 
 /// Weights of the generated model, kept in memory for the float64 forward pass.
@@ -140,20 +132,12 @@ fn ternary_tensor(rng: &mut Rng, name: String, cols: usize, rows: usize) -> Tens
     // A scale exactly representable in f32 and in f16 keeps every conversion exact.
     let scale = 0.0625f32;
     let data = (0..cols * rows).map(|_| rng.ternary() * scale).collect();
-    Tensor {
-        name,
-        dims: vec![cols as u64, rows as u64],
-        data,
-    }
+    Tensor { name, dims: vec![cols as u64, rows as u64], data }
 }
 
 fn norm_tensor(rng: &mut Rng, name: String, n: usize) -> Tensor {
     let data = (0..n).map(|_| 1.0 + 0.25 * rng.uniform()).collect();
-    Tensor {
-        name,
-        dims: vec![n as u64],
-        data,
-    }
+    Tensor { name, dims: vec![n as u64], data }
 }
 
 /// All tensors of a model of this shape (token_embd F32, tied lm_head).
@@ -201,34 +185,16 @@ pub fn write_f32_model(dir: &Path, name: &str, spec: &Spec) -> PathBuf {
         (k("block_count"), Value::U32(spec.n_layer as u32)),
         (k("feed_forward_length"), Value::U32(spec.n_ff as u32)),
         (k("attention.head_count"), Value::U32(spec.n_head as u32)),
-        (
-            k("attention.head_count_kv"),
-            Value::U32(spec.n_head_kv as u32),
-        ),
+        (k("attention.head_count_kv"), Value::U32(spec.n_head_kv as u32)),
         (k("attention.layer_norm_rms_epsilon"), Value::F32(spec.eps)),
         (k("rope.freq_base"), Value::F32(spec.rope_base)),
-        (
-            k("rope.dimension_count"),
-            Value::U32(spec.head_dim() as u32),
-        ),
+        (k("rope.dimension_count"), Value::U32(spec.head_dim() as u32)),
         (k("vocab_size"), Value::U32(n_vocab as u32)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
-        (
-            "tokenizer.ggml.pre".into(),
-            Value::String("llama-bpe".into()),
-        ),
-        (
-            "tokenizer.ggml.tokens".into(),
-            Value::Array(Array::String(v.tokens.clone())),
-        ),
-        (
-            "tokenizer.ggml.token_type".into(),
-            Value::Array(Array::I32(v.types.clone())),
-        ),
-        (
-            "tokenizer.ggml.merges".into(),
-            Value::Array(Array::String(v.merges.clone())),
-        ),
+        ("tokenizer.ggml.pre".into(), Value::String("llama-bpe".into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(Array::String(v.tokens.clone()))),
+        ("tokenizer.ggml.token_type".into(), Value::Array(Array::I32(v.types.clone()))),
+        ("tokenizer.ggml.merges".into(), Value::Array(Array::String(v.merges.clone()))),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(v.bos)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(v.eos)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)),
@@ -242,12 +208,9 @@ pub fn write_f32_model(dir: &Path, name: &str, spec: &Spec) -> PathBuf {
     }
     let ts = tensors(spec, n_vocab);
     for t in &ts {
-        w.add_tensor_info(&t.name, &t.dims, GgmlType::F32, (t.data.len() * 4) as u64)
-            .unwrap();
+        w.add_tensor_info(&t.name, &t.dims, GgmlType::F32, (t.data.len() * 4) as u64).unwrap();
     }
-    let mut out = w
-        .begin(BufWriter::new(File::create(&path).unwrap()))
-        .unwrap();
+    let mut out = w.begin(BufWriter::new(File::create(&path).unwrap())).unwrap();
     for t in &ts {
         let bytes: Vec<u8> = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
         out.write_tensor_data(&t.name, &bytes).unwrap();
@@ -297,19 +260,15 @@ pub fn argmax<T: Copy + PartialOrd>(v: &[T]) -> usize {
 
 /// Read a tensor of the file as f64 (F32 or F16 storage).
 fn read_f64(f: &GgufFile, name: &str) -> Vec<f64> {
-    let info = f
-        .tensor(name)
-        .unwrap_or_else(|| panic!("tensor {name} missing"));
+    let info = f.tensor(name).unwrap_or_else(|| panic!("tensor {name} missing"));
     let bytes = f.tensor_data(info);
     match info.ggml_type {
-        GgmlType::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect(),
-        GgmlType::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
+        GgmlType::F32 => {
+            bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect()
+        }
+        GgmlType::F16 => {
+            bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64()).collect()
+        }
         other => panic!("float64 forward reads F32/F16 only, {name} is {other:?}"),
     }
 }
@@ -317,9 +276,7 @@ fn read_f64(f: &GgufFile, name: &str) -> Vec<f64> {
 /// W (rows × cols, row-major as ggml stores it) @ x (cols) → rows.
 fn matvec(w: &[f64], x: &[f64]) -> Vec<f64> {
     let cols = x.len();
-    w.chunks_exact(cols)
-        .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
-        .collect()
+    w.chunks_exact(cols).map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect()
 }
 
 fn rmsnorm(x: &[f64], weight: &[f64], eps: f64) -> Vec<f64> {
@@ -378,10 +335,7 @@ pub fn forward_f64(f: &GgufFile, spec: &Spec, tokens: &[i32]) -> Forward {
         .collect();
     let mut k_cache: Vec<Vec<Vec<f64>>> = vec![Vec::new(); spec.n_layer];
     let mut v_cache: Vec<Vec<Vec<f64>>> = vec![Vec::new(); spec.n_layer];
-    let mut result = Forward {
-        result_norm: Vec::new(),
-        logits: Vec::new(),
-    };
+    let mut result = Forward { result_norm: Vec::new(), logits: Vec::new() };
     for (pos, &tok) in tokens.iter().enumerate() {
         let mut x = embd[tok as usize * e..(tok as usize + 1) * e].to_vec();
         for (l, w) in layers.iter().enumerate() {
@@ -403,10 +357,7 @@ pub fn forward_f64(f: &GgufFile, spec: &Spec, tokens: &[i32]) -> Forward {
             for h_i in 0..spec.n_head {
                 let kv_h = h_i / group;
                 // Non-flash attention converts Q to F16 for K·Q.
-                let qh: Vec<f64> = q[h_i * hd..(h_i + 1) * hd]
-                    .iter()
-                    .map(|&x| round_f16(x))
-                    .collect();
+                let qh: Vec<f64> = q[h_i * hd..(h_i + 1) * hd].iter().map(|&x| round_f16(x)).collect();
                 let scores: Vec<f64> = (0..=pos)
                     .map(|p| {
                         let kh = &k_cache[l][p][kv_h * hd..(kv_h + 1) * hd];

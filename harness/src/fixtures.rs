@@ -30,7 +30,8 @@ pub fn run(args: &FixturesArgs) -> Result<Exit, Failure> {
             Some(dir) => dir.clone(),
             None => default_cache_dir().or_exit(Exit::BadInput)?,
         };
-        let forms = if args.with_f32 { vec![WeightForm::I2S, WeightForm::F32] } else { vec![WeightForm::I2S] };
+        let forms =
+            if args.with_f32 { vec![WeightForm::I2S, WeightForm::F32] } else { vec![WeightForm::I2S] };
         (vec![spec::bitnet_2b(args.layers)], forms, out)
     } else {
         let out = args.out.clone().unwrap_or_else(|| PathBuf::from("fixtures"));

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use bitnet_engine::gguf::{Array, GgufFile, Value};
+use bitnet_engine::gguf::{Array, GgmlType, GgufFile, TensorInfo, Value};
+use bitnet_engine::quant::detect_flavor;
 use serde::Serialize;
 
 use crate::exit::{Exit, Failure, OrExit};
@@ -53,6 +54,20 @@ pub struct TensorReport {
     pub n_bytes: u64,
     /// Offset in the file (absolute).
     pub file_offset: u64,
+    /// For I2_S tensors: the detected flavour (layout) and how it was decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub i2s: Option<I2sReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct I2sReport {
+    /// The flavour used, or null when no flavour fits (then `note` says why).
+    pub flavor: Option<String>,
+    /// Every flavour whose size fits, in priority order.
+    pub candidates: Vec<String>,
+    /// Whether `BITNET_I2S_FLAVOR` forced it.
+    pub forced: bool,
+    pub note: String,
 }
 
 pub fn run(args: &InspectArgs) -> Result<Exit, Failure> {
@@ -95,6 +110,7 @@ pub fn describe(file: &GgufFile) -> InspectReport {
             ggml_type: t.ggml_type.name().to_string(),
             n_bytes: t.n_bytes,
             file_offset: file.data_offset() + t.offset,
+            i2s: (t.ggml_type == GgmlType::I2_S).then(|| i2s_report(file, t)),
         })
         .collect();
     InspectReport {
@@ -108,6 +124,19 @@ pub fn describe(file: &GgufFile) -> InspectReport {
         tokenizer: tokenizer_summary(file),
         metadata_keys: file.metadata().len(),
         tensors,
+    }
+}
+
+fn i2s_report(file: &GgufFile, t: &TensorInfo) -> I2sReport {
+    let has_sibling = file.tensor(&format!("{}.scale", t.name)).is_some();
+    match detect_flavor(&t.name, &t.dims, file.tensor_data(t), has_sibling) {
+        Ok(d) => I2sReport {
+            flavor: Some(d.flavor.name().to_string()),
+            candidates: d.candidates.iter().map(|f| f.name().to_string()).collect(),
+            forced: d.forced,
+            note: d.note,
+        },
+        Err(e) => I2sReport { flavor: None, candidates: Vec::new(), forced: false, note: e.to_string() },
     }
 }
 
@@ -131,7 +160,8 @@ fn json_value(v: &Value) -> serde_json::Value {
     match v {
         Value::String(s) => json!(s),
         Value::Bool(b) => json!(b),
-        Value::F32(x) => json!(x),
+        // Through the f32's shortest decimal form, so 1e-5 stays 1e-5 rather than 9.99999974e-6.
+        Value::F32(x) => format!("{x}").parse::<f64>().map_or(json!(null), |v| json!(v)),
         Value::F64(x) => json!(x),
         Value::Array(a) => json!(format!("[{}; {}]", a.element_type(), a.len())),
         other => other.as_i64().map_or_else(|| json!(other.as_u64()), |x| json!(x)),
@@ -177,10 +207,24 @@ fn render_text(r: &InspectReport) -> String {
     }
     let _ = writeln!(s, "tensors:");
     let name_w = r.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-    let _ = writeln!(s, "  {:name_w$}  {:>18}  {:>6}  {:>12}", "name", "shape", "type", "bytes");
+    let _ =
+        writeln!(s, "  {:name_w$}  {:>18}  {:>6}  {:>12}  i2_s flavour", "name", "shape", "type", "bytes");
     for t in &r.tensors {
         let dims = t.dims.iter().map(u64::to_string).collect::<Vec<_>>().join("×");
-        let _ = writeln!(s, "  {:name_w$}  {:>18}  {:>6}  {:>12}", t.name, dims, t.ggml_type, t.n_bytes);
+        let flavor = match &t.i2s {
+            Some(I2sReport { flavor: Some(f), candidates, .. }) if candidates.len() > 1 => {
+                let others: Vec<&str> = candidates.iter().map(String::as_str).filter(|c| c != f).collect();
+                format!("{f} (same size: {})", others.join(", "))
+            }
+            Some(I2sReport { flavor: Some(f), .. }) => f.clone(),
+            Some(I2sReport { flavor: None, note, .. }) => format!("NONE FITS: {note}"),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "  {:name_w$}  {:>18}  {:>6}  {:>12}  {flavor}",
+            t.name, dims, t.ggml_type, t.n_bytes
+        );
     }
     s
 }

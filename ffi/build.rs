@@ -87,13 +87,8 @@ const GGML_FLAGS: &[&str] = &[
     "-D_XOPEN_SOURCE=600",
 ];
 const LLAMA_FLAGS: &[&str] = &["-DLLAMA_BUILD", "-DLLAMA_SHARED"];
-const LINK_FLAGS: &[&str] = &[
-    "-shared",
-    "-fopenmp",
-    "-pthread",
-    "-Wl,--no-undefined",
-    "-Wl,-soname,libbitnet_cpp_ref.so",
-];
+const LINK_FLAGS: &[&str] =
+    &["-shared", "-fopenmp", "-pthread", "-Wl,--no-undefined", "-Wl,-soname,libbitnet_cpp_ref.so"];
 
 /// Environment variables that change the result.
 const WATCHED_ENV: &[&str] = &["BITNET_CPP_DIR", "CC", "CXX", "CFLAGS", "CXXFLAGS"];
@@ -131,11 +126,7 @@ fn run() -> Result<(), String> {
                     locate::check_headers(&dir)?;
                     return emit_prebuilt(&dir, &lib, &out_dir);
                 }
-                locate::DirKind::Checkout => Source {
-                    kind: "checkout",
-                    root: dir,
-                    package: None,
-                },
+                locate::DirKind::Checkout => Source { kind: "checkout", root: dir, package: None },
             }
         }
         None => Source {
@@ -158,8 +149,7 @@ fn env_var(name: &str) -> Result<String, String> {
 fn fetch_registry_source(out_dir: &Path) -> Result<PathBuf, String> {
     let cargo = env_var("CARGO")?;
     let dir = out_dir.join("reference-source-fetch");
-    fs::create_dir_all(dir.join("src"))
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    fs::create_dir_all(dir.join("src")).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let manifest = dir.join("Cargo.toml");
     let text = format!(
         "[package]\nname = \"bitnet-cpp-reference-source\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\n\n\
@@ -173,12 +163,7 @@ fn fetch_registry_source(out_dir: &Path) -> Result<PathBuf, String> {
         let mut c = Command::new(&cargo);
         c.args(args).arg("--manifest-path").arg(&manifest);
         // The outer build's settings must not leak into the nested cargo.
-        for var in [
-            "CARGO_TARGET_DIR",
-            "RUSTFLAGS",
-            "CARGO_ENCODED_RUSTFLAGS",
-            "CARGO_BUILD_TARGET",
-        ] {
+        for var in ["CARGO_TARGET_DIR", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
             c.env_remove(var);
         }
         c
@@ -230,11 +215,7 @@ fn fetch_registry_source(out_dir: &Path) -> Result<PathBuf, String> {
 const CHECKOUT_MARKER: &str = "3rdparty/llama.cpp/include/llama.h";
 
 fn first_line(s: &str) -> String {
-    s.lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("(no output)")
-        .trim()
-        .to_string()
+    s.lines().find(|l| !l.trim().is_empty()).unwrap_or("(no output)").trim().to_string()
 }
 
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -269,24 +250,11 @@ struct Group {
 }
 
 fn groups() -> Vec<Group> {
-    let with = |extra: &[&'static str]| -> Vec<&'static str> {
-        COMMON_FLAGS.iter().chain(extra).copied().collect()
-    };
+    let with =
+        |extra: &[&'static str]| -> Vec<&'static str> { COMMON_FLAGS.iter().chain(extra).copied().collect() };
     vec![
-        Group {
-            name: "ggml-c",
-            cxx: false,
-            std: "gnu11",
-            files: GGML_C_FILES,
-            flags: with(GGML_FLAGS),
-        },
-        Group {
-            name: "ggml-cxx",
-            cxx: true,
-            std: "gnu++11",
-            files: GGML_CXX_FILES,
-            flags: with(GGML_FLAGS),
-        },
+        Group { name: "ggml-c", cxx: false, std: "gnu11", files: GGML_C_FILES, flags: with(GGML_FLAGS) },
+        Group { name: "ggml-cxx", cxx: true, std: "gnu++11", files: GGML_CXX_FILES, flags: with(GGML_FLAGS) },
         Group {
             name: "llama-cxx",
             cxx: true,
@@ -364,28 +332,19 @@ fn native_isa(cc_path: &Path) -> Result<(Vec<String>, Option<String>), String> {
         .collect();
     macros.sort();
     macros.dedup();
-    let march = Command::new(cc_path)
-        .args(["-march=native", "-Q", "--help=target"])
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
-                l.trim()
-                    .strip_prefix("-march=")
-                    .map(|v| v.trim().to_string())
-            })
+    let march =
+        Command::new(cc_path).args(["-march=native", "-Q", "--help=target"]).output().ok().and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("-march=").map(|v| v.trim().to_string()))
         });
     Ok((macros, march))
 }
 
 /// Every file that feeds the compile: sources and headers, sorted, relative to the root.
 fn input_files(root: &Path) -> Result<Vec<String>, String> {
-    let mut files: Vec<String> = GGML_C_FILES
-        .iter()
-        .chain(GGML_CXX_FILES)
-        .chain(LLAMA_CXX_FILES)
-        .map(|s| s.to_string())
-        .collect();
+    let mut files: Vec<String> =
+        GGML_C_FILES.iter().chain(GGML_CXX_FILES).chain(LLAMA_CXX_FILES).map(|s| s.to_string()).collect();
     for dir in HEADER_DIRS {
         let entries = fs::read_dir(root.join(dir))
             .map_err(|e| format!("cannot list {}: {e}", root.join(dir).display()))?;
@@ -425,9 +384,7 @@ fn build_from_source(source: &Source, out_dir: &Path) -> Result<(), String> {
         cxx_tool.path().display()
     ));
     for g in &groups {
-        let tool = cc_build(source, g, out_dir)
-            .try_get_compiler()
-            .map_err(|e| e.to_string())?;
+        let tool = cc_build(source, g, out_dir).try_get_compiler().map_err(|e| e.to_string())?;
         h.update(format!("{} {:?}\n", g.name, tool.args()));
     }
     h.update(format!("{LINK_FLAGS:?}\n{isa_macros:?}\n{march:?}\n"));
@@ -453,62 +410,48 @@ fn build_from_source(source: &Source, out_dir: &Path) -> Result<(), String> {
             source.root.display(),
             cache_dir.display()
         );
-        compile_and_link(
-            source,
-            &groups,
-            &cache_dir,
-            &key,
-            &cxx_tool,
-            |tmp, seconds| {
-                let mut commands = Vec::new();
-                for g in &groups {
-                    let tool = cc_build(source, g, tmp)
-                        .try_get_compiler()
-                        .map_err(|e| e.to_string())?;
-                    let args: Vec<String> = tool
-                        .args()
-                        .iter()
-                        .map(|a| a.to_string_lossy().into_owned())
-                        .collect();
-                    commands.push(json!({
-                        "group": g.name,
-                        "compiler": tool.path(),
-                        "args": args,
-                        "files": g.files,
-                    }));
-                }
-                let headers: Vec<Value> = locate::PINNED_HEADERS
-                    .iter()
-                    .map(|(rel, sha)| json!({"path": rel, "sha256": sha}))
-                    .collect();
-                Ok(json!({
-                    "source": {
-                        "kind": source.kind,
-                        "path": source.root,
-                        "package": source.package.map(|p| p.0),
-                        "version": source.package.map(|p| p.1),
-                        "headers": headers,
-                    },
-                    "library": lib_path,
-                    "cache_key": key,
-                    "compiler": {
-                        "c": c_tool.path(),
-                        "c_version": c_version,
-                        "cxx": cxx_tool.path(),
-                        "cxx_version": cxx_version,
-                    },
-                    "compile": commands,
-                    "link_args": LINK_FLAGS,
-                    "isa": {
-                        "march_native": march,
-                        "macros": isa_macros,
-                    },
-                    "kernels": "I2_S MAD (ggml_vec_dot_i2_i8_s); GGML_BITNET_X86_TL2 and GGML_BITNET_ARM_TL1 undefined",
-                    "built_at_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-                    "build_seconds": seconds,
-                }))
-            },
-        )?;
+        compile_and_link(source, &groups, &cache_dir, &key, &cxx_tool, |tmp, seconds| {
+            let mut commands = Vec::new();
+            for g in &groups {
+                let tool = cc_build(source, g, tmp).try_get_compiler().map_err(|e| e.to_string())?;
+                let args: Vec<String> =
+                    tool.args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+                commands.push(json!({
+                    "group": g.name,
+                    "compiler": tool.path(),
+                    "args": args,
+                    "files": g.files,
+                }));
+            }
+            let headers: Vec<Value> =
+                locate::PINNED_HEADERS.iter().map(|(rel, sha)| json!({"path": rel, "sha256": sha})).collect();
+            Ok(json!({
+                "source": {
+                    "kind": source.kind,
+                    "path": source.root,
+                    "package": source.package.map(|p| p.0),
+                    "version": source.package.map(|p| p.1),
+                    "headers": headers,
+                },
+                "library": lib_path,
+                "cache_key": key,
+                "compiler": {
+                    "c": c_tool.path(),
+                    "c_version": c_version,
+                    "cxx": cxx_tool.path(),
+                    "cxx_version": cxx_version,
+                },
+                "compile": commands,
+                "link_args": LINK_FLAGS,
+                "isa": {
+                    "march_native": march,
+                    "macros": isa_macros,
+                },
+                "kernels": "I2_S MAD (ggml_vec_dot_i2_i8_s); GGML_BITNET_X86_TL2 and GGML_BITNET_ARM_TL1 undefined",
+                "built_at_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "build_seconds": seconds,
+            }))
+        })?;
     }
     bake(&lib_path, &info_path, out_dir)
 }
@@ -536,18 +479,13 @@ fn compile_and_link(
             .map(|g| {
                 let build = cc_build(source, g, &tmp);
                 s.spawn(move || {
-                    build
-                        .try_compile_intermediates()
-                        .map_err(|e| format!("compiling {} failed: {e}", g.name))
+                    build.try_compile_intermediates().map_err(|e| format!("compiling {} failed: {e}", g.name))
                 })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join()
-                    .map_err(|_| "a compile thread panicked".to_string())?
-            })
+            .map(|h| h.join().map_err(|_| "a compile thread panicked".to_string())?)
             .collect::<Result<Vec<_>, String>>()
     })?;
 
@@ -558,9 +496,8 @@ fn compile_and_link(
         link.arg(o);
     }
     link.arg("-lm");
-    let out = link
-        .output()
-        .map_err(|e| format!("cannot run the linker {}: {e}", cxx_tool.path().display()))?;
+    let out =
+        link.output().map_err(|e| format!("cannot run the linker {}: {e}", cxx_tool.path().display()))?;
     if !out.status.success() {
         return Err(format!(
             "linking {} failed: {}",
@@ -571,29 +508,21 @@ fn compile_and_link(
     let seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
     let value = info(&tmp, seconds)?;
     let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
-    fs::write(tmp.join("build-info.json"), text)
-        .map_err(|e| format!("cannot write build-info.json: {e}"))?;
+    fs::write(tmp.join("build-info.json"), text).map_err(|e| format!("cannot write build-info.json: {e}"))?;
     // Objects are not needed once linked; keep the cache small.
     for g in groups {
         let _ = fs::remove_dir_all(tmp.join(g.name));
     }
     let _ = fs::remove_dir_all(cache_dir);
-    fs::rename(&tmp, cache_dir).map_err(|e| {
-        format!(
-            "cannot move {} to {}: {e}",
-            tmp.display(),
-            cache_dir.display()
-        )
-    })
+    fs::rename(&tmp, cache_dir)
+        .map_err(|e| format!("cannot move {} to {}: {e}", tmp.display(), cache_dir.display()))
 }
 
 /// A prebuilt user library: nothing to compile; record what we know.
 fn emit_prebuilt(dir: &Path, lib: &Path, out_dir: &Path) -> Result<(), String> {
     println!("cargo:rerun-if-changed={}", lib.display());
-    let headers: Vec<Value> = locate::PINNED_HEADERS
-        .iter()
-        .map(|(rel, sha)| json!({"path": rel, "sha256": sha}))
-        .collect();
+    let headers: Vec<Value> =
+        locate::PINNED_HEADERS.iter().map(|(rel, sha)| json!({"path": rel, "sha256": sha})).collect();
     let info = json!({
         "source": {
             "kind": "prebuilt",
@@ -613,12 +542,7 @@ fn emit_prebuilt(dir: &Path, lib: &Path, out_dir: &Path) -> Result<(), String> {
         "build_seconds": null,
     });
     let info_path = out_dir.join("prebuilt-build-info.json");
-    write_if_changed(
-        &info_path,
-        serde_json::to_string_pretty(&info)
-            .map_err(|e| e.to_string())?
-            .as_bytes(),
-    )?;
+    write_if_changed(&info_path, serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?.as_bytes())?;
     bake(lib, &info_path, out_dir)
 }
 

@@ -92,8 +92,7 @@ impl BuildInfo {
     pub fn from_file(path: &Path) -> Result<BuildInfo> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::BuildInfo(format!("{}: {e}", path.display())))?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::BuildInfo(format!("{}: {e}", path.display())))
+        serde_json::from_str(&text).map_err(|e| Error::BuildInfo(format!("{}: {e}", path.display())))
     }
 
     /// What is known of a library that a user built without us (no build-info.json beside it).
@@ -106,10 +105,7 @@ impl BuildInfo {
                 version: None,
                 headers: crate::locate::PINNED_HEADERS
                     .iter()
-                    .map(|(p, s)| HeaderPin {
-                        path: p.to_string(),
-                        sha256: s.to_string(),
-                    })
+                    .map(|(p, s)| HeaderPin { path: p.to_string(), sha256: s.to_string() })
                     .collect(),
             },
             library: library.to_path_buf(),
@@ -144,24 +140,15 @@ impl BuildInfo {
                     i.march_native.as_deref().unwrap_or("?"),
                     i.macros
                         .iter()
-                        .filter(|m| [
-                            "__AVX2__",
-                            "__AVX512F__",
-                            "__FMA__",
-                            "__F16C__",
-                            "__ARM_NEON"
-                        ]
-                        .contains(&m.as_str()))
+                        .filter(|m| ["__AVX2__", "__AVX512F__", "__FMA__", "__F16C__", "__ARM_NEON"]
+                            .contains(&m.as_str()))
                         .map(|m| m.trim_matches('_'))
                         .collect::<Vec<_>>()
                         .join(" ")
                 )
             })
             .unwrap_or_else(|| "unknown ISA".into());
-        format!(
-            "bitnet.cpp from {source}, {compiler}, -O3 {isa}, {}",
-            self.kernels
-        )
+        format!("bitnet.cpp from {source}, {compiler}, -O3 {isa}, {}", self.kernels)
     }
 }
 

@@ -90,10 +90,7 @@ impl CaptureState {
         match self.inner.lock() {
             Ok(mut g) => {
                 g.filter = None;
-                (
-                    std::mem::take(&mut g.captured),
-                    std::mem::take(&mut g.errors),
-                )
+                (std::mem::take(&mut g.captured), std::mem::take(&mut g.errors))
             }
             Err(_) => (Vec::new(), vec!["capture state poisoned".into()]),
         }

@@ -24,10 +24,7 @@ pub struct ContextParams {
 
 impl Default for ContextParams {
     fn default() -> Self {
-        ContextParams {
-            n_ctx: 512,
-            n_threads: 1,
-        }
+        ContextParams { n_ctx: 512, n_threads: 1 }
     }
 }
 
@@ -85,19 +82,11 @@ impl Model {
             p.cb_eval_user_data = &*capture as *const CaptureState as *mut c_void;
             api.llama_new_context_with_model(self.inner.ptr.as_ptr(), p)
         };
-        let ptr = NonNull::new(ptr).ok_or_else(|| Error::Context {
-            n_ctx: params.n_ctx,
-            reason: take_last_error(),
-        })?;
+        let ptr = NonNull::new(ptr)
+            .ok_or_else(|| Error::Context { n_ctx: params.n_ctx, reason: take_last_error() })?;
         // SAFETY: ptr is the context just created.
         let n_ctx = unsafe { api.llama_n_ctx(ptr.as_ptr()) };
-        Ok(Context {
-            ptr,
-            capture,
-            n_vocab: self.n_vocab(),
-            n_ctx,
-            model: self.inner.clone(),
-        })
+        Ok(Context { ptr, capture, n_vocab: self.n_vocab(), n_ctx, model: self.inner.clone() })
     }
 }
 
@@ -126,10 +115,7 @@ impl Context {
         if tokens.is_empty() {
             return Err(Error::InvalidArgument("no tokens to evaluate".into()));
         }
-        if let Some(&t) = tokens
-            .iter()
-            .find(|&&t| t < 0 || t as usize >= self.n_vocab)
-        {
+        if let Some(&t) = tokens.iter().find(|&&t| t < 0 || t as usize >= self.n_vocab) {
             return Err(Error::InvalidArgument(format!(
                 "token {t} is outside the vocabulary (0..{})",
                 self.n_vocab
@@ -171,32 +157,21 @@ impl Context {
         let what = if n == 1 {
             format!("token {} at position {start_pos}", tokens[0])
         } else {
-            format!(
-                "a batch of {n} tokens at positions {start_pos}..{}",
-                start_pos as usize + n
-            )
+            format!("a batch of {n} tokens at positions {start_pos}..{}", start_pos as usize + n)
         };
         take_last_error();
         // SAFETY: every array of the batch has n entries and lives until after the call (the
         // library copies the batch); the context is valid and used by this thread only.
         let status = unsafe { self.api().llama_decode(self.ptr.as_ptr(), batch) };
         if status != 0 {
-            return Err(Error::Decode {
-                status,
-                what,
-                reason: take_last_error(),
-            });
+            return Err(Error::Decode { status, what, reason: take_last_error() });
         }
         let mut out = Vec::with_capacity(n * self.n_vocab);
         for i in 0..n {
             // SAFETY: valid context; i indexes an output requested above.
             let row = unsafe { self.api().llama_get_logits_ith(self.ptr.as_ptr(), i as i32) };
             if row.is_null() {
-                return Err(Error::Decode {
-                    status: 0,
-                    what,
-                    reason: format!("no logits for output {i}"),
-                });
+                return Err(Error::Decode { status: 0, what, reason: format!("no logits for output {i}") });
             }
             // SAFETY: a non-null logits row holds n_vocab floats, valid until the next decode.
             out.extend_from_slice(unsafe { std::slice::from_raw_parts(row, self.n_vocab) });

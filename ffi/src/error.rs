@@ -19,11 +19,7 @@ pub enum Error {
     Context { n_ctx: u32, reason: String },
     /// `llama_decode` returned a non-zero status.
     #[error("llama_decode failed with status {status} for {what}: {reason}")]
-    Decode {
-        status: i32,
-        what: String,
-        reason: String,
-    },
+    Decode { status: i32, what: String, reason: String },
     /// A request outside what the loaded model or context allows.
     #[error("{0}")]
     InvalidArgument(String),
@@ -32,11 +28,7 @@ pub enum Error {
     Tokenizer(String),
     /// `llama_model_quantize` failed.
     #[error("the reference could not quantize {input} to {output}: {reason}")]
-    Quantize {
-        input: PathBuf,
-        output: PathBuf,
-        reason: String,
-    },
+    Quantize { input: PathBuf, output: PathBuf, reason: String },
     /// Reading a GGUF file's tensors through ggml failed.
     #[error("tensor access in {path}: {reason}")]
     Tensor { path: PathBuf, reason: String },

@@ -22,9 +22,7 @@ mod sys;
 mod tensors;
 pub mod worker;
 
-pub use build_info::{
-    BuildInfo, CompileGroup, CompilerInfo, HeaderPin, IsaInfo, SourceInfo, BAKED_LIBRARY,
-};
+pub use build_info::{BuildInfo, CompileGroup, CompilerInfo, HeaderPin, IsaInfo, SourceInfo, BAKED_LIBRARY};
 pub use capture::{CaptureFilter, CapturedTensor};
 pub use context::{Context, ContextParams};
 pub use error::{Error, Result};

@@ -26,9 +26,7 @@ pub struct Reference {
 
 impl std::fmt::Debug for Reference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reference")
-            .field("path", &self.api.path)
-            .finish()
+        f.debug_struct("Reference").field("path", &self.api.path).finish()
     }
 }
 
@@ -45,11 +43,7 @@ pub enum LogLevel {
 impl LogLevel {
     /// From `BITNET_CPP_LOG` (`none`, `error`, `warn`, `info`, `debug`); `warn` when unset.
     pub fn from_env() -> LogLevel {
-        match std::env::var("BITNET_CPP_LOG")
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-            .as_str()
-        {
+        match std::env::var("BITNET_CPP_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
             "none" | "off" => LogLevel::None,
             "error" => LogLevel::Error,
             "info" => LogLevel::Info,
@@ -104,16 +98,8 @@ extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c_char, _use
 
 /// Clear and return the error lines logged since the previous call (trimmed, on one line).
 pub(crate) fn take_last_error() -> String {
-    let text = LAST_ERROR
-        .lock()
-        .map(|mut s| std::mem::take(&mut *s))
-        .unwrap_or_default();
-    let joined = text
-        .split('\n')
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ");
+    let text = LAST_ERROR.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
+    let joined = text.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
     if joined.is_empty() {
         "no reason logged".into()
     } else {
@@ -175,10 +161,8 @@ impl Reference {
         // SAFETY: loading runs the library's initialisers; the reference library is a plain
         // C/C++ library without unusual load-time behaviour, and every symbol the bindings
         // name is resolved here (`--dynamic-link-require-all`), so later calls cannot miss.
-        let raw = unsafe { sys::BitnetCppApi::new(path) }.map_err(|e| Error::Library {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let raw = unsafe { sys::BitnetCppApi::new(path) }
+            .map_err(|e| Error::Library { path: path.to_path_buf(), reason: e.to_string() })?;
         set_log_level(LogLevel::from_env());
         // SAFETY: llama_log_set stores a plain function pointer (ours lives for the whole
         // program) and a null user pointer; llama_backend_init only initialises ggml's static
@@ -187,13 +171,7 @@ impl Reference {
             raw.llama_log_set(Some(log_callback), std::ptr::null_mut());
             raw.llama_backend_init();
         }
-        Ok(Reference {
-            api: Arc::new(Api {
-                raw,
-                path: path.to_path_buf(),
-                info,
-            }),
-        })
+        Ok(Reference { api: Arc::new(Api { raw, path: path.to_path_buf(), info }) })
     }
 
     /// Path of the loaded shared library.
@@ -214,10 +192,7 @@ impl Reference {
             return String::new();
         }
         // SAFETY: non-null, NUL-terminated, static.
-        unsafe { CStr::from_ptr(p) }
-            .to_string_lossy()
-            .trim()
-            .to_string()
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().trim().to_string()
     }
 }
 

@@ -27,18 +27,11 @@ const LIBRARY_CANDIDATES: &[&str] = &[
 
 /// Folders, relative to `BITNET_CPP_DIR`, where the bound headers are looked for: a source
 /// checkout keeps them under `3rdparty/llama.cpp`, an installed library under `include/`.
-const HEADER_DIRS: &[&str] = &[
-    "3rdparty/llama.cpp/include",
-    "3rdparty/llama.cpp/ggml/include",
-    "include",
-];
+const HEADER_DIRS: &[&str] = &["3rdparty/llama.cpp/include", "3rdparty/llama.cpp/ggml/include", "include"];
 
 /// Files whose presence marks a Microsoft BitNet source checkout (with its llama.cpp submodule).
-const CHECKOUT_MARKERS: &[&str] = &[
-    "3rdparty/llama.cpp/include/llama.h",
-    "3rdparty/llama.cpp/ggml/src/ggml.c",
-    "src/ggml-bitnet-mad.cpp",
-];
+const CHECKOUT_MARKERS: &[&str] =
+    &["3rdparty/llama.cpp/include/llama.h", "3rdparty/llama.cpp/ggml/src/ggml.c", "src/ggml-bitnet-mad.cpp"];
 
 /// What a `BITNET_CPP_DIR` folder holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,19 +63,13 @@ pub fn classify_dir(dir: &Path) -> Result<DirKind, String> {
 
 /// The first prebuilt library found in `dir`, if any.
 pub fn find_prebuilt(dir: &Path) -> Option<PathBuf> {
-    LIBRARY_CANDIDATES
-        .iter()
-        .map(|c| dir.join(c))
-        .find(|p| p.is_file())
+    LIBRARY_CANDIDATES.iter().map(|c| dir.join(c)).find(|p| p.is_file())
 }
 
 /// Locate each pinned header under `dir` (by file name, in [`HEADER_DIRS`]).
 fn find_header(dir: &Path, pinned_rel: &str) -> Option<PathBuf> {
     let file_name = Path::new(pinned_rel).file_name()?;
-    HEADER_DIRS
-        .iter()
-        .map(|d| dir.join(d).join(file_name))
-        .find(|p| p.is_file())
+    HEADER_DIRS.iter().map(|d| dir.join(d).join(file_name)).find(|p| p.is_file())
 }
 
 /// sha256 of a file, lowercase hex.
@@ -100,10 +87,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// to the pinned one. The error is one line naming the first header that differs.
 pub fn check_headers(dir: &Path) -> Result<(), String> {
     for (rel, want) in PINNED_HEADERS {
-        let name = Path::new(rel)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = Path::new(rel).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let Some(path) = find_header(dir, rel) else {
             return Err(format!(
                 "refusing the library in {}: cannot find its {name} (looked in {}) to check it matches the bindings",

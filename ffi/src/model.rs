@@ -41,9 +41,7 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model")
-            .field("path", &self.inner.path)
-            .finish()
+        f.debug_struct("Model").field("path", &self.inner.path).finish()
     }
 }
 
@@ -98,10 +96,7 @@ impl Reference {
     /// error carrying the reason the reference logged, never a null pointer.
     pub fn load_model(&self, path: &Path) -> Result<Model> {
         if !path.is_file() {
-            return Err(Error::ModelLoad {
-                path: path.to_path_buf(),
-                reason: "no such file".into(),
-            });
+            return Err(Error::ModelLoad { path: path.to_path_buf(), reason: "no such file".into() });
         }
         let c = c_path(path)?;
         let api = &self.api.raw;
@@ -113,17 +108,9 @@ impl Reference {
             params.n_gpu_layers = 0;
             api.llama_load_model_from_file(c.as_ptr(), params)
         };
-        let ptr = NonNull::new(ptr).ok_or_else(|| Error::ModelLoad {
-            path: path.to_path_buf(),
-            reason: take_last_error(),
-        })?;
-        Ok(Model {
-            inner: Arc::new(ModelHandle {
-                api: self.api.clone(),
-                ptr,
-                path: path.to_path_buf(),
-            }),
-        })
+        let ptr = NonNull::new(ptr)
+            .ok_or_else(|| Error::ModelLoad { path: path.to_path_buf(), reason: take_last_error() })?;
+        Ok(Model { inner: Arc::new(ModelHandle { api: self.api.clone(), ptr, path: path.to_path_buf() }) })
     }
 }
 
@@ -152,9 +139,7 @@ impl Model {
         let key = CString::new(key).ok()?;
         let api = self.api();
         // SAFETY: valid model; key is a C string; the callee writes at most `len` bytes.
-        read_string(|buf, len| unsafe {
-            api.llama_model_meta_val_str(self.raw(), key.as_ptr(), buf, len)
-        })
+        read_string(|buf, len| unsafe { api.llama_model_meta_val_str(self.raw(), key.as_ptr(), buf, len) })
     }
 
     /// All metadata pairs in file order.
@@ -165,9 +150,8 @@ impl Model {
         (0..n)
             .filter_map(|i| {
                 // SAFETY: 0 <= i < count; the callee writes at most `len` bytes.
-                let k = read_string(|b, l| unsafe {
-                    api.llama_model_meta_key_by_index(self.raw(), i, b, l)
-                })?;
+                let k =
+                    read_string(|b, l| unsafe { api.llama_model_meta_key_by_index(self.raw(), i, b, l) })?;
                 // SAFETY: as above.
                 let v = read_string(|b, l| unsafe {
                     api.llama_model_meta_val_str_by_index(self.raw(), i, b, l)
@@ -233,18 +217,13 @@ impl Model {
             }
             tokens.resize((-n) as usize, 0);
         }
-        Err(Error::Tokenizer(format!(
-            "llama_tokenize failed on {} bytes of text",
-            text.len()
-        )))
+        Err(Error::Tokenizer(format!("llama_tokenize failed on {} bytes of text", text.len())))
     }
 
     fn check_token(&self, token: i32) -> Result<()> {
         let n = self.n_vocab();
         if token < 0 || token as usize >= n {
-            return Err(Error::InvalidArgument(format!(
-                "token {token} is outside the vocabulary (0..{n})"
-            )));
+            return Err(Error::InvalidArgument(format!("token {token} is outside the vocabulary (0..{n})")));
         }
         Ok(())
     }
@@ -271,18 +250,11 @@ impl Model {
             }
             buf.resize((-n) as usize, 0);
         }
-        Err(Error::Tokenizer(format!(
-            "llama_token_to_piece failed for token {token}"
-        )))
+        Err(Error::Tokenizer(format!("llama_token_to_piece failed for token {token}")))
     }
 
     /// Bytes of a token sequence (the reference's detokenizer).
-    pub fn detokenize(
-        &self,
-        tokens: &[i32],
-        remove_special: bool,
-        unparse_special: bool,
-    ) -> Result<Vec<u8>> {
+    pub fn detokenize(&self, tokens: &[i32], remove_special: bool, unparse_special: bool) -> Result<Vec<u8>> {
         for &t in tokens {
             self.check_token(t)?;
         }
@@ -306,9 +278,6 @@ impl Model {
             }
             buf.resize((-n) as usize, 0);
         }
-        Err(Error::Tokenizer(format!(
-            "llama_detokenize failed for {} tokens",
-            tokens.len()
-        )))
+        Err(Error::Tokenizer(format!("llama_detokenize failed for {} tokens", tokens.len())))
     }
 }

@@ -25,10 +25,7 @@ pub struct QuantizeOptions {
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
-        QuantizeOptions {
-            ftype: FTYPE_MOSTLY_I2_S,
-            threads: 1,
-        }
+        QuantizeOptions { ftype: FTYPE_MOSTLY_I2_S, threads: 1 }
     }
 }
 
@@ -50,9 +47,7 @@ impl Reference {
             return Err(err("no such input file".into()));
         }
         if options.threads == 0 {
-            return Err(err(
-                "threads must be at least 1 (0 would mean all cores)".into()
-            ));
+            return Err(err("threads must be at least 1 (0 would mean all cores)".into()));
         }
         let cin = std::ffi::CString::new(input.as_os_str().as_encoded_bytes())
             .map_err(|_| err("input path contains a NUL byte".into()))?;

@@ -62,10 +62,7 @@ impl Drop for GgufTensors {
 impl Reference {
     /// Parse a GGUF file with ggml; tensor data is read on demand.
     pub fn open_gguf_tensors(&self, path: &Path) -> Result<GgufTensors> {
-        let err = |reason: String| Error::Tensor {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let err = |reason: String| Error::Tensor { path: path.to_path_buf(), reason };
         if !path.is_file() {
             return Err(err("no such file".into()));
         }
@@ -76,28 +73,18 @@ impl Reference {
         take_last_error();
         // SAFETY: valid C string; ctx receives a new ggml context holding tensor descriptors.
         let gguf = unsafe {
-            self.api.raw.gguf_init_from_file(
-                c.as_ptr(),
-                sys::gguf_init_params {
-                    no_alloc: true,
-                    ctx: &mut ctx,
-                },
-            )
+            self.api
+                .raw
+                .gguf_init_from_file(c.as_ptr(), sys::gguf_init_params { no_alloc: true, ctx: &mut ctx })
         };
-        let gguf = NonNull::new(gguf)
-            .ok_or_else(|| err(format!("ggml cannot read it: {}", take_last_error())))?;
+        let gguf =
+            NonNull::new(gguf).ok_or_else(|| err(format!("ggml cannot read it: {}", take_last_error())))?;
         let Some(ctx) = NonNull::new(ctx) else {
             // SAFETY: gguf is valid and not stored anywhere else.
             unsafe { self.api.raw.gguf_free(gguf.as_ptr()) };
             return Err(err("ggml created no tensor context".into()));
         };
-        Ok(GgufTensors {
-            api: self.api.clone(),
-            path: path.to_path_buf(),
-            file,
-            gguf,
-            ctx,
-        })
+        Ok(GgufTensors { api: self.api.clone(), path: path.to_path_buf(), file, gguf, ctx })
     }
 }
 
@@ -107,15 +94,11 @@ impl GgufTensors {
     }
 
     fn error(&self, reason: String) -> Error {
-        Error::Tensor {
-            path: self.path.clone(),
-            reason,
-        }
+        Error::Tensor { path: self.path.clone(), reason }
     }
 
     fn tensor(&self, name: &str) -> Result<&sys::ggml_tensor> {
-        let c = std::ffi::CString::new(name)
-            .map_err(|_| self.error(format!("bad tensor name {name:?}")))?;
+        let c = std::ffi::CString::new(name).map_err(|_| self.error(format!("bad tensor name {name:?}")))?;
         // SAFETY: valid context and C string.
         let t = unsafe { self.raw().ggml_get_tensor(self.ctx.as_ptr(), c.as_ptr()) };
         // SAFETY: a non-null result points into the context, alive as long as self.
@@ -127,13 +110,9 @@ impl GgufTensors {
         // reads only t's fields.
         unsafe {
             TensorEntry {
-                name: CStr::from_ptr(t.name.as_ptr())
-                    .to_string_lossy()
-                    .into_owned(),
+                name: CStr::from_ptr(t.name.as_ptr()).to_string_lossy().into_owned(),
                 ggml_type: t.type_,
-                type_name: CStr::from_ptr(self.raw().ggml_type_name(t.type_))
-                    .to_string_lossy()
-                    .into_owned(),
+                type_name: CStr::from_ptr(self.raw().ggml_type_name(t.type_)).to_string_lossy().into_owned(),
                 ne: t.ne.to_vec(),
                 n_bytes: self.raw().ggml_nbytes(t) as u64,
             }
@@ -147,11 +126,9 @@ impl GgufTensors {
         (0..n)
             .filter_map(|i| {
                 // SAFETY: 0 <= i < n; the name is a NUL-terminated string owned by gguf.
-                let name = unsafe {
-                    CStr::from_ptr(self.raw().gguf_get_tensor_name(self.gguf.as_ptr(), i))
-                }
-                .to_string_lossy()
-                .into_owned();
+                let name = unsafe { CStr::from_ptr(self.raw().gguf_get_tensor_name(self.gguf.as_ptr(), i)) }
+                    .to_string_lossy()
+                    .into_owned();
                 self.tensor(&name).ok().map(|t| self.entry(t))
             })
             .collect()
@@ -161,8 +138,7 @@ impl GgufTensors {
     pub fn raw_bytes(&self, name: &str) -> Result<Vec<u8>> {
         let t = self.tensor(name)?;
         let n = self.entry(t).n_bytes as usize;
-        let c = std::ffi::CString::new(name)
-            .map_err(|_| self.error(format!("bad tensor name {name:?}")))?;
+        let c = std::ffi::CString::new(name).map_err(|_| self.error(format!("bad tensor name {name:?}")))?;
         // SAFETY: valid gguf context and C string; the index is checked before use.
         let offset = unsafe {
             let i = self.raw().gguf_find_tensor(self.gguf.as_ptr(), c.as_ptr());
@@ -175,11 +151,7 @@ impl GgufTensors {
         let mut buf = vec![0u8; n];
         self.file
             .read_exact_at(&mut buf, offset as u64)
-            .map_err(|e| {
-                self.error(format!(
-                    "reading {n} bytes of {name} at offset {offset}: {e}"
-                ))
-            })?;
+            .map_err(|e| self.error(format!("reading {n} bytes of {name} at offset {offset}: {e}")))?;
         Ok(buf)
     }
 
@@ -202,9 +174,9 @@ impl GgufTensors {
             ty => {
                 // SAFETY: ggml_get_type_traits returns a pointer into a static table.
                 let tr = unsafe { &*self.raw().ggml_get_type_traits(ty) };
-                let to_float = tr.to_float.ok_or_else(|| {
-                    self.error(format!("ggml has no to_float for {name}'s type {ty}"))
-                })?;
+                let to_float = tr
+                    .to_float
+                    .ok_or_else(|| self.error(format!("ggml has no to_float for {name}'s type {ty}")))?;
                 if ty == sys::ggml_type_GGML_TYPE_I2_S {
                     let packed = n / 4;
                     let s = bytes.get(packed..packed + 4).ok_or_else(|| {
@@ -221,9 +193,7 @@ impl GgufTensors {
                     // SAFETY: a block-quantized or half type occupies exactly ggml_nbytes bytes
                     // for n elements (n a multiple of the block size, as ggml requires); out
                     // holds n floats.
-                    unsafe {
-                        to_float(bytes.as_ptr() as *const c_void, out.as_mut_ptr(), n as i64)
-                    };
+                    unsafe { to_float(bytes.as_ptr() as *const c_void, out.as_mut_ptr(), n as i64) };
                 }
             }
         }

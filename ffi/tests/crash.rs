@@ -10,10 +10,7 @@ use bitnet_cpp::ContextParams;
 use common::{write_f32_model, Spec};
 
 const PROMPT: &str = "the cat sat on the mat in the sun";
-const PARAMS: ContextParams = ContextParams {
-    n_ctx: 64,
-    n_threads: 1,
-};
+const PARAMS: ContextParams = ContextParams { n_ctx: 64, n_threads: 1 };
 
 /// Evaluate token by token until the first error; return the logits obtained and the error.
 fn run(
@@ -25,10 +22,7 @@ fn run(
     for (pos, &t) in tokens.iter().enumerate() {
         if Some(pos) == kill_at {
             // What a GGML_ASSERT does: abort(), i.e. SIGABRT.
-            let status = Command::new("kill")
-                .args(["-ABRT", &w.pid().to_string()])
-                .status()
-                .unwrap();
+            let status = Command::new("kill").args(["-ABRT", &w.pid().to_string()]).status().unwrap();
             assert!(status.success());
         }
         match w.eval_token(t, pos as u32) {
@@ -78,10 +72,7 @@ fn a_model_that_makes_the_reference_abort_is_reported_cleanly() {
     let good = write_f32_model(dir.path(), "good", &Spec::small());
     // value_length (32) != key length (64): llama.cpp loads the file, then its graph builder
     // hits GGML_ASSERT(n_embd_head == hparams.n_embd_head_k) and aborts.
-    let bad_spec = Spec {
-        value_length: Some(Spec::small().head_dim() / 2),
-        ..Spec::small()
-    };
+    let bad_spec = Spec { value_length: Some(Spec::small().head_dim() / 2), ..Spec::small() };
     let bad = write_f32_model(dir.path(), "bad-value-length", &bad_spec);
 
     let mut w = common::worker();
@@ -102,7 +93,5 @@ fn a_model_that_makes_the_reference_abort_is_reported_cleanly() {
     );
     eprintln!("reported: {msg}");
     // The parent is fine and still holds what it computed.
-    assert!(before
-        .iter()
-        .all(|l| l.len() == n_vocab && l.iter().all(|x| x.is_finite())));
+    assert!(before.iter().all(|l| l.len() == n_vocab && l.iter().all(|x| x.is_finite())));
 }

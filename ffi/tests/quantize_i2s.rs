@@ -11,10 +11,7 @@ use bitnet_engine::quant::quantize_i2s_x86;
 use common::{write_f32_model, Spec};
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 /// The codes and the scale: everything of an I2_S tensor but the 28 padding bytes after the
@@ -25,15 +22,7 @@ fn significant(bytes: &[u8], n: usize) -> &[u8] {
 
 fn quantize(src: &Path, out: &Path, threads: u32) {
     let mut w = common::worker();
-    w.quantize(
-        src,
-        out,
-        QuantizeOptions {
-            threads,
-            ..QuantizeOptions::default()
-        },
-    )
-    .unwrap();
+    w.quantize(src, out, QuantizeOptions { threads, ..QuantizeOptions::default() }).unwrap();
     assert!(w.shutdown().unwrap().success());
 }
 
@@ -53,9 +42,7 @@ fn reference_i2s_bytes_equal_ours_and_dequantize_exactly() {
 
     let mut n_i2s = 0;
     for t in out.tensors() {
-        let s = src
-            .tensor(&t.name)
-            .unwrap_or_else(|| panic!("{} not in the source", t.name));
+        let s = src.tensor(&t.name).unwrap_or_else(|| panic!("{} not in the source", t.name));
         assert_eq!(t.dims, s.dims, "{}", t.name);
         let source = f32s(src.tensor_data(s));
         match t.ggml_type {
@@ -65,11 +52,7 @@ fn reference_i2s_bytes_equal_ours_and_dequantize_exactly() {
                 let theirs = out.tensor_data(t);
                 let ours = quantize_i2s_x86(&source).unwrap();
                 assert_eq!(theirs.len(), ours.len(), "{}", t.name);
-                assert!(
-                    significant(theirs, n) == significant(&ours, n),
-                    "{}: I2_S bytes differ",
-                    t.name
-                );
+                assert!(significant(theirs, n) == significant(&ours, n), "{}: I2_S bytes differ", t.name);
                 // ggml's dequantizer gives back the source exactly: every weight is a code in
                 // {-1, 0, 1} times the tensor's scale.
                 let back = ggml.dequantize(&t.name).unwrap();
@@ -84,10 +67,7 @@ fn reference_i2s_bytes_equal_ours_and_dequantize_exactly() {
                 // The tied embedding/lm_head is kept F16 by the quantizer.
                 assert_eq!(t.name, "token_embd.weight");
                 let back = ggml.dequantize(&t.name).unwrap();
-                let rounded: Vec<f32> = source
-                    .iter()
-                    .map(|&x| half::f16::from_f32(x).to_f32())
-                    .collect();
+                let rounded: Vec<f32> = source.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
                 assert_eq!(back, rounded, "{}", t.name);
             }
             other => panic!("{}: unexpected type {other:?}", t.name),
@@ -104,14 +84,7 @@ fn reference_i2s_bytes_equal_ours_and_dequantize_exactly() {
     assert_eq!(w.list_tensors(&out_path).unwrap(), ggml.entries());
 
     // And the quantized model runs.
-    w.load_model(
-        &out_path,
-        ContextParams {
-            n_ctx: 32,
-            n_threads: 2,
-        },
-    )
-    .unwrap();
+    w.load_model(&out_path, ContextParams { n_ctx: 32, n_threads: 2 }).unwrap();
     let tokens = w.tokenize("the sun", true, false).unwrap();
     for (pos, &t) in tokens.iter().enumerate() {
         let logits = w.eval_token(t, pos as u32).unwrap();
@@ -132,19 +105,12 @@ fn more_than_one_quantizer_thread_corrupts_i2s_as_documented() {
     let reference = Reference::open_built().unwrap();
     let ggml = reference.open_gguf_tensors(&out_path).unwrap();
     let mut corrupted = Vec::new();
-    for t in out
-        .tensors()
-        .iter()
-        .filter(|t| t.ggml_type == GgmlType::I2_S)
-    {
+    for t in out.tensors().iter().filter(|t| t.ggml_type == GgmlType::I2_S) {
         let source = f32s(src.tensor_data(src.tensor(&t.name).unwrap()));
         if ggml.dequantize(&t.name).unwrap() != source {
             corrupted.push(t.name.clone());
         }
     }
     // Tensors larger than one quantizer chunk (16384 weights) are split across threads.
-    assert!(
-        corrupted.contains(&"blk.0.ffn_gate.weight".to_string()),
-        "{corrupted:?}"
-    );
+    assert!(corrupted.contains(&"blk.0.ffn_gate.weight".to_string()), "{corrupted:?}");
 }

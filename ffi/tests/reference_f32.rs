@@ -20,18 +20,11 @@ fn f32_logits_match_a_float64_forward_at_every_position() {
     let info = model.info();
     assert_eq!(info.n_vocab as usize, vocab().tokens.len());
     assert_eq!(
-        (
-            info.n_embd as usize,
-            info.n_layer as usize,
-            info.n_head as usize
-        ),
+        (info.n_embd as usize, info.n_layer as usize, info.n_head as usize),
         (spec.n_embd, spec.n_layer, spec.n_head)
     );
     assert_eq!(info.rope_type, 2, "bitnet-b1.58 uses NEOX RoPE");
-    assert!(info
-        .metadata
-        .iter()
-        .any(|(k, v)| k == "general.architecture" && v == common::ARCH));
+    assert!(info.metadata.iter().any(|(k, v)| k == "general.architecture" && v == common::ARCH));
 
     // Tokenizer: BOS first, merges used, round trip.
     let tokens = model.tokenize(PROMPT, true, false).unwrap();
@@ -39,21 +32,13 @@ fn f32_logits_match_a_float64_forward_at_every_position() {
     let the = vocab().tokens.iter().position(|t| t == "Ġthe").unwrap() as i32;
     assert!(tokens.contains(&the), "merges not applied: {tokens:?}");
     assert!(tokens.len() < PROMPT.len(), "{tokens:?}");
-    assert_eq!(
-        model.detokenize(&tokens, true, false).unwrap(),
-        PROMPT.as_bytes()
-    );
+    assert_eq!(model.detokenize(&tokens, true, false).unwrap(), PROMPT.as_bytes());
     assert_eq!(model.token_piece(the, false).unwrap(), b" the");
 
     let file = GgufFile::open(&path).unwrap();
     let want = forward_f64(&file, &spec, &tokens);
 
-    let mut ctx = model
-        .new_context(ContextParams {
-            n_ctx: 64,
-            n_threads: 2,
-        })
-        .unwrap();
+    let mut ctx = model.new_context(ContextParams { n_ctx: 64, n_threads: 2 }).unwrap();
     let mut sequential = Vec::new();
     let mut worst = 1.0f64;
     for (pos, &t) in tokens.iter().enumerate() {
@@ -62,18 +47,11 @@ fn f32_logits_match_a_float64_forward_at_every_position() {
         let c = cosine(&logits, &want.logits[pos]);
         worst = worst.min(c);
         assert!(c >= 0.999999, "position {pos}: cosine {c}");
-        assert_eq!(
-            argmax(&logits),
-            argmax(&want.logits[pos]),
-            "argmax at position {pos}"
-        );
+        assert_eq!(argmax(&logits), argmax(&want.logits[pos]), "argmax at position {pos}");
         sequential.push(logits);
     }
 
-    eprintln!(
-        "{} positions, worst cosine against float64: {worst:.9}",
-        tokens.len()
-    );
+    eprintln!("{} positions, worst cosine against float64: {worst:.9}", tokens.len());
 
     // The same prompt in one batch after a reset.
     ctx.reset();
@@ -99,35 +77,22 @@ fn captures_named_tensors_for_one_position() {
     let model = reference.load_model(&path).unwrap();
     let tokens = model.tokenize(PROMPT, true, false).unwrap();
     let want = forward_f64(&GgufFile::open(&path).unwrap(), &spec, &tokens);
-    let mut ctx = model
-        .new_context(ContextParams {
-            n_ctx: 64,
-            n_threads: 1,
-        })
-        .unwrap();
+    let mut ctx = model.new_context(ContextParams { n_ctx: 64, n_threads: 1 }).unwrap();
 
     let at = 5;
     for (pos, &t) in tokens[..at].iter().enumerate() {
         ctx.eval_token(t, pos as u32).unwrap();
     }
-    let names = ["attn_norm-0", "Qcur-0", "l_out-1", "result_norm"]
-        .map(String::from)
-        .to_vec();
-    let (logits, captured) = ctx
-        .eval_token_capture(tokens[at], at as u32, &CaptureFilter::Names(names))
-        .unwrap();
+    let names = ["attn_norm-0", "Qcur-0", "l_out-1", "result_norm"].map(String::from).to_vec();
+    let (logits, captured) =
+        ctx.eval_token_capture(tokens[at], at as u32, &CaptureFilter::Names(names)).unwrap();
     let c = cosine(&logits, &want.logits[at]);
     assert!(c >= 0.999999, "logits with capture: cosine {c}");
 
     let named = |n: &str| captured.iter().filter(|t| t.name == n).collect::<Vec<_>>();
     // Qcur-0 is reported before and after RoPE; both are kept, in evaluation order.
     let q = named("Qcur-0");
-    assert_eq!(
-        q.len(),
-        2,
-        "{:?}",
-        captured.iter().map(|t| &t.name).collect::<Vec<_>>()
-    );
+    assert_eq!(q.len(), 2, "{:?}", captured.iter().map(|t| &t.name).collect::<Vec<_>>());
     assert_eq!(q[0].ne, [spec.n_embd as i64, 1, 1, 1]);
     assert_eq!(q[1].ne, [spec.head_dim() as i64, spec.n_head as i64, 1, 1]);
     assert_ne!(q[0].data, q[1].data, "RoPE at position {at} changes Q");
@@ -147,9 +112,7 @@ fn captures_named_tensors_for_one_position() {
     assert!(cosine(&next, &want.logits[at + 1]) >= 0.999999);
 
     // Capturing everything lists the whole graph, logits last.
-    let (_, all) = ctx
-        .eval_token_capture(tokens[at + 2], at as u32 + 2, &CaptureFilter::All)
-        .unwrap();
+    let (_, all) = ctx.eval_token_capture(tokens[at + 2], at as u32 + 2, &CaptureFilter::All).unwrap();
     assert!(all.len() > 20, "{}", all.len());
     assert_eq!(all.last().unwrap().name, "result_output");
 }
@@ -159,20 +122,14 @@ fn the_worker_returns_the_same_bits_as_the_library_in_process() {
     let dir = tempfile::tempdir().unwrap();
     let spec = Spec::small();
     let path = write_f32_model(dir.path(), "small-f32", &spec);
-    let params = ContextParams {
-        n_ctx: 64,
-        n_threads: 2,
-    };
+    let params = ContextParams { n_ctx: 64, n_threads: 2 };
 
     let reference = Reference::open_built().unwrap();
     let model = reference.load_model(&path).unwrap();
     let tokens = model.tokenize(PROMPT, true, false).unwrap();
     let mut ctx = model.new_context(params).unwrap();
-    let local: Vec<Vec<f32>> = tokens
-        .iter()
-        .enumerate()
-        .map(|(p, &t)| ctx.eval_token(t, p as u32).unwrap())
-        .collect();
+    let local: Vec<Vec<f32>> =
+        tokens.iter().enumerate().map(|(p, &t)| ctx.eval_token(t, p as u32).unwrap()).collect();
 
     let mut w = common::worker();
     assert_eq!(w.build_info(), reference.build_info());
@@ -181,31 +138,21 @@ fn the_worker_returns_the_same_bits_as_the_library_in_process() {
     assert_eq!(info, model.info());
     assert_eq!(w.vocab_size(), Some(model.n_vocab()));
     assert_eq!(w.tokenize(PROMPT, true, false).unwrap(), tokens);
-    assert_eq!(
-        w.detokenize(&tokens, true, false).unwrap(),
-        PROMPT.as_bytes()
-    );
+    assert_eq!(w.detokenize(&tokens, true, false).unwrap(), PROMPT.as_bytes());
     for (pos, &t) in tokens.iter().enumerate() {
         let remote = w.eval_token(t, pos as u32).unwrap();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&remote), bits(&local[pos]), "position {pos}");
     }
     // A refused request leaves the worker usable.
-    let err = w
-        .eval_token(info.n_vocab as i32, tokens.len() as u32)
-        .unwrap_err();
+    let err = w.eval_token(info.n_vocab as i32, tokens.len() as u32).unwrap_err();
     assert!(!err.is_fatal(), "{err}");
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
     w.reset().unwrap();
     let batch = w.eval_batch(&tokens[..3], 0).unwrap();
     assert_eq!(batch.len(), 3 * model.n_vocab());
-    let (logits, captured) = w
-        .eval_token_capture(
-            tokens[3],
-            3,
-            &CaptureFilter::Names(vec!["result_norm".into()]),
-        )
-        .unwrap();
+    let (logits, captured) =
+        w.eval_token_capture(tokens[3], 3, &CaptureFilter::Names(vec!["result_norm".into()])).unwrap();
     assert_eq!(logits.len(), model.n_vocab());
     assert_eq!(captured.len(), 1);
     assert_eq!(captured[0].data.len(), spec.n_embd);
@@ -216,13 +163,8 @@ fn the_worker_returns_the_same_bits_as_the_library_in_process() {
 fn a_missing_or_broken_model_is_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let reference = Reference::open_built().unwrap();
-    let missing = reference
-        .load_model(&dir.path().join("nope.gguf"))
-        .unwrap_err();
-    assert!(
-        matches!(missing, bitnet_cpp::Error::ModelLoad { .. }),
-        "{missing}"
-    );
+    let missing = reference.load_model(&dir.path().join("nope.gguf")).unwrap_err();
+    assert!(matches!(missing, bitnet_cpp::Error::ModelLoad { .. }), "{missing}");
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"GGUF but not really").unwrap();
     let err = reference.load_model(&junk).unwrap_err();

@@ -8,8 +8,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use super::protocol::{read_frame, tag, write_frame, Dec, Enc, ERR, OK, PROTOCOL_VERSION};
 use super::LibraryChoice;
 use crate::{
-    BuildInfo, CaptureFilter, CapturedTensor, ContextParams, ModelInfo, QuantizeOptions,
-    TensorEntry,
+    BuildInfo, CaptureFilter, CapturedTensor, ContextParams, ModelInfo, QuantizeOptions, TensorEntry,
 };
 
 /// What went wrong talking to the worker. A crash or exit of the reference is distinguished
@@ -79,10 +78,7 @@ pub struct RefWorker {
 
 impl std::fmt::Debug for RefWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RefWorker")
-            .field("pid", &self.child.id())
-            .field("library", &self.library)
-            .finish()
+        f.debug_struct("RefWorker").field("pid", &self.child.id()).field("library", &self.library).finish()
     }
 }
 
@@ -92,12 +88,9 @@ impl RefWorker {
     /// Start `cmd` (a program that calls [`super::serve_stdio`], e.g. `harness cpp-worker`),
     /// with piped stdin/stdout and inherited stderr, and make it load the chosen library.
     pub fn spawn(mut cmd: Command, library: LibraryChoice) -> R<RefWorker> {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| WorkerError::Spawn(format!("{:?}: {e}", cmd.get_program())))?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child =
+            cmd.spawn().map_err(|e| WorkerError::Spawn(format!("{:?}: {e}", cmd.get_program())))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
             let _ = child.wait();
@@ -119,11 +112,7 @@ impl RefWorker {
             LibraryChoice::Built => hello.u8(1),
             LibraryChoice::Dir(d) => hello.u8(2).str(&d.to_string_lossy()),
         };
-        let reply = w.call(
-            tag::HELLO,
-            hello,
-            "start-up (loading the reference library)",
-        )?;
+        let reply = w.call(tag::HELLO, hello, "start-up (loading the reference library)")?;
         let mut d = Dec::new(&reply);
         let during = "start-up";
         w.build_info = d.json("build info").map_err(|m| proto(during, m))?;
@@ -199,14 +188,9 @@ impl RefWorker {
     /// Load a model and create its context (replacing any previous one).
     pub fn load_model(&mut self, path: &Path, params: ContextParams) -> R<ModelInfo> {
         let during = format!("loading {}", path.display());
-        let p = Enc::new()
-            .str(&path.to_string_lossy())
-            .u32(params.n_ctx)
-            .u32(params.n_threads);
+        let p = Enc::new().str(&path.to_string_lossy()).u32(params.n_ctx).u32(params.n_threads);
         let body = self.call(tag::LOAD_MODEL, p, &during)?;
-        let info: ModelInfo = Dec::new(&body)
-            .json("model info")
-            .map_err(|m| proto(&during, m))?;
+        let info: ModelInfo = Dec::new(&body).json("model info").map_err(|m| proto(&during, m))?;
         self.model = Some(info.clone());
         Ok(info)
     }
@@ -214,77 +198,41 @@ impl RefWorker {
     /// Metadata of the loaded model, asked again from the worker.
     pub fn model_info(&mut self) -> R<ModelInfo> {
         let body = self.call(tag::MODEL_INFO, Enc::new(), "model info")?;
-        Dec::new(&body)
-            .json("model info")
-            .map_err(|m| proto("model info", m))
+        Dec::new(&body).json("model info").map_err(|m| proto("model info", m))
     }
 
     pub fn tokenize(&mut self, text: &str, add_special: bool, parse_special: bool) -> R<Vec<i32>> {
         let during = format!("tokenizing {} bytes", text.len());
-        let body = self.call(
-            tag::TOKENIZE,
-            Enc::new().str(text).bool(add_special).bool(parse_special),
-            &during,
-        )?;
-        Dec::new(&body)
-            .i32s("tokens")
-            .map_err(|m| proto(&during, m))
+        let body =
+            self.call(tag::TOKENIZE, Enc::new().str(text).bool(add_special).bool(parse_special), &during)?;
+        Dec::new(&body).i32s("tokens").map_err(|m| proto(&during, m))
     }
 
-    pub fn detokenize(
-        &mut self,
-        tokens: &[i32],
-        remove_special: bool,
-        unparse_special: bool,
-    ) -> R<Vec<u8>> {
+    pub fn detokenize(&mut self, tokens: &[i32], remove_special: bool, unparse_special: bool) -> R<Vec<u8>> {
         let during = format!("detokenizing {} tokens", tokens.len());
-        let p = Enc::new()
-            .i32s(tokens)
-            .bool(remove_special)
-            .bool(unparse_special);
+        let p = Enc::new().i32s(tokens).bool(remove_special).bool(unparse_special);
         let body = self.call(tag::DETOKENIZE, p, &during)?;
-        Ok(Dec::new(&body)
-            .bytes("text")
-            .map_err(|m| proto(&during, m))?
-            .to_vec())
+        Ok(Dec::new(&body).bytes("text").map_err(|m| proto(&during, m))?.to_vec())
     }
 
     pub fn token_piece(&mut self, token: i32, special: bool) -> R<Vec<u8>> {
         let during = format!("rendering token {token}");
-        let body = self.call(
-            tag::TOKEN_PIECE,
-            Enc::new().i32(token).bool(special),
-            &during,
-        )?;
-        Ok(Dec::new(&body)
-            .bytes("piece")
-            .map_err(|m| proto(&during, m))?
-            .to_vec())
+        let body = self.call(tag::TOKEN_PIECE, Enc::new().i32(token).bool(special), &during)?;
+        Ok(Dec::new(&body).bytes("piece").map_err(|m| proto(&during, m))?.to_vec())
     }
 
     /// Teacher forcing: logits of `token` at `pos` (KV cache kept).
     pub fn eval_token(&mut self, token: i32, pos: u32) -> R<Vec<f32>> {
         let during = format!("eval of token {token} at position {pos}");
         let body = self.call(tag::EVAL_TOKEN, Enc::new().i32(token).u32(pos), &during)?;
-        Dec::new(&body)
-            .f32s("logits")
-            .map_err(|m| proto(&during, m))
+        Dec::new(&body).f32s("logits").map_err(|m| proto(&during, m))
     }
 
     /// Logits of every position of a batch, row after row.
     pub fn eval_batch(&mut self, tokens: &[i32], start_pos: u32) -> R<Vec<f32>> {
-        let during = format!(
-            "eval of a batch of {} tokens at position {start_pos}",
-            tokens.len()
-        );
-        let body = self.call(
-            tag::EVAL_BATCH,
-            Enc::new().i32s(tokens).u32(start_pos),
-            &during,
-        )?;
-        Dec::new(&body)
-            .f32s("logits")
-            .map_err(|m| proto(&during, m))
+        let during = format!("eval of a batch of {} tokens at position {start_pos}", tokens.len());
+        let body = self.call(tag::EVAL_BATCH, Enc::new().i32s(tokens).u32(start_pos), &during)?;
+        Dec::new(&body).f32s("logits").map_err(|m| proto(&during, m))
     }
 
     /// Logits plus the captured graph nodes for this position.
@@ -295,11 +243,7 @@ impl RefWorker {
         filter: &CaptureFilter,
     ) -> R<(Vec<f32>, Vec<CapturedTensor>)> {
         let during = format!("eval (with capture) of token {token} at position {pos}");
-        let body = self.call(
-            tag::EVAL_CAPTURE,
-            Enc::new().i32(token).u32(pos).json(filter),
-            &during,
-        )?;
+        let body = self.call(tag::EVAL_CAPTURE, Enc::new().i32(token).u32(pos).json(filter), &during)?;
         let mut d = Dec::new(&body);
         let decode = |d: &mut Dec| -> Result<(Vec<f32>, Vec<CapturedTensor>), String> {
             let logits = d.f32s("logits")?;
@@ -323,24 +267,14 @@ impl RefWorker {
     /// Tensors of a GGUF file as ggml reads them.
     pub fn list_tensors(&mut self, path: &Path) -> R<Vec<TensorEntry>> {
         let during = format!("listing tensors of {}", path.display());
-        let body = self.call(
-            tag::LIST_TENSORS,
-            Enc::new().str(&path.to_string_lossy()),
-            &during,
-        )?;
-        Dec::new(&body)
-            .json("tensor list")
-            .map_err(|m| proto(&during, m))
+        let body = self.call(tag::LIST_TENSORS, Enc::new().str(&path.to_string_lossy()), &during)?;
+        Dec::new(&body).json("tensor list").map_err(|m| proto(&during, m))
     }
 
     /// One tensor of a GGUF file, dequantized by ggml's type traits.
     pub fn dequantize(&mut self, path: &Path, name: &str) -> R<(TensorEntry, Vec<f32>)> {
         let during = format!("dequantizing {name} of {}", path.display());
-        let body = self.call(
-            tag::DEQUANTIZE,
-            Enc::new().str(&path.to_string_lossy()).str(name),
-            &during,
-        )?;
+        let body = self.call(tag::DEQUANTIZE, Enc::new().str(&path.to_string_lossy()).str(name), &during)?;
         let mut d = Dec::new(&body);
         let entry = d.json("tensor entry").map_err(|m| proto(&during, m))?;
         let data = d.f32s("values").map_err(|m| proto(&during, m))?;
@@ -350,10 +284,7 @@ impl RefWorker {
     /// `llama_model_quantize` in the worker; see [`QuantizeOptions::threads`].
     pub fn quantize(&mut self, input: &Path, output: &Path, options: QuantizeOptions) -> R<()> {
         let during = format!("quantizing {} to {}", input.display(), output.display());
-        let p = Enc::new()
-            .str(&input.to_string_lossy())
-            .str(&output.to_string_lossy())
-            .json(&options);
+        let p = Enc::new().str(&input.to_string_lossy()).str(&output.to_string_lossy()).json(&options);
         self.call(tag::QUANTIZE, p, &during).map(|_| ())
     }
 
@@ -361,9 +292,7 @@ impl RefWorker {
     pub fn shutdown(mut self) -> R<ExitStatus> {
         self.call(tag::SHUTDOWN, Enc::new(), "shutdown")?;
         self.stdin = None;
-        self.child
-            .wait()
-            .map_err(|e| proto("shutdown", e.to_string()))
+        self.child.wait().map_err(|e| proto("shutdown", e.to_string()))
     }
 }
 
@@ -379,22 +308,13 @@ impl Drop for RefWorker {
 }
 
 fn proto(during: &str, message: impl Into<String>) -> WorkerError {
-    WorkerError::Protocol {
-        during: during.to_string(),
-        message: message.into(),
-    }
+    WorkerError::Protocol { during: during.to_string(), message: message.into() }
 }
 
 fn describe_exit(status: ExitStatus, during: &str) -> WorkerError {
     match (status.signal(), status.code()) {
-        (Some(signal), _) => WorkerError::Crashed {
-            signal,
-            during: during.to_string(),
-        },
-        (None, Some(code)) => WorkerError::Exited {
-            code,
-            during: during.to_string(),
-        },
+        (Some(signal), _) => WorkerError::Crashed { signal, during: during.to_string() },
+        (None, Some(code)) => WorkerError::Exited { code, during: during.to_string() },
         (None, None) => proto(during, format!("worker ended with {status}")),
     }
 }
@@ -405,20 +325,14 @@ mod tests {
 
     #[test]
     fn crash_messages_name_the_signal_and_the_request() {
-        let e = WorkerError::Crashed {
-            signal: 6,
-            during: "eval of token 5 at position 37".into(),
-        };
+        let e = WorkerError::Crashed { signal: 6, during: "eval of token 5 at position 37".into() };
         assert_eq!(
             e.to_string(),
             "reference crashed (signal 6, SIGABRT) during eval of token 5 at position 37"
         );
         assert!(e.is_fatal());
         assert_eq!(WorkerError::Gone(Box::new(e)).signal(), Some(6));
-        let r = WorkerError::Request {
-            during: "x".into(),
-            message: "y".into(),
-        };
+        let r = WorkerError::Request { during: "x".into(), message: "y".into() };
         assert!(!r.is_fatal());
     }
 }

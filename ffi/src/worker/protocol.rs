@@ -61,10 +61,7 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
     }
     let len = u32::from_le_bytes(len);
     if len == 0 || len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("bad frame length {len}"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad frame length {len}")));
     }
     let mut buf = vec![0u8; len as usize];
     r.read_exact(&mut buf)?;
@@ -137,10 +134,7 @@ impl<'a> Dec<'a> {
     }
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
         if self.buf.len() < n {
-            return Err(format!(
-                "payload ends before {what} ({} of {n} bytes)",
-                self.buf.len()
-            ));
+            return Err(format!("payload ends before {what} ({} of {n} bytes)", self.buf.len()));
         }
         let (a, b) = self.buf.split_at(n);
         self.buf = b;
@@ -172,25 +166,18 @@ impl<'a> Dec<'a> {
     pub fn i32s(&mut self, what: &str) -> Result<Vec<i32>, String> {
         let n = self.u32(what)? as usize;
         let b = self.take(n.checked_mul(4).ok_or("count overflow")?, what)?;
-        Ok(b.chunks_exact(4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        Ok(b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
     pub fn f32s(&mut self, what: &str) -> Result<Vec<f32>, String> {
         let n = self.u32(what)? as usize;
         let b = self.take(n.checked_mul(4).ok_or("count overflow")?, what)?;
-        Ok(b.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
     pub fn finish(&self, what: &str) -> Result<(), String> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "{} unexpected trailing bytes after {what}",
-                self.buf.len()
-            ))
+            Err(format!("{} unexpected trailing bytes after {what}", self.buf.len()))
         }
     }
 }
@@ -201,22 +188,8 @@ mod tests {
 
     #[test]
     fn frames_and_floats_round_trip_bit_exactly() {
-        let floats = [
-            0.0f32,
-            -0.0,
-            1.5,
-            f32::MIN_POSITIVE,
-            f32::NAN,
-            f32::INFINITY,
-            1e-45,
-        ];
-        let payload = Enc::new()
-            .u32(7)
-            .i32(-3)
-            .str("héllo")
-            .f32s(&floats)
-            .i32s(&[1, -2])
-            .0;
+        let floats = [0.0f32, -0.0, 1.5, f32::MIN_POSITIVE, f32::NAN, f32::INFINITY, 1e-45];
+        let payload = Enc::new().u32(7).i32(-3).str("héllo").f32s(&floats).i32s(&[1, -2]).0;
         let mut wire = Vec::new();
         write_frame(&mut wire, tag::EVAL_TOKEN, &payload).unwrap();
         let (t, p) = read_frame(&mut wire.as_slice()).unwrap().unwrap();
@@ -226,10 +199,7 @@ mod tests {
         assert_eq!(d.i32("b").unwrap(), -3);
         assert_eq!(d.str("c").unwrap(), "héllo");
         let back = d.f32s("d").unwrap();
-        assert_eq!(
-            back.iter().map(|f| f.to_bits()).collect::<Vec<_>>(),
-            floats.map(f32::to_bits).to_vec()
-        );
+        assert_eq!(back.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), floats.map(f32::to_bits).to_vec());
         assert_eq!(d.i32s("e").unwrap(), vec![1, -2]);
         d.finish("all").unwrap();
     }

@@ -6,9 +6,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use super::protocol::{read_frame, tag, write_frame, Dec, Enc, ERR, OK, PROTOCOL_VERSION};
-use crate::{
-    CaptureFilter, Context, ContextParams, GgufTensors, Model, QuantizeOptions, Reference,
-};
+use crate::{CaptureFilter, Context, ContextParams, GgufTensors, Model, QuantizeOptions, Reference};
 
 /// Which library a worker should load.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,26 +83,18 @@ pub fn serve_stdio() -> i32 {
 }
 
 fn reference(state: &State) -> Result<&Reference, String> {
-    state
-        .reference
-        .as_ref()
-        .ok_or_else(|| "no library loaded (Hello first)".to_string())
+    state.reference.as_ref().ok_or_else(|| "no library loaded (Hello first)".to_string())
 }
 
 fn context(state: &mut State) -> Result<&mut Context, String> {
-    state
-        .context
-        .as_mut()
-        .ok_or_else(|| "no model loaded".to_string())
+    state.context.as_mut().ok_or_else(|| "no model loaded".to_string())
 }
 
 fn tensors<'a>(state: &'a mut State, path: &Path) -> Result<&'a GgufTensors, String> {
     let cached = matches!(&state.tensors, Some((p, _)) if p == path);
     if !cached {
         state.tensors = None;
-        let t = reference(state)?
-            .open_gguf_tensors(path)
-            .map_err(|e| e.to_string())?;
+        let t = reference(state)?.open_gguf_tensors(path).map_err(|e| e.to_string())?;
         state.tensors = Some((path.to_path_buf(), t));
     }
     Ok(&state.tensors.as_ref().expect("just set").1)
@@ -141,10 +131,7 @@ fn handle(state: &mut State, t: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
         }
         tag::LOAD_MODEL => {
             let path = PathBuf::from(d.str("model path")?);
-            let params = ContextParams {
-                n_ctx: d.u32("n_ctx")?,
-                n_threads: d.u32("n_threads")?,
-            };
+            let params = ContextParams { n_ctx: d.u32("n_ctx")?, n_threads: d.u32("n_threads")? };
             state.context = None;
             state.model = None;
             let model = reference(state)?.load_model(&path).map_err(e)?;
@@ -188,9 +175,7 @@ fn handle(state: &mut State, t: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
         tag::EVAL_CAPTURE => {
             let (token, pos) = (d.i32("token")?, d.u32("pos")?);
             let filter: CaptureFilter = d.json("capture filter")?;
-            let (logits, captured) = context(state)?
-                .eval_token_capture(token, pos, &filter)
-                .map_err(e)?;
+            let (logits, captured) = context(state)?.eval_token_capture(token, pos, &filter).map_err(e)?;
             let mut enc = Enc::new().f32s(&logits).u32(captured.len() as u32);
             for c in &captured {
                 enc = enc.json(c).f32s(&c.data);
@@ -210,19 +195,14 @@ fn handle(state: &mut State, t: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
             let name = d.str("tensor name")?;
             let t = tensors(state, &path)?;
             let entry = t.entries().into_iter().find(|x| x.name == name);
-            let entry =
-                entry.ok_or_else(|| format!("{}: no tensor named {name:?}", path.display()))?;
-            Enc::new()
-                .json(&entry)
-                .f32s(&t.dequantize(&name).map_err(e)?)
+            let entry = entry.ok_or_else(|| format!("{}: no tensor named {name:?}", path.display()))?;
+            Enc::new().json(&entry).f32s(&t.dequantize(&name).map_err(e)?)
         }
         tag::QUANTIZE => {
             let input = PathBuf::from(d.str("input")?);
             let output = PathBuf::from(d.str("output")?);
             let options: QuantizeOptions = d.json("quantize options")?;
-            reference(state)?
-                .quantize(&input, &output, options)
-                .map_err(e)?;
+            reference(state)?.quantize(&input, &output, options).map_err(e)?;
             Enc::new()
         }
         tag::SHUTDOWN => Enc::new(),

@@ -42,7 +42,7 @@ impl Spec {
             n_ctx: 128,
             rope_base: 10000.0,
             eps: 1e-5,
-            seed: 0x5eed_f32,
+            seed: 0x05ee_df32,
             value_length: None,
         }
     }

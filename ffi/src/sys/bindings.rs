@@ -165,21 +165,17 @@ const _: () = {
     ["Size of ggml_tensor"][::std::mem::size_of::<ggml_tensor>() - 336usize];
     ["Alignment of ggml_tensor"][::std::mem::align_of::<ggml_tensor>() - 8usize];
     ["Offset of field: ggml_tensor::type_"][::std::mem::offset_of!(ggml_tensor, type_) - 0usize];
-    ["Offset of field: ggml_tensor::backend"]
-        [::std::mem::offset_of!(ggml_tensor, backend) - 4usize];
+    ["Offset of field: ggml_tensor::backend"][::std::mem::offset_of!(ggml_tensor, backend) - 4usize];
     ["Offset of field: ggml_tensor::buffer"][::std::mem::offset_of!(ggml_tensor, buffer) - 8usize];
     ["Offset of field: ggml_tensor::ne"][::std::mem::offset_of!(ggml_tensor, ne) - 16usize];
     ["Offset of field: ggml_tensor::nb"][::std::mem::offset_of!(ggml_tensor, nb) - 48usize];
     ["Offset of field: ggml_tensor::op"][::std::mem::offset_of!(ggml_tensor, op) - 80usize];
-    ["Offset of field: ggml_tensor::op_params"]
-        [::std::mem::offset_of!(ggml_tensor, op_params) - 84usize];
+    ["Offset of field: ggml_tensor::op_params"][::std::mem::offset_of!(ggml_tensor, op_params) - 84usize];
     ["Offset of field: ggml_tensor::flags"][::std::mem::offset_of!(ggml_tensor, flags) - 148usize];
     ["Offset of field: ggml_tensor::grad"][::std::mem::offset_of!(ggml_tensor, grad) - 152usize];
     ["Offset of field: ggml_tensor::src"][::std::mem::offset_of!(ggml_tensor, src) - 160usize];
-    ["Offset of field: ggml_tensor::view_src"]
-        [::std::mem::offset_of!(ggml_tensor, view_src) - 240usize];
-    ["Offset of field: ggml_tensor::view_offs"]
-        [::std::mem::offset_of!(ggml_tensor, view_offs) - 248usize];
+    ["Offset of field: ggml_tensor::view_src"][::std::mem::offset_of!(ggml_tensor, view_src) - 240usize];
+    ["Offset of field: ggml_tensor::view_offs"][::std::mem::offset_of!(ggml_tensor, view_offs) - 248usize];
     ["Offset of field: ggml_tensor::data"][::std::mem::offset_of!(ggml_tensor, data) - 256usize];
     ["Offset of field: ggml_tensor::name"][::std::mem::offset_of!(ggml_tensor, name) - 264usize];
     ["Offset of field: ggml_tensor::extra"][::std::mem::offset_of!(ggml_tensor, extra) - 328usize];
@@ -210,15 +206,12 @@ const _: () = {
     ["Alignment of gguf_init_params"][::std::mem::align_of::<gguf_init_params>() - 8usize];
     ["Offset of field: gguf_init_params::no_alloc"]
         [::std::mem::offset_of!(gguf_init_params, no_alloc) - 0usize];
-    ["Offset of field: gguf_init_params::ctx"]
-        [::std::mem::offset_of!(gguf_init_params, ctx) - 8usize];
+    ["Offset of field: gguf_init_params::ctx"][::std::mem::offset_of!(gguf_init_params, ctx) - 8usize];
 };
-pub type ggml_to_float_t = ::std::option::Option<
-    unsafe extern "C" fn(x: *const ::std::os::raw::c_void, y: *mut f32, k: i64),
->;
-pub type ggml_from_float_t = ::std::option::Option<
-    unsafe extern "C" fn(x: *const f32, y: *mut ::std::os::raw::c_void, k: i64),
->;
+pub type ggml_to_float_t =
+    ::std::option::Option<unsafe extern "C" fn(x: *const ::std::os::raw::c_void, y: *mut f32, k: i64)>;
+pub type ggml_from_float_t =
+    ::std::option::Option<unsafe extern "C" fn(x: *const f32, y: *mut ::std::os::raw::c_void, k: i64)>;
 pub type ggml_from_float_to_mat_t = ::std::option::Option<
     unsafe extern "C" fn(x: *const f32, y: *mut ::std::os::raw::c_void, nr: i64, k: i64, bs: i64),
 >;
@@ -301,22 +294,14 @@ const _: () = {
         [::std::mem::offset_of!(ggml_type_traits, vec_dot) - 72usize];
     ["Offset of field: ggml_type_traits::vec_dot_type"]
         [::std::mem::offset_of!(ggml_type_traits, vec_dot_type) - 80usize];
-    ["Offset of field: ggml_type_traits::nrows"]
-        [::std::mem::offset_of!(ggml_type_traits, nrows) - 88usize];
-    ["Offset of field: ggml_type_traits::ncols"]
-        [::std::mem::offset_of!(ggml_type_traits, ncols) - 96usize];
-    ["Offset of field: ggml_type_traits::gemv"]
-        [::std::mem::offset_of!(ggml_type_traits, gemv) - 104usize];
-    ["Offset of field: ggml_type_traits::gemm"]
-        [::std::mem::offset_of!(ggml_type_traits, gemm) - 112usize];
+    ["Offset of field: ggml_type_traits::nrows"][::std::mem::offset_of!(ggml_type_traits, nrows) - 88usize];
+    ["Offset of field: ggml_type_traits::ncols"][::std::mem::offset_of!(ggml_type_traits, ncols) - 96usize];
+    ["Offset of field: ggml_type_traits::gemv"][::std::mem::offset_of!(ggml_type_traits, gemv) - 104usize];
+    ["Offset of field: ggml_type_traits::gemm"][::std::mem::offset_of!(ggml_type_traits, gemm) - 112usize];
 };
 pub type ggml_backend_buffer_t = *mut ggml_backend_buffer;
 pub type ggml_backend_sched_eval_callback = ::std::option::Option<
-    unsafe extern "C" fn(
-        t: *mut ggml_tensor,
-        ask: bool,
-        user_data: *mut ::std::os::raw::c_void,
-    ) -> bool,
+    unsafe extern "C" fn(t: *mut ggml_tensor, ask: bool, user_data: *mut ::std::os::raw::c_void) -> bool,
 >;
 #[repr(C)]
 #[derive(Debug)]
@@ -424,27 +409,20 @@ pub struct llama_batch {
 const _: () = {
     ["Size of llama_batch"][::std::mem::size_of::<llama_batch>() - 72usize];
     ["Alignment of llama_batch"][::std::mem::align_of::<llama_batch>() - 8usize];
-    ["Offset of field: llama_batch::n_tokens"]
-        [::std::mem::offset_of!(llama_batch, n_tokens) - 0usize];
+    ["Offset of field: llama_batch::n_tokens"][::std::mem::offset_of!(llama_batch, n_tokens) - 0usize];
     ["Offset of field: llama_batch::token"][::std::mem::offset_of!(llama_batch, token) - 8usize];
     ["Offset of field: llama_batch::embd"][::std::mem::offset_of!(llama_batch, embd) - 16usize];
     ["Offset of field: llama_batch::pos"][::std::mem::offset_of!(llama_batch, pos) - 24usize];
-    ["Offset of field: llama_batch::n_seq_id"]
-        [::std::mem::offset_of!(llama_batch, n_seq_id) - 32usize];
+    ["Offset of field: llama_batch::n_seq_id"][::std::mem::offset_of!(llama_batch, n_seq_id) - 32usize];
     ["Offset of field: llama_batch::seq_id"][::std::mem::offset_of!(llama_batch, seq_id) - 40usize];
     ["Offset of field: llama_batch::logits"][::std::mem::offset_of!(llama_batch, logits) - 48usize];
-    ["Offset of field: llama_batch::all_pos_0"]
-        [::std::mem::offset_of!(llama_batch, all_pos_0) - 56usize];
-    ["Offset of field: llama_batch::all_pos_1"]
-        [::std::mem::offset_of!(llama_batch, all_pos_1) - 60usize];
-    ["Offset of field: llama_batch::all_seq_id"]
-        [::std::mem::offset_of!(llama_batch, all_seq_id) - 64usize];
+    ["Offset of field: llama_batch::all_pos_0"][::std::mem::offset_of!(llama_batch, all_pos_0) - 56usize];
+    ["Offset of field: llama_batch::all_pos_1"][::std::mem::offset_of!(llama_batch, all_pos_1) - 60usize];
+    ["Offset of field: llama_batch::all_seq_id"][::std::mem::offset_of!(llama_batch, all_seq_id) - 64usize];
 };
 pub const llama_model_kv_override_type_LLAMA_KV_OVERRIDE_TYPE_INT: llama_model_kv_override_type = 0;
-pub const llama_model_kv_override_type_LLAMA_KV_OVERRIDE_TYPE_FLOAT: llama_model_kv_override_type =
-    1;
-pub const llama_model_kv_override_type_LLAMA_KV_OVERRIDE_TYPE_BOOL: llama_model_kv_override_type =
-    2;
+pub const llama_model_kv_override_type_LLAMA_KV_OVERRIDE_TYPE_FLOAT: llama_model_kv_override_type = 1;
+pub const llama_model_kv_override_type_LLAMA_KV_OVERRIDE_TYPE_BOOL: llama_model_kv_override_type = 2;
 pub const llama_model_kv_override_type_LLAMA_KV_OVERRIDE_TYPE_STR: llama_model_kv_override_type = 3;
 pub type llama_model_kv_override_type = ::std::os::raw::c_uint;
 #[repr(C)]
@@ -479,10 +457,8 @@ const _: () = {
 };
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of llama_model_kv_override"]
-        [::std::mem::size_of::<llama_model_kv_override>() - 264usize];
-    ["Alignment of llama_model_kv_override"]
-        [::std::mem::align_of::<llama_model_kv_override>() - 8usize];
+    ["Size of llama_model_kv_override"][::std::mem::size_of::<llama_model_kv_override>() - 264usize];
+    ["Alignment of llama_model_kv_override"][::std::mem::align_of::<llama_model_kv_override>() - 8usize];
     ["Offset of field: llama_model_kv_override::tag"]
         [::std::mem::offset_of!(llama_model_kv_override, tag) - 0usize];
     ["Offset of field: llama_model_kv_override::key"]
@@ -643,8 +619,7 @@ pub struct llama_model_quantize_params {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of llama_model_quantize_params"]
-        [::std::mem::size_of::<llama_model_quantize_params>() - 40usize];
+    ["Size of llama_model_quantize_params"][::std::mem::size_of::<llama_model_quantize_params>() - 40usize];
     ["Alignment of llama_model_quantize_params"]
         [::std::mem::align_of::<llama_model_quantize_params>() - 8usize];
     ["Offset of field: llama_model_quantize_params::nthread"]
@@ -684,14 +659,10 @@ pub struct BitnetCppApi {
     pub ggml_type_name: unsafe extern "C" fn(type_: ggml_type) -> *const ::std::os::raw::c_char,
     pub ggml_free: unsafe extern "C" fn(ctx: *mut ggml_context),
     pub ggml_get_first_tensor: unsafe extern "C" fn(ctx: *const ggml_context) -> *mut ggml_tensor,
-    pub ggml_get_next_tensor: unsafe extern "C" fn(
-        ctx: *const ggml_context,
-        tensor: *mut ggml_tensor,
-    ) -> *mut ggml_tensor,
-    pub ggml_get_tensor: unsafe extern "C" fn(
-        ctx: *mut ggml_context,
-        name: *const ::std::os::raw::c_char,
-    ) -> *mut ggml_tensor,
+    pub ggml_get_next_tensor:
+        unsafe extern "C" fn(ctx: *const ggml_context, tensor: *mut ggml_tensor) -> *mut ggml_tensor,
+    pub ggml_get_tensor:
+        unsafe extern "C" fn(ctx: *mut ggml_context, name: *const ::std::os::raw::c_char) -> *mut ggml_tensor,
     pub gguf_init_from_file: unsafe extern "C" fn(
         fname: *const ::std::os::raw::c_char,
         params: gguf_init_params,
@@ -734,10 +705,8 @@ pub struct BitnetCppApi {
         params: llama_model_params,
     ) -> *mut llama_model,
     pub llama_free_model: unsafe extern "C" fn(model: *mut llama_model),
-    pub llama_new_context_with_model: unsafe extern "C" fn(
-        model: *mut llama_model,
-        params: llama_context_params,
-    ) -> *mut llama_context,
+    pub llama_new_context_with_model:
+        unsafe extern "C" fn(model: *mut llama_model, params: llama_context_params) -> *mut llama_context,
     pub llama_free: unsafe extern "C" fn(ctx: *mut llama_context),
     pub llama_n_ctx: unsafe extern "C" fn(ctx: *const llama_context) -> u32,
     pub llama_n_vocab: unsafe extern "C" fn(model: *const llama_model) -> i32,
@@ -779,8 +748,7 @@ pub struct BitnetCppApi {
         params: *const llama_model_quantize_params,
     ) -> u32,
     pub llama_kv_cache_clear: unsafe extern "C" fn(ctx: *mut llama_context),
-    pub llama_batch_init:
-        unsafe extern "C" fn(n_tokens: i32, embd: i32, n_seq_max: i32) -> llama_batch,
+    pub llama_batch_init: unsafe extern "C" fn(n_tokens: i32, embd: i32, n_seq_max: i32) -> llama_batch,
     pub llama_batch_free: unsafe extern "C" fn(batch: llama_batch),
     pub llama_decode: unsafe extern "C" fn(ctx: *mut llama_context, batch: llama_batch) -> i32,
     pub llama_get_logits_ith: unsafe extern "C" fn(ctx: *mut llama_context, i: i32) -> *mut f32,
@@ -814,10 +782,8 @@ pub struct BitnetCppApi {
         unparse_special: bool,
     ) -> i32,
     pub llama_print_system_info: unsafe extern "C" fn() -> *const ::std::os::raw::c_char,
-    pub llama_log_set: unsafe extern "C" fn(
-        log_callback: ggml_log_callback,
-        user_data: *mut ::std::os::raw::c_void,
-    ),
+    pub llama_log_set:
+        unsafe extern "C" fn(log_callback: ggml_log_callback, user_data: *mut ::std::os::raw::c_void),
 }
 impl BitnetCppApi {
     pub unsafe fn new<P>(path: P) -> Result<Self, ::libloading::Error>
@@ -857,29 +823,18 @@ impl BitnetCppApi {
         let ggml_cpu_has_neon = __library.get(b"ggml_cpu_has_neon\0").map(|sym| *sym)?;
         let ggml_cpu_has_f16c = __library.get(b"ggml_cpu_has_f16c\0").map(|sym| *sym)?;
         let ggml_get_type_traits = __library.get(b"ggml_get_type_traits\0").map(|sym| *sym)?;
-        let ggml_backend_buffer_is_host = __library
-            .get(b"ggml_backend_buffer_is_host\0")
-            .map(|sym| *sym)?;
-        let ggml_backend_tensor_get = __library
-            .get(b"ggml_backend_tensor_get\0")
-            .map(|sym| *sym)?;
-        let llama_model_default_params = __library
-            .get(b"llama_model_default_params\0")
-            .map(|sym| *sym)?;
-        let llama_context_default_params = __library
-            .get(b"llama_context_default_params\0")
-            .map(|sym| *sym)?;
-        let llama_model_quantize_default_params = __library
-            .get(b"llama_model_quantize_default_params\0")
-            .map(|sym| *sym)?;
+        let ggml_backend_buffer_is_host = __library.get(b"ggml_backend_buffer_is_host\0").map(|sym| *sym)?;
+        let ggml_backend_tensor_get = __library.get(b"ggml_backend_tensor_get\0").map(|sym| *sym)?;
+        let llama_model_default_params = __library.get(b"llama_model_default_params\0").map(|sym| *sym)?;
+        let llama_context_default_params =
+            __library.get(b"llama_context_default_params\0").map(|sym| *sym)?;
+        let llama_model_quantize_default_params =
+            __library.get(b"llama_model_quantize_default_params\0").map(|sym| *sym)?;
         let llama_backend_init = __library.get(b"llama_backend_init\0").map(|sym| *sym)?;
-        let llama_load_model_from_file = __library
-            .get(b"llama_load_model_from_file\0")
-            .map(|sym| *sym)?;
+        let llama_load_model_from_file = __library.get(b"llama_load_model_from_file\0").map(|sym| *sym)?;
         let llama_free_model = __library.get(b"llama_free_model\0").map(|sym| *sym)?;
-        let llama_new_context_with_model = __library
-            .get(b"llama_new_context_with_model\0")
-            .map(|sym| *sym)?;
+        let llama_new_context_with_model =
+            __library.get(b"llama_new_context_with_model\0").map(|sym| *sym)?;
         let llama_free = __library.get(b"llama_free\0").map(|sym| *sym)?;
         let llama_n_ctx = __library.get(b"llama_n_ctx\0").map(|sym| *sym)?;
         let llama_n_vocab = __library.get(b"llama_n_vocab\0").map(|sym| *sym)?;
@@ -889,16 +844,12 @@ impl BitnetCppApi {
         let llama_n_head = __library.get(b"llama_n_head\0").map(|sym| *sym)?;
         let llama_vocab_type = __library.get(b"llama_vocab_type\0").map(|sym| *sym)?;
         let llama_rope_type = __library.get(b"llama_rope_type\0").map(|sym| *sym)?;
-        let llama_model_meta_val_str = __library
-            .get(b"llama_model_meta_val_str\0")
-            .map(|sym| *sym)?;
+        let llama_model_meta_val_str = __library.get(b"llama_model_meta_val_str\0").map(|sym| *sym)?;
         let llama_model_meta_count = __library.get(b"llama_model_meta_count\0").map(|sym| *sym)?;
-        let llama_model_meta_key_by_index = __library
-            .get(b"llama_model_meta_key_by_index\0")
-            .map(|sym| *sym)?;
-        let llama_model_meta_val_str_by_index = __library
-            .get(b"llama_model_meta_val_str_by_index\0")
-            .map(|sym| *sym)?;
+        let llama_model_meta_key_by_index =
+            __library.get(b"llama_model_meta_key_by_index\0").map(|sym| *sym)?;
+        let llama_model_meta_val_str_by_index =
+            __library.get(b"llama_model_meta_val_str_by_index\0").map(|sym| *sym)?;
         let llama_model_desc = __library.get(b"llama_model_desc\0").map(|sym| *sym)?;
         let llama_model_size = __library.get(b"llama_model_size\0").map(|sym| *sym)?;
         let llama_model_n_params = __library.get(b"llama_model_n_params\0").map(|sym| *sym)?;
@@ -914,9 +865,7 @@ impl BitnetCppApi {
         let llama_tokenize = __library.get(b"llama_tokenize\0").map(|sym| *sym)?;
         let llama_token_to_piece = __library.get(b"llama_token_to_piece\0").map(|sym| *sym)?;
         let llama_detokenize = __library.get(b"llama_detokenize\0").map(|sym| *sym)?;
-        let llama_print_system_info = __library
-            .get(b"llama_print_system_info\0")
-            .map(|sym| *sym)?;
+        let llama_print_system_info = __library.get(b"llama_print_system_info\0").map(|sym| *sym)?;
         let llama_log_set = __library.get(b"llama_log_set\0").map(|sym| *sym)?;
         Ok(BitnetCppApi {
             __library,
@@ -1043,11 +992,7 @@ impl BitnetCppApi {
     ) -> ::std::os::raw::c_int {
         (self.gguf_find_tensor)(ctx, name)
     }
-    pub unsafe fn gguf_get_tensor_offset(
-        &self,
-        ctx: *const gguf_context,
-        i: ::std::os::raw::c_int,
-    ) -> usize {
+    pub unsafe fn gguf_get_tensor_offset(&self, ctx: *const gguf_context, i: ::std::os::raw::c_int) -> usize {
         (self.gguf_get_tensor_offset)(ctx, i)
     }
     pub unsafe fn gguf_get_tensor_name(
@@ -1239,15 +1184,7 @@ impl BitnetCppApi {
         add_special: bool,
         parse_special: bool,
     ) -> i32 {
-        (self.llama_tokenize)(
-            model,
-            text,
-            text_len,
-            tokens,
-            n_tokens_max,
-            add_special,
-            parse_special,
-        )
+        (self.llama_tokenize)(model, text, text_len, tokens, n_tokens_max, add_special, parse_special)
     }
     pub unsafe fn llama_token_to_piece(
         &self,
@@ -1270,15 +1207,7 @@ impl BitnetCppApi {
         remove_special: bool,
         unparse_special: bool,
     ) -> i32 {
-        (self.llama_detokenize)(
-            model,
-            tokens,
-            n_tokens,
-            text,
-            text_len_max,
-            remove_special,
-            unparse_special,
-        )
+        (self.llama_detokenize)(model, tokens, n_tokens, text, text_len_max, remove_special, unparse_special)
     }
     pub unsafe fn llama_print_system_info(&self) -> *const ::std::os::raw::c_char {
         (self.llama_print_system_info)()

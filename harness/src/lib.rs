@@ -6,3 +6,4 @@ pub mod cli;
 pub mod exit;
 pub mod fixtures;
 pub mod inspect;
+pub mod receipt;

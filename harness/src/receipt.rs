@@ -1,0 +1,330 @@
+//! The parity receipt: a versioned JSON record of one run that anyone can check.
+//!
+//! It records what can be verified independently — the model's sha256, both engines' exact
+//! identity, the token ids, per-position metrics and a digest of each engine's logits — never
+//! claims about itself. `receipts/receipt.schema.json` is its JSON Schema; every receipt the
+//! harness writes validates against it (a test checks).
+//!
+//! Versioning: `schema_version` is semver. A reader accepts any receipt of the same major
+//! version (minor versions only add optional fields) and refuses other majors.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Version written by this build.
+pub const SCHEMA_VERSION: &str = "1.0.0";
+/// Major version this build understands.
+pub const SCHEMA_MAJOR: u64 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub schema_version: String,
+    /// RFC 3339, UTC. A time field: excluded from reproducibility comparisons.
+    pub created_at: String,
+    pub tool: ToolInfo,
+    pub model: ModelInfo,
+    pub engines: Engines,
+    pub settings: Settings,
+    pub tokenizer: TokenizerAgreement,
+    pub cases: Vec<Case>,
+    pub summary: Summary,
+    pub verdict: Verdict,
+    /// A time field: excluded from reproducibility comparisons.
+    pub timings: Timings,
+    pub run_state: RunState,
+    /// Layer-by-layer comparison at a chosen position (`run --trace`), if requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolInfo {
+    pub name: String,
+    pub version: String,
+    /// `git rev-parse HEAD` of the harness's source tree at build time, when known.
+    pub git_commit: Option<String>,
+    /// Whether that tree had uncommitted changes.
+    pub git_dirty: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// As given on the command line (or `<embedded:NAME>` for the built-in fixture).
+    pub path: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub architecture: String,
+    pub hyperparameters: BTreeMap<String, serde_json::Value>,
+    /// Every I2_S tensor with the packing assumed for it.
+    pub i2s_tensors: Vec<I2sTensor>,
+    /// I2_S integrity problems (invalid codes, bad scales, bad tails); empty when clean.
+    pub integrity_problems: Vec<IntegrityProblem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct I2sTensor {
+    pub name: String,
+    pub flavor: String,
+    pub forced: bool,
+    /// Every flavour whose size fits (the choice is by documented priority).
+    pub candidates: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntegrityProblem {
+    pub tensor: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Engines {
+    pub rust: RustEngine,
+    pub reference: ReferenceEngine,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RustEngine {
+    pub name: String,
+    pub version: String,
+    /// The QK256 kernel chosen (`avx2`, `scalar`).
+    pub kernel: String,
+    /// Whether the reference's f16 roundings are mirrored.
+    pub exact_reference_rounding: bool,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceEngine {
+    /// `registry:bitnet-llm-sys-1.0.2`, `dir:/path/to/BitNet`, `prebuilt:/path`, or `saved:FILE`.
+    pub source: String,
+    pub version: Option<String>,
+    pub compiler: Option<String>,
+    pub flags: Vec<String>,
+    /// ISA macros the build enabled (`__AVX2__`, ...).
+    pub isa: Vec<String>,
+    pub library_path: Option<String>,
+    pub threads: usize,
+    pub kv_cache_type: String,
+    pub flash_attention: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub n_ctx: usize,
+    pub max_tokens: Option<usize>,
+    /// Tokens generated greedily by the reference after each prompt (`--continue`).
+    pub continue_tokens: usize,
+    /// Whose token ids were used when the tokenizers disagree (`--ids-from`), if forced.
+    pub ids_from: Option<String>,
+    pub add_bos: bool,
+    pub parse_special: bool,
+    pub thresholds: Thresholds,
+}
+
+/// The limits a receipt is judged against (`run` records the ones it used; `gate` may use others).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    pub min_cosine: f64,
+    pub min_exact_match: f64,
+    pub max_kl: f64,
+    /// The first divergence may not come earlier than this position (null: no divergence allowed
+    /// is expressed by `min_exact_match = 1` and `min_cosine`; null here means "not checked").
+    pub max_first_divergence: Option<usize>,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds { min_cosine: 0.99999, min_exact_match: 1.0, max_kl: 1e-4, max_first_divergence: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerAgreement {
+    /// Whether every prompt tokenized identically in both engines.
+    pub agree: bool,
+    pub prompts_checked: usize,
+    pub mismatches: Vec<TokenizerMismatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerMismatch {
+    pub case: usize,
+    /// First index where the id lists differ.
+    pub first_index: usize,
+    pub rust_ids: Vec<u32>,
+    pub reference_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Case {
+    pub prompt: String,
+    /// Every token fed to both engines: the prompt's, then any continuation.
+    pub token_ids: Vec<u32>,
+    pub n_prompt_tokens: usize,
+    /// sha256 over each engine's logits of every position (f32 little-endian, in order).
+    pub rust_logits_sha256: String,
+    pub reference_logits_sha256: String,
+    pub positions: Vec<Position>,
+    pub summary: Summary,
+}
+
+/// Metrics of one position. All computed in f64 from the f32 logits. When either vector holds
+/// a NaN or an infinity, `nonfinite` says so and the metrics are null.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    pub pos: usize,
+    pub token: u32,
+    pub nonfinite: Option<NonFinite>,
+    /// Cosine similarity of the two logit vectors (1 when both are zero, 0 when one is).
+    pub cosine: Option<f64>,
+    pub rust_argmax: Option<u32>,
+    pub reference_argmax: Option<u32>,
+    pub argmax_match: bool,
+    /// KL(P_reference ‖ P_rust) of the softmaxes, in nats: the reference is the truth.
+    pub kl: Option<f64>,
+    /// KL(P_rust ‖ P_reference), for the other direction.
+    pub kl_reverse: Option<f64>,
+    pub max_abs_diff: Option<f64>,
+    /// How many of the reference's top-5 tokens are in the Rust engine's top 5.
+    pub top5_overlap: Option<usize>,
+    /// The reference's probability of the Rust engine's argmax.
+    pub reference_prob_of_rust_argmax: Option<f64>,
+    /// P_reference(next teacher token) − P_rust(next teacher token); null at the last position.
+    pub delta_p_next: Option<f64>,
+    /// Reference logit of its top-1 minus its top-2.
+    pub reference_margin: Option<f64>,
+    /// The argmax differs but the reference's gap between the two candidates is within the
+    /// largest logit difference: a flip on a near-tie rather than a real disagreement.
+    pub near_tie: bool,
+    /// The two logit vectors are identical bit for bit.
+    pub bit_exact: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NonFinite {
+    pub rust_nan: usize,
+    pub rust_inf: usize,
+    pub reference_nan: usize,
+    pub reference_inf: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub positions: usize,
+    /// Positions with NaN or Inf logits in either engine.
+    pub nonfinite_positions: usize,
+    pub bit_exact_positions: usize,
+    pub cosine_min: Option<f64>,
+    pub cosine_mean: Option<f64>,
+    /// Fraction of positions whose argmax agrees (positions with non-finite logits count as disagreeing).
+    pub exact_match_rate: Option<f64>,
+    pub first_divergence: Option<Divergence>,
+    pub kl_mean: Option<f64>,
+    pub kl_max: Option<f64>,
+    pub max_abs_diff: Option<f64>,
+    pub cosine_percentiles: Option<Percentiles>,
+    pub kl_percentiles: Option<Percentiles>,
+    /// The five positions with the lowest cosine (ties broken by higher KL).
+    pub worst_positions: Vec<WorstPosition>,
+}
+
+/// Nearest-rank percentiles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p1: f64,
+    pub p5: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Divergence {
+    pub case: usize,
+    pub pos: usize,
+    pub token: u32,
+    /// `argmax`, `cosine` (below the run's min_cosine) or `nonfinite`.
+    pub reason: String,
+    pub cosine: Option<f64>,
+    pub rust_top: Option<TopToken>,
+    pub reference_top: Option<TopToken>,
+    pub near_tie: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopToken {
+    pub id: u32,
+    pub logit: f64,
+    /// The token's text (lossy UTF-8), when the vocabulary is known.
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorstPosition {
+    pub case: usize,
+    pub pos: usize,
+    pub cosine: Option<f64>,
+    pub kl: Option<f64>,
+    pub argmax_match: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// `pass`, `fail`, `invalid_input` (the model itself is broken, e.g. a corrupt I2_S
+    /// quantization) or `incomplete` (the run was interrupted or the reference crashed).
+    pub status: String,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub wall_s: f64,
+    pub rust: EngineTiming,
+    pub reference: EngineTiming,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineTiming {
+    pub load_s: f64,
+    pub eval_s: f64,
+    pub tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Every planned position was evaluated by both engines.
+    pub completed: bool,
+    /// Stopped by SIGINT/SIGTERM; `cases` hold the positions done before.
+    pub interrupted: bool,
+    /// The reference process crashed or exited: what, and during which request.
+    pub reference_failure: Option<String>,
+}
+
+/// Writes `receipt` to `path` atomically: a temporary file in the same folder, flushed and
+/// synced, then renamed over `path`. A crash or a full disk leaves either the old file or the
+/// complete new one, never half a receipt.
+pub fn write_atomic(path: &Path, receipt: &Receipt) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(receipt).map_err(std::io::Error::other)?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

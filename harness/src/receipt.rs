@@ -183,6 +183,9 @@ pub struct Position {
     pub cosine: Option<f64>,
     pub rust_argmax: Option<u32>,
     pub reference_argmax: Option<u32>,
+    /// Each engine's logit of its own argmax.
+    pub rust_top_logit: Option<f64>,
+    pub reference_top_logit: Option<f64>,
     pub argmax_match: bool,
     /// KL(P_reference ‖ P_rust) of the softmaxes, in nats: the reference is the truth.
     pub kl: Option<f64>,

@@ -32,10 +32,7 @@ fn oracle(x: &[f32], rounding: ActRounding) -> (Vec<i8>, f32, i32) {
 }
 
 fn kernels() -> Vec<Qk256Kernel> {
-    [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()]
-        .into_iter()
-        .flatten()
-        .collect()
+    [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()].into_iter().flatten().collect()
 }
 
 fn quantize(k: Qk256Kernel, x: &[f32], rounding: ActRounding) -> (Vec<i8>, f32, i32) {
@@ -115,16 +112,7 @@ fn all_zeros_use_the_floor() {
 
 #[test]
 fn signed_zeros_and_tiny_values() {
-    let x = [
-        0.0f32,
-        -0.0,
-        1e-7,
-        -1e-7,
-        5e-6,
-        -5e-6,
-        f32::MIN_POSITIVE,
-        1e-45,
-    ];
+    let x = [0.0f32, -0.0, 1e-7, -1e-7, 5e-6, -5e-6, f32::MIN_POSITIVE, 1e-45];
     for k in kernels() {
         for rounding in [ActRounding::Fused, ActRounding::Unfused] {
             let got = quantize(k, &x, rounding);

@@ -21,9 +21,7 @@ fn detect(
 
 /// Block scales exactly representable in f16, so f16 storage round-trips them.
 fn f16_exact_scales(rng: &mut Rng, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| half::f16::from_f32(0.001 + rng.unit() as f32).to_f32())
-        .collect()
+    (0..n).map(|_| half::f16::from_f32(0.001 + rng.unit() as f32).to_f32()).collect()
 }
 
 // ---------- detection ----------
@@ -37,11 +35,7 @@ fn x86_is_chosen_and_arm64_reported_never_guessed() {
     assert_eq!(d.flavor, I2sFlavor::X86Qk256);
     assert_eq!(d.candidates, [I2sFlavor::X86Qk256, I2sFlavor::Arm64]);
     assert!(!d.forced);
-    assert!(
-        d.note.contains("arm64") && d.note.contains("never guessed"),
-        "{}",
-        d.note
-    );
+    assert!(d.note.contains("arm64") && d.note.contains("never guessed"), "{}", d.note);
     assert!(d.note.contains("2e-2"), "tail scale reported: {}", d.note);
 }
 
@@ -50,24 +44,16 @@ fn arm64_only_when_forced() {
     let (rows, cols) = (4usize, 256usize);
     let data = pack_i2s_arm64(&vec![1; rows * cols], 1.0).unwrap();
     let dims = [cols as u64, rows as u64];
-    assert_eq!(
-        detect(&dims, &data, false, None).unwrap().flavor,
-        I2sFlavor::X86Qk256
-    );
+    assert_eq!(detect(&dims, &data, false, None).unwrap().flavor, I2sFlavor::X86Qk256);
     let d = detect(&dims, &data, false, Some("arm64")).unwrap();
     assert_eq!(d.flavor, I2sFlavor::Arm64);
     assert!(d.forced);
     // A row length of 64 fits only the ARM layout, which is never guessed: an error that
     // says how to force it.
     let data = pack_i2s_arm64(&[0; 64 * 2], 1.0).unwrap();
-    let err = detect(&[64, 2], &data, false, None)
-        .unwrap_err()
-        .to_string();
+    let err = detect(&[64, 2], &data, false, None).unwrap_err().to_string();
     assert!(err.contains("BITNET_I2S_FLAVOR=arm64"), "{err}");
-    assert_eq!(
-        detect(&[64, 2], &data, false, Some("ARM")).unwrap().flavor,
-        I2sFlavor::Arm64
-    );
+    assert_eq!(detect(&[64, 2], &data, false, Some("ARM")).unwrap().flavor, I2sFlavor::Arm64);
 }
 
 #[test]
@@ -91,15 +77,9 @@ fn split32_needs_its_sibling() {
     let err = detect(&dims, &codes, false, None).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, QuantError::NoFlavorFits { .. }));
-    assert!(
-        msg.contains("blk.3.ffn_down.weight.scale") && msg.contains("absent"),
-        "{msg}"
-    );
+    assert!(msg.contains("blk.3.ffn_down.weight.scale") && msg.contains("absent"), "{msg}");
     let err = detect(&dims, &codes, false, Some("split32")).unwrap_err();
-    assert!(
-        matches!(err, QuantError::ForcedFlavorMismatch { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, QuantError::ForcedFlavorMismatch { .. }), "{err}");
 }
 
 /// At n = 512 the x86 size (n/4 + 32 = 160) equals the BitNet32F16 size (16 blocks × 10):
@@ -112,19 +92,8 @@ fn ambiguity_is_resolved_by_priority_and_tail() {
     let d = detect(&dims, &x86, false, None).unwrap();
     assert_eq!(d.flavor, I2sFlavor::X86Qk256);
     assert!(d.is_ambiguous());
-    assert_eq!(
-        d.candidates,
-        [
-            I2sFlavor::X86Qk256,
-            I2sFlavor::BitNet32F16,
-            I2sFlavor::Arm64
-        ]
-    );
-    assert!(
-        d.note.contains("ambiguous") && d.note.contains("priority"),
-        "{}",
-        d.note
-    );
+    assert_eq!(d.candidates, [I2sFlavor::X86Qk256, I2sFlavor::BitNet32F16, I2sFlavor::Arm64]);
+    assert!(d.note.contains("ambiguous") && d.note.contains("priority"), "{}", d.note);
 
     // A BitNet32F16 tensor whose bytes at n/4 read as a NaN f32: not a valid x86 tail.
     let mut scales = vec![1.0f32; 16];
@@ -156,13 +125,8 @@ fn no_fit_error_names_tensor_shape_and_every_size() {
     ] {
         assert!(msg.contains(&needle), "missing `{needle}` in: {msg}");
     }
-    let err = detect(&[100, 3], &[0u8; 10], false, None)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("row length 100 is not a multiple of 128"),
-        "{err}"
-    );
+    let err = detect(&[100, 3], &[0u8; 10], false, None).unwrap_err().to_string();
+    assert!(err.contains("row length 100 is not a multiple of 128"), "{err}");
 }
 
 #[test]
@@ -173,19 +137,13 @@ fn override_errors() {
     assert!(err.to_string().contains("BITNET_I2S_FLAVOR"), "{err}");
     let err = detect(&[256, 1], &data, false, Some("bitnet32-f16")).unwrap_err();
     let msg = err.to_string();
-    assert!(
-        msg.contains("needs 80 bytes") && msg.contains("96 bytes"),
-        "{msg}"
-    );
+    assert!(msg.contains("needs 80 bytes") && msg.contains("96 bytes"), "{msg}");
     // "auto" and "" mean no override.
     for f in ["auto", "", " AUTO "] {
         let d = detect(&[256, 1], &data, false, Some(f)).unwrap();
         assert!(!d.forced);
     }
-    assert!(matches!(
-        detect(&[], &data, false, None),
-        Err(QuantError::BadShape { .. })
-    ));
+    assert!(matches!(detect(&[], &data, false, None), Err(QuantError::BadShape { .. })));
 }
 
 // ---------- round trips ----------
@@ -287,34 +245,16 @@ proptest! {
 #[test]
 fn matrix_rejects_wrong_sizes() {
     let data = pack_i2s_x86(&[0; 256], 1.0).unwrap();
-    let err = TernaryMatrix::new(
-        "blk.0.attn_q.weight",
-        I2sFlavor::X86Qk256,
-        &data[..90],
-        1,
-        256,
-        None,
-    )
-    .unwrap_err();
+    let err = TernaryMatrix::new("blk.0.attn_q.weight", I2sFlavor::X86Qk256, &data[..90], 1, 256, None)
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(
-        msg.contains("blk.0.attn_q.weight") && msg.contains("expected 96 bytes, got 90"),
-        "{msg}"
-    );
+    assert!(msg.contains("blk.0.attn_q.weight") && msg.contains("expected 96 bytes, got 90"), "{msg}");
     let err = TernaryMatrix::new("w", I2sFlavor::X86Qk256, &data, 2, 96, None).unwrap_err();
     assert!(matches!(err, QuantError::BadShape { .. }), "{err}");
     let codes = pack_split32_codes(&[0; 64]).unwrap();
-    let err =
-        TernaryMatrix::new("w", I2sFlavor::Split32WithSibling, &codes, 1, 64, None).unwrap_err();
+    let err = TernaryMatrix::new("w", I2sFlavor::Split32WithSibling, &codes, 1, 64, None).unwrap_err();
     assert!(err.to_string().contains("w.scale"), "{err}");
-    let err = TernaryMatrix::new(
-        "w",
-        I2sFlavor::Split32WithSibling,
-        &codes,
-        1,
-        64,
-        Some(&[0; 6]),
-    )
-    .unwrap_err();
+    let err =
+        TernaryMatrix::new("w", I2sFlavor::Split32WithSibling, &codes, 1, 64, Some(&[0; 6])).unwrap_err();
     assert!(err.to_string().contains("8 (f32) or 4 (f16)"), "{err}");
 }

@@ -10,15 +10,11 @@ use quant_common::{random_x86_tensor, Rng};
 /// Σ c·q by element index through `code_at`: no chunking, no SIMD, i64.
 fn naive_code_dot(data: &[u8], row: usize, cols: usize, q: &[i8]) -> i64 {
     let row_bytes = &data[row * cols / 4..(row + 1) * cols / 4];
-    (0..cols)
-        .map(|i| i64::from(code_at(row_bytes, i, X86_GROUP_BYTES)) * i64::from(q[i]))
-        .sum()
+    (0..cols).map(|i| i64::from(code_at(row_bytes, i, X86_GROUP_BYTES)) * i64::from(q[i])).sum()
 }
 
 fn matrix(data: &[u8], rows: usize, cols: usize, k: Qk256Kernel) -> TernaryMatrix<'_> {
-    TernaryMatrix::new("test.weight", I2sFlavor::X86Qk256, data, rows, cols, None)
-        .unwrap()
-        .with_kernel(k)
+    TernaryMatrix::new("test.weight", I2sFlavor::X86Qk256, data, rows, cols, None).unwrap().with_kernel(k)
 }
 
 fn avx2() -> Option<Qk256Kernel> {
@@ -45,11 +41,7 @@ fn avx2_equals_scalar_for_every_row_length() {
         matrix(&data, rows, cols, simd).code_dots(&q, 0..rows, &mut b);
         assert_eq!(a, b, "cols {cols}");
         for (r, &v) in a.iter().enumerate() {
-            assert_eq!(
-                i64::from(v),
-                naive_code_dot(&data, r, cols, &q),
-                "cols {cols} row {r}"
-            );
+            assert_eq!(i64::from(v), naive_code_dot(&data, r, cols, &q), "cols {cols} row {r}");
         }
         let mut part = vec![0i32; 3];
         matrix(&data, rows, cols, simd).code_dots(&q, 1..4, &mut part);
@@ -118,16 +110,10 @@ fn extreme_input_gives_exact_sum_where_reference_lanes_wrap() {
 
     // The per-lane partial sum the reference keeps in int16 (16 lanes over 32 chunks):
     let lane_sum: i64 = 32 * 4 * (2 * 127 + 2 * 127);
-    assert!(
-        lane_sum > i64::from(i16::MAX),
-        "the input must overflow an int16 lane"
-    );
+    assert!(lane_sum > i64::from(i16::MAX), "the input must overflow an int16 lane");
 
     let exact = (cols as i64) * 2 * 127;
-    for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()]
-        .into_iter()
-        .flatten()
-    {
+    for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()].into_iter().flatten() {
         let mut out = [0i32];
         matrix(&data, 1, cols, k).code_dots(&q, 0..1, &mut out);
         assert_eq!(i64::from(out[0]), exact, "kernel {}", k.name());
@@ -135,18 +121,10 @@ fn extreme_input_gives_exact_sum_where_reference_lanes_wrap() {
 
     // The same at the most negative end.
     let q = vec![-128i8; cols];
-    for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()]
-        .into_iter()
-        .flatten()
-    {
+    for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()].into_iter().flatten() {
         let mut out = [0i32];
         matrix(&data, 1, cols, k).code_dots(&q, 0..1, &mut out);
-        assert_eq!(
-            i64::from(out[0]),
-            -(cols as i64) * 2 * 128,
-            "kernel {}",
-            k.name()
-        );
+        assert_eq!(i64::from(out[0]), -(cols as i64) * 2 * 128, "kernel {}", k.name());
     }
 }
 
@@ -160,18 +138,10 @@ fn code_three_everywhere_is_still_exact() {
     data.resize(cols / 4 + 32, 0);
     for v in [-128i8, 127] {
         let q = vec![v; cols];
-        for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()]
-            .into_iter()
-            .flatten()
-        {
+        for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()].into_iter().flatten() {
             let mut out = [0i32];
             matrix(&data, 1, cols, k).code_dots(&q, 0..1, &mut out);
-            assert_eq!(
-                i64::from(out[0]),
-                3 * cols as i64 * i64::from(v),
-                "kernel {}",
-                k.name()
-            );
+            assert_eq!(i64::from(out[0]), 3 * cols as i64 * i64::from(v), "kernel {}", k.name());
         }
     }
 }
@@ -186,26 +156,16 @@ fn matvec_follows_the_reference_formula() {
     let w = 0.0421f32;
     let data = pack_i2s_x86(&t, w).unwrap();
     let x = rng.activations(cols);
-    for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()]
-        .into_iter()
-        .flatten()
-    {
+    for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()].into_iter().flatten() {
         let mut acts = QuantizedActs::with_kernel(cols, k);
         acts.quantize(&x);
         let mut y = vec![0f32; rows];
         matrix(&data, rows, cols, k).matvec(&acts, &mut y);
         for r in 0..rows {
-            let tq: i32 = (0..cols)
-                .map(|i| i32::from(t[r * cols + i]) * i32::from(acts.q()[i]))
-                .sum();
+            let tq: i32 = (0..cols).map(|i| i32::from(t[r * cols + i]) * i32::from(acts.q()[i])).sum();
             let cq = tq + acts.sum();
             let expected = (cq as f32 - acts.sum() as f32) / acts.scale() * w;
-            assert_eq!(
-                y[r].to_bits(),
-                expected.to_bits(),
-                "kernel {} row {r}",
-                k.name()
-            );
+            assert_eq!(y[r].to_bits(), expected.to_bits(), "kernel {} row {r}", k.name());
         }
     }
 }
@@ -214,26 +174,15 @@ fn matvec_follows_the_reference_formula() {
 /// tested with explicit settings (no process environment is mutated).
 #[test]
 fn kernel_override_is_honoured() {
-    assert_eq!(
-        Qk256Kernel::resolve(Some("scalar")).unwrap().name(),
-        "scalar"
-    );
-    assert_eq!(
-        Qk256Kernel::resolve(Some("auto")).unwrap(),
-        Qk256Kernel::best()
-    );
+    assert_eq!(Qk256Kernel::resolve(Some("scalar")).unwrap().name(), "scalar");
+    assert_eq!(Qk256Kernel::resolve(Some("auto")).unwrap(), Qk256Kernel::best());
     assert_eq!(Qk256Kernel::resolve(Some("")).unwrap(), Qk256Kernel::best());
     if let Some(k) = Qk256Kernel::avx2() {
         assert_eq!(Qk256Kernel::resolve(Some("AVX2")).unwrap(), k);
         assert_eq!(Qk256Kernel::best().name(), "avx2");
     }
-    let err = Qk256Kernel::resolve(Some("avx512"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("avx512") && err.contains("BITNET_QK256_IMPL"),
-        "{err}"
-    );
+    let err = Qk256Kernel::resolve(Some("avx512")).unwrap_err().to_string();
+    assert!(err.contains("avx512") && err.contains("BITNET_QK256_IMPL"), "{err}");
     // Whatever the environment says, the reported name is one of the known kernels or "invalid".
     assert!(["scalar", "avx2", "invalid"].contains(&bitnet_engine::quant::kernel_name()));
 }

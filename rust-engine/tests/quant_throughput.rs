@@ -27,10 +27,7 @@ fn time_per_call(budget: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 fn kernels() -> Vec<Qk256Kernel> {
-    [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()]
-        .into_iter()
-        .flatten()
-        .collect()
+    [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()].into_iter().flatten().collect()
 }
 
 #[test]
@@ -43,9 +40,8 @@ fn matvec_throughput() {
         let x = rng.activations(cols);
         let mut out = vec![0f32; rows];
         for k in kernels() {
-            let m = TernaryMatrix::new("w", I2sFlavor::X86Qk256, &data, rows, cols, None)
-                .unwrap()
-                .with_kernel(k);
+            let m =
+                TernaryMatrix::new("w", I2sFlavor::X86Qk256, &data, rows, cols, None).unwrap().with_kernel(k);
             let mut acts = QuantizedActs::with_kernel(cols, k);
             acts.quantize(&x);
             let t = time_per_call(Duration::from_millis(900), || {
@@ -67,18 +63,14 @@ fn matvec_throughput() {
 
     // Streaming from memory: cycle through more distinct matrices than the L3 holds.
     let (rows, cols, count) = (6912usize, 2560usize, 24usize);
-    let mats: Vec<Vec<u8>> = (0..count)
-        .map(|_| random_x86_tensor(&mut rng, rows, cols, 0.01))
-        .collect();
+    let mats: Vec<Vec<u8>> = (0..count).map(|_| random_x86_tensor(&mut rng, rows, cols, 0.01)).collect();
     let x = rng.activations(cols);
     let mut out = vec![0f32; rows];
     for k in kernels() {
         let ms: Vec<TernaryMatrix<'_>> = mats
             .iter()
             .map(|d| {
-                TernaryMatrix::new("w", I2sFlavor::X86Qk256, d, rows, cols, None)
-                    .unwrap()
-                    .with_kernel(k)
+                TernaryMatrix::new("w", I2sFlavor::X86Qk256, d, rows, cols, None).unwrap().with_kernel(k)
             })
             .collect();
         let mut acts = QuantizedActs::with_kernel(cols, k);
@@ -90,10 +82,6 @@ fn matvec_throughput() {
             black_box(&out);
         });
         let bytes = ms.iter().map(|m| m.packed_bytes()).sum::<usize>() as f64;
-        println!(
-            "  {count} x ({rows} x {cols}) from DRAM {:<6}: {:>6.2} GB/s",
-            k.name(),
-            bytes / t / 1e9
-        );
+        println!("  {count} x ({rows} x {cols}) from DRAM {:<6}: {:>6.2} GB/s", k.name(), bytes / t / 1e9);
     }
 }

@@ -87,11 +87,7 @@ fn quantize_one(v: f32, s: f32, rounding: ActRounding) -> i32 {
 
 /// Scalar mirror of the reference, for any rounding. The oracle for the SIMD path.
 pub(crate) fn quantize_row_scalar(x: &[f32], q: &mut [i8], rounding: ActRounding) -> (f32, i32) {
-    assert_eq!(
-        x.len(),
-        q.len(),
-        "quantize_row_i8_s: x and q lengths differ"
-    );
+    assert_eq!(x.len(), q.len(), "quantize_row_i8_s: x and q lengths differ");
     let s = act_scale_scalar(x);
     let mut sum = 0i32;
     for (d, &v) in q.iter_mut().zip(x) {
@@ -125,11 +121,7 @@ pub(crate) fn quantize_row_dispatch(
     q: &mut [i8],
     rounding: ActRounding,
 ) -> (f32, i32) {
-    assert_eq!(
-        x.len(),
-        q.len(),
-        "quantize_row_i8_s: x and q lengths differ"
-    );
+    assert_eq!(x.len(), q.len(), "quantize_row_i8_s: x and q lengths differ");
     #[cfg(target_arch = "x86_64")]
     if let Some(token) = kernel.avx2_token() {
         if let Some(r) = super::avx2::quantize_row(token, x, q, rounding == ActRounding::Fused) {

@@ -35,8 +35,7 @@ pub(crate) struct Avx2Token(());
 
 impl Avx2Token {
     pub(crate) fn detect() -> Option<Self> {
-        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-            .then_some(Avx2Token(()))
+        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")).then_some(Avx2Token(()))
     }
 }
 
@@ -47,16 +46,9 @@ impl Avx2Token {
 /// If a row's byte length times 4 differs from `q.len()`, or `q.len()` is not a multiple of 128.
 #[inline]
 pub(crate) fn qk256_dots<const R: usize>(_t: Avx2Token, rows: [&[u8]; R], q: &[i8]) -> [i32; R] {
-    assert!(
-        q.len() % 128 == 0,
-        "QK256 row length must be a multiple of 128"
-    );
+    assert!(q.len() % 128 == 0, "QK256 row length must be a multiple of 128");
     for r in &rows {
-        assert_eq!(
-            r.len() * 4,
-            q.len(),
-            "QK256 weight row and activations differ in length"
-        );
+        assert_eq!(r.len() * 4, q.len(), "QK256 weight row and activations differ in length");
     }
     // SAFETY: the token proves AVX2 is available; every row holds `q.len() / 4` bytes and `q`
     // holds `128 · (q.len() / 128)` values, which is all the kernel reads.
@@ -67,11 +59,7 @@ pub(crate) fn qk256_dots<const R: usize>(_t: Avx2Token, rows: [&[u8]; R], q: &[i
 /// AVX2 must be available; each `w[r]` must be valid for `32 · chunks` bytes and `q` for
 /// `128 · chunks` bytes.
 #[target_feature(enable = "avx2")]
-unsafe fn qk256_dots_avx2<const R: usize>(
-    w: [*const u8; R],
-    q: *const i8,
-    chunks: usize,
-) -> [i32; R] {
+unsafe fn qk256_dots_avx2<const R: usize>(w: [*const u8; R], q: *const i8, chunks: usize) -> [i32; R] {
     let mask = _mm256_set1_epi8(3);
     let ones = _mm256_set1_epi16(1);
     let mut acc32 = [_mm256_setzero_si256(); R];
@@ -99,10 +87,8 @@ unsafe fn qk256_dots_avx2<const R: usize>(
                 let c1 = _mm256_and_si256(_mm256_srli_epi16::<4>(wv[r]), mask);
                 let c2 = _mm256_and_si256(_mm256_srli_epi16::<2>(wv[r]), mask);
                 let c3 = _mm256_and_si256(wv[r], mask);
-                let p01 =
-                    _mm256_add_epi16(_mm256_maddubs_epi16(c0, a0), _mm256_maddubs_epi16(c1, a1));
-                let p23 =
-                    _mm256_add_epi16(_mm256_maddubs_epi16(c2, a2), _mm256_maddubs_epi16(c3, a3));
+                let p01 = _mm256_add_epi16(_mm256_maddubs_epi16(c0, a0), _mm256_maddubs_epi16(c1, a1));
+                let p23 = _mm256_add_epi16(_mm256_maddubs_epi16(c2, a2), _mm256_maddubs_epi16(c3, a3));
                 acc16[r] = _mm256_add_epi16(acc16[r], _mm256_add_epi16(p01, p23));
             }
         }
@@ -129,12 +115,7 @@ fn hsum_i32(v: __m256i) -> i32 {
 ///
 /// # Panics
 /// If `x.len() != q.len()`.
-pub(crate) fn quantize_row(
-    _t: Avx2Token,
-    x: &[f32],
-    q: &mut [i8],
-    fused: bool,
-) -> Option<(f32, i32)> {
+pub(crate) fn quantize_row(_t: Avx2Token, x: &[f32], q: &mut [i8], fused: bool) -> Option<(f32, i32)> {
     assert_eq!(x.len(), q.len());
     // SAFETY: the token proves AVX2 and FMA are available.
     let max_abs = unsafe { max_abs_avx2(x) }?;
@@ -190,11 +171,8 @@ unsafe fn quantize_avx2(x: &[f32], q: &mut [i8], s: f32, fused: bool) -> i32 {
     let mut sum = _mm256_setzero_si256();
 
     let to_int = |v: __m256| {
-        let biased = if fused {
-            _mm256_fmadd_ps(v, sv, magic)
-        } else {
-            _mm256_add_ps(_mm256_mul_ps(v, sv), magic)
-        };
+        let biased =
+            if fused { _mm256_fmadd_ps(v, sv, magic) } else { _mm256_add_ps(_mm256_mul_ps(v, sv), magic) };
         let i = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(biased), mant), bias);
         _mm256_min_epi32(_mm256_max_epi32(i, lo), hi)
     };
@@ -204,28 +182,20 @@ unsafe fn quantize_avx2(x: &[f32], q: &mut [i8], s: f32, fused: bool) -> i32 {
     let mut qs = q.chunks_exact_mut(32);
     for (xc, qc) in xs.zip(&mut qs) {
         // SAFETY: `xc` holds 32 f32s, read as four unaligned loads of 8.
-        let v: [__m256; 4] =
-            std::array::from_fn(|k| unsafe { _mm256_loadu_ps(xc.as_ptr().add(8 * k)) });
+        let v: [__m256; 4] = std::array::from_fn(|k| unsafe { _mm256_loadu_ps(xc.as_ptr().add(8 * k)) });
         let i: [__m256i; 4] = v.map(to_int);
         sum = _mm256_add_epi32(
             sum,
             _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3])),
         );
-        let b = _mm256_packs_epi16(
-            _mm256_packs_epi32(i[0], i[1]),
-            _mm256_packs_epi32(i[2], i[3]),
-        );
+        let b = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
         let b = _mm256_permutevar8x32_epi32(b, order);
         // SAFETY: `qc` holds 32 bytes; the store is unaligned.
         unsafe { _mm256_storeu_si256(qc.as_mut_ptr() as *mut __m256i, b) };
     }
     let mut total = hsum_i32(sum);
     for (d, &v) in qs.into_remainder().iter_mut().zip(x_rest) {
-        let biased = if fused {
-            v.mul_add(s, NEAREST_INT_MAGIC)
-        } else {
-            v * s + NEAREST_INT_MAGIC
-        };
+        let biased = if fused { v.mul_add(s, NEAREST_INT_MAGIC) } else { v * s + NEAREST_INT_MAGIC };
         let i = nearest_int_from_biased(biased).clamp(-128, 127);
         total = total.wrapping_add(i);
         *d = i as i8;

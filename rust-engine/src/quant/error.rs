@@ -36,19 +36,11 @@ pub enum QuantError {
 
     /// A flavour name (from `BITNET_I2S_FLAVOR` or an argument) is not known.
     #[error("unknown I2_S flavour `{name}` (from {origin}); known: {known}")]
-    UnknownFlavorName {
-        name: String,
-        origin: &'static str,
-        known: &'static str,
-    },
+    UnknownFlavorName { name: String, origin: &'static str, known: &'static str },
 
     /// The tensor's shape cannot hold a ternary matrix (empty, zero-sized, overflowing).
     #[error("tensor `{tensor}` has an unusable shape {dims:?}: {reason}")]
-    BadShape {
-        tensor: String,
-        dims: Vec<u64>,
-        reason: String,
-    },
+    BadShape { tensor: String, dims: Vec<u64>, reason: String },
 
     /// `TernaryMatrix::new` was given data of the wrong size for its flavour and shape.
     #[error(
@@ -73,32 +65,17 @@ pub enum QuantError {
 
     /// A kernel was asked for that this CPU cannot run.
     #[error("QK256 kernel `{kernel}` is not available on this CPU: {reason}")]
-    KernelUnavailable {
-        kernel: &'static str,
-        reason: &'static str,
-    },
+    KernelUnavailable { kernel: &'static str, reason: &'static str },
 
     /// A packing helper got a value outside {-1, 0, +1}.
     #[error("{what}: element {index} is {value}, not a ternary value in {{-1, 0, 1}}")]
-    NotTernary {
-        what: &'static str,
-        index: usize,
-        value: i8,
-    },
+    NotTernary { what: &'static str, index: usize, value: i8 },
 
     /// A packing helper got a length its layout cannot hold.
     #[error("{what}: length {len} is not a positive multiple of {multiple}")]
-    BadLength {
-        what: &'static str,
-        len: usize,
-        multiple: usize,
-    },
+    BadLength { what: &'static str, len: usize, multiple: usize },
 
     /// A packing helper got a scale slice of the wrong length.
     #[error("{what}: expected {expected} block scales, got {actual}")]
-    ScaleCount {
-        what: &'static str,
-        expected: usize,
-        actual: usize,
-    },
+    ScaleCount { what: &'static str, expected: usize, actual: usize },
 }

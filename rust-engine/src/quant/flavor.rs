@@ -55,12 +55,8 @@ const KNOWN_NAMES: &str =
 
 impl I2sFlavor {
     /// All flavours, in detection priority order (`Arm64` last: it is never guessed).
-    pub const ALL: [I2sFlavor; 4] = [
-        I2sFlavor::X86Qk256,
-        I2sFlavor::BitNet32F16,
-        I2sFlavor::Split32WithSibling,
-        I2sFlavor::Arm64,
-    ];
+    pub const ALL: [I2sFlavor; 4] =
+        [I2sFlavor::X86Qk256, I2sFlavor::BitNet32F16, I2sFlavor::Split32WithSibling, I2sFlavor::Arm64];
 
     /// Canonical name, as accepted by [`from_name`](Self::from_name) and printed in reports.
     pub fn name(self) -> &'static str {
@@ -74,18 +70,12 @@ impl I2sFlavor {
 
     /// Parses a canonical name or alias, ignoring ASCII case and `_`/`-` differences.
     pub fn from_name(name: &str) -> Option<Self> {
-        let key: String = name
-            .trim()
-            .chars()
-            .filter(|c| *c != '-' && *c != '_')
-            .map(|c| c.to_ascii_lowercase())
-            .collect();
+        let key: String =
+            name.trim().chars().filter(|c| *c != '-' && *c != '_').map(|c| c.to_ascii_lowercase()).collect();
         match key.as_str() {
             "x86qk256" | "qk256" | "x86" | "i2s" | "i2sx86" => Some(I2sFlavor::X86Qk256),
             "bitnet32f16" => Some(I2sFlavor::BitNet32F16),
-            "split32sibling" | "split32withsibling" | "split32" => {
-                Some(I2sFlavor::Split32WithSibling)
-            }
+            "split32sibling" | "split32withsibling" | "split32" => Some(I2sFlavor::Split32WithSibling),
             "arm64" | "arm" | "i2sarm" => Some(I2sFlavor::Arm64),
             _ => None,
         }
@@ -147,10 +137,7 @@ impl std::fmt::Display for I2sFlavor {
 /// `(cols, rows)` of ggml dims, rejecting empty, zero and overflowing shapes.
 pub(crate) fn shape(dims: &[u64]) -> Result<(u64, u64), String> {
     let (&cols, rest) = dims.split_first().ok_or("no dimensions")?;
-    let rows = rest
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-        .ok_or("element count overflows")?;
+    let rows = rest.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or("element count overflows")?;
     if cols == 0 || rows == 0 {
         return Err("a dimension is zero".into());
     }
@@ -189,13 +176,7 @@ pub fn detect_flavor(
     has_sibling_scale: bool,
 ) -> Result<FlavorDetection, QuantError> {
     let forced = std::env::var(FLAVOR_ENV).ok();
-    detect_flavor_with(
-        tensor_name,
-        dims,
-        data,
-        has_sibling_scale,
-        forced.as_deref(),
-    )
+    detect_flavor_with(tensor_name, dims, data, has_sibling_scale, forced.as_deref())
 }
 
 /// [`detect_flavor`] with the override given explicitly (`None`, `""` or `"auto"`: none),
@@ -226,13 +207,11 @@ pub fn detect_flavor_with(
     let forced_flavor = match forced.map(str::trim) {
         None | Some("") => None,
         Some(s) if s.eq_ignore_ascii_case("auto") => None,
-        Some(s) => Some(
-            I2sFlavor::from_name(s).ok_or_else(|| QuantError::UnknownFlavorName {
-                name: s.to_string(),
-                origin: FLAVOR_ENV,
-                known: KNOWN_NAMES,
-            })?,
-        ),
+        Some(s) => Some(I2sFlavor::from_name(s).ok_or_else(|| QuantError::UnknownFlavorName {
+            name: s.to_string(),
+            origin: FLAVOR_ENV,
+            known: KNOWN_NAMES,
+        })?),
     };
 
     if let Some(flavor) = forced_flavor {
@@ -248,38 +227,21 @@ pub fn detect_flavor_with(
             return Err(mismatch(format!("it needs {need} bytes")));
         }
         if flavor.needs_sibling() && !has_sibling_scale {
-            return Err(mismatch(format!(
-                "no sibling `{tensor_name}.scale` tensor holds its block scales"
-            )));
+            return Err(mismatch(format!("no sibling `{tensor_name}.scale` tensor holds its block scales")));
         }
         let mut note = format!("{} forced by override", flavor.name());
         if flavor == I2sFlavor::X86Qk256 || flavor == I2sFlavor::Arm64 {
             note.push_str(&format!("; tail scale {}", tail.describe()));
         }
-        return Ok(FlavorDetection {
-            flavor,
-            candidates,
-            forced: true,
-            note,
-        });
+        return Ok(FlavorDetection { flavor, candidates, forced: true, note });
     }
 
-    let mut ranked: Vec<I2sFlavor> = candidates
-        .iter()
-        .copied()
-        .filter(|f| f.is_guessable())
-        .collect();
+    let mut ranked: Vec<I2sFlavor> = candidates.iter().copied().filter(|f| f.is_guessable()).collect();
     // Stable sort: a size-fitting x86 candidate with an invalid tail goes last.
     ranked.sort_by_key(|&f| f == I2sFlavor::X86Qk256 && !tail.is_valid());
 
     let Some(&flavor) = ranked.first() else {
-        return Err(no_fit_error(
-            tensor_name,
-            dims,
-            n_bytes,
-            has_sibling_scale,
-            &candidates,
-        ));
+        return Err(no_fit_error(tensor_name, dims, n_bytes, has_sibling_scale, &candidates));
     };
 
     let names = |v: &[I2sFlavor]| v.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ");
@@ -306,16 +268,9 @@ pub fn detect_flavor_with(
         }
     }
     if fits(I2sFlavor::Split32WithSibling) && !has_sibling_scale {
-        note.push_str(&format!(
-            "; split32-sibling also fits by size but no `{tensor_name}.scale` exists"
-        ));
+        note.push_str(&format!("; split32-sibling also fits by size but no `{tensor_name}.scale` exists"));
     }
-    Ok(FlavorDetection {
-        flavor,
-        candidates,
-        forced: false,
-        note,
-    })
+    Ok(FlavorDetection { flavor, candidates, forced: false, note })
 }
 
 fn no_fit_error(
@@ -345,12 +300,7 @@ fn no_fit_error(
         })
         .collect::<Vec<_>>()
         .join("; ");
-    QuantError::NoFlavorFits {
-        tensor: tensor_name.to_string(),
-        dims: dims.to_vec(),
-        n_bytes,
-        needs,
-    }
+    QuantError::NoFlavorFits { tensor: tensor_name.to_string(), dims: dims.to_vec(), n_bytes, needs }
 }
 
 /// The f32 at byte `n/4` of an x86/ARM I2_S tensor, if the data is long enough to hold it.
@@ -360,10 +310,7 @@ struct TailScale(Option<f32>);
 impl TailScale {
     fn read(data: &[u8], n: u64) -> Self {
         let at = (n / 4) as usize;
-        TailScale(
-            data.get(at..at + 4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        )
+        TailScale(data.get(at..at + 4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
     }
 
     /// A valid scale is finite with its sign bit clear (`max |w|` is never negative).
@@ -389,10 +336,7 @@ mod tests {
             assert_eq!(I2sFlavor::from_name(f.name()), Some(f));
         }
         assert_eq!(I2sFlavor::from_name("QK256"), Some(I2sFlavor::X86Qk256));
-        assert_eq!(
-            I2sFlavor::from_name("Split32_With_Sibling"),
-            Some(I2sFlavor::Split32WithSibling)
-        );
+        assert_eq!(I2sFlavor::from_name("Split32_With_Sibling"), Some(I2sFlavor::Split32WithSibling));
         assert_eq!(I2sFlavor::from_name("tl1"), None);
     }
 
@@ -402,14 +346,8 @@ mod tests {
         let n = 2560 * 6912;
         assert_eq!(I2sFlavor::X86Qk256.required_bytes(&dims), Some(n / 4 + 32));
         assert_eq!(I2sFlavor::Arm64.required_bytes(&dims), Some(n / 4 + 32));
-        assert_eq!(
-            I2sFlavor::BitNet32F16.required_bytes(&dims),
-            Some(n / 32 * 10)
-        );
-        assert_eq!(
-            I2sFlavor::Split32WithSibling.required_bytes(&dims),
-            Some(n / 4)
-        );
+        assert_eq!(I2sFlavor::BitNet32F16.required_bytes(&dims), Some(n / 32 * 10));
+        assert_eq!(I2sFlavor::Split32WithSibling.required_bytes(&dims), Some(n / 4));
         assert_eq!(I2sFlavor::X86Qk256.required_bytes(&[96, 4]), None);
         assert_eq!(I2sFlavor::BitNet32F16.required_bytes(&[96, 4]), Some(120));
         assert_eq!(I2sFlavor::X86Qk256.required_bytes(&[]), None);

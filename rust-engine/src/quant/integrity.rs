@@ -81,9 +81,7 @@ impl I2sIntegrity {
         }
         if let Some(p) = self.scale_problem {
             out.push(match (p, self.scale) {
-                (ScaleProblem::Missing, _) | (_, None) => {
-                    "no tensor scale: the data is too short".into()
-                }
+                (ScaleProblem::Missing, _) | (_, None) => "no tensor scale: the data is too short".into(),
                 (p, Some(s)) => format!("tensor scale {s:e} is unusable ({p:?})"),
             });
         }
@@ -110,11 +108,7 @@ pub fn check_i2s_integrity(data: &[u8], n: usize) -> I2sIntegrity {
         let v = u64::from_le_bytes(w.try_into().expect("chunks_exact(8) yields 8 bytes"));
         code3_count += u64::from((v & (v >> 1) & 0x5555_5555_5555_5555).count_ones());
     }
-    code3_count += words
-        .remainder()
-        .iter()
-        .map(|&b| u64::from(threes(b)))
-        .sum::<u64>();
+    code3_count += words.remainder().iter().map(|&b| u64::from(threes(b))).sum::<u64>();
 
     let first_code3 = if code3_count == 0 {
         None
@@ -125,16 +119,12 @@ pub fn check_i2s_integrity(data: &[u8], n: usize) -> I2sIntegrity {
             let chunk = off / X86_GROUP_BYTES;
             Code3Position {
                 byte_offset: off,
-                element: chunk * 4 * X86_GROUP_BYTES
-                    + group * X86_GROUP_BYTES
-                    + off % X86_GROUP_BYTES,
+                element: chunk * 4 * X86_GROUP_BYTES + group * X86_GROUP_BYTES + off % X86_GROUP_BYTES,
             }
         })
     };
 
-    let scale = data
-        .get(n / 4..n / 4 + 4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let scale = data.get(n / 4..n / 4 + 4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     let scale_problem = match scale {
         None => Some(ScaleProblem::Missing),
         Some(s) if s.is_nan() => Some(ScaleProblem::NaN),
@@ -144,11 +134,7 @@ pub fn check_i2s_integrity(data: &[u8], n: usize) -> I2sIntegrity {
         Some(_) => None,
     };
     let padding = data.get(n / 4 + 4..).unwrap_or(&[]);
-    let nonzero_padding = padding
-        .iter()
-        .take(I2S_TAIL_BYTES - 4)
-        .filter(|&&b| b != 0)
-        .count();
+    let nonzero_padding = padding.iter().take(I2S_TAIL_BYTES - 4).filter(|&&b| b != 0).count();
 
     I2sIntegrity {
         n_elements: n,
@@ -187,13 +173,7 @@ mod tests {
         // 0x3f = 00 11 11 11: three fields equal 3; 0x80 = 10 00 00 00 and the zeros: none.
         assert_eq!(r.code3_count, 3);
         // Byte 43 is in chunk 1 (bytes 32..64), position 11; its first 3 is group 1.
-        assert_eq!(
-            r.first_code3,
-            Some(Code3Position {
-                byte_offset: 43,
-                element: 128 + 32 + 11
-            })
-        );
+        assert_eq!(r.first_code3, Some(Code3Position { byte_offset: 43, element: 128 + 32 + 11 }));
     }
 
     #[test]

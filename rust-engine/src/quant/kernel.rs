@@ -51,14 +51,9 @@ impl Qk256Kernel {
         match value.to_ascii_lowercase().as_str() {
             "" | "auto" => Ok(Self::best()),
             "scalar" => Ok(Self::scalar()),
-            "avx2" => Self::avx2().ok_or(QuantError::KernelUnavailable {
-                kernel: "avx2",
-                reason: "the CPU lacks AVX2 or FMA",
-            }),
-            _ => Err(QuantError::UnknownKernel {
-                value: value.to_string(),
-                origin: KERNEL_ENV,
-            }),
+            "avx2" => Self::avx2()
+                .ok_or(QuantError::KernelUnavailable { kernel: "avx2", reason: "the CPU lacks AVX2 or FMA" }),
+            _ => Err(QuantError::UnknownKernel { value: value.to_string(), origin: KERNEL_ENV }),
         }
     }
 
@@ -103,19 +98,10 @@ mod tests {
 
     #[test]
     fn resolve_settings() {
-        assert_eq!(
-            Qk256Kernel::resolve(Some("scalar")).unwrap().name(),
-            "scalar"
-        );
-        assert_eq!(
-            Qk256Kernel::resolve(Some(" Scalar ")).unwrap().name(),
-            "scalar"
-        );
+        assert_eq!(Qk256Kernel::resolve(Some("scalar")).unwrap().name(), "scalar");
+        assert_eq!(Qk256Kernel::resolve(Some(" Scalar ")).unwrap().name(), "scalar");
         assert_eq!(Qk256Kernel::resolve(None).unwrap(), Qk256Kernel::best());
-        assert_eq!(
-            Qk256Kernel::resolve(Some("auto")).unwrap(),
-            Qk256Kernel::best()
-        );
+        assert_eq!(Qk256Kernel::resolve(Some("auto")).unwrap(), Qk256Kernel::best());
         match Qk256Kernel::resolve(Some("avx2")) {
             Ok(k) => assert_eq!(k.name(), "avx2"),
             Err(e) => assert!(matches!(e, QuantError::KernelUnavailable { .. })),

@@ -54,10 +54,7 @@ pub fn code_at(codes: &[u8], i: usize, group_bytes: usize) -> u8 {
 pub fn unpack_codes(codes: &[u8], group_bytes: usize, out: &mut [u8]) {
     let elems = 4 * group_bytes;
     debug_assert_eq!(out.len() % elems, 0);
-    for (group, dst) in codes
-        .chunks_exact(group_bytes)
-        .zip(out.chunks_exact_mut(elems))
-    {
+    for (group, dst) in codes.chunks_exact(group_bytes).zip(out.chunks_exact_mut(elems)) {
         for (k, part) in dst.chunks_exact_mut(group_bytes).enumerate() {
             let shift = 6 - 2 * k as u32;
             for (d, &byte) in part.iter_mut().zip(group) {

@@ -5,8 +5,7 @@ use half::f16;
 
 use super::error::QuantError;
 use super::layout::{
-    position, ARM_GROUP_BYTES, BITNET32_F16_BLOCK_BYTES, BLOCK32_CODE_BYTES, I2S_TAIL_BYTES,
-    X86_GROUP_BYTES,
+    position, ARM_GROUP_BYTES, BITNET32_F16_BLOCK_BYTES, BLOCK32_CODE_BYTES, I2S_TAIL_BYTES, X86_GROUP_BYTES,
 };
 
 /// How the per-block scales of a Split32WithSibling tensor are stored in its `<name>.scale`
@@ -31,30 +30,18 @@ impl SiblingScaleType {
 
 fn check_len(what: &'static str, len: usize, multiple: usize) -> Result<(), QuantError> {
     if len == 0 || len % multiple != 0 {
-        return Err(QuantError::BadLength {
-            what,
-            len,
-            multiple,
-        });
+        return Err(QuantError::BadLength { what, len, multiple });
     }
     Ok(())
 }
 
 /// Packs ternary values (each −1, 0 or +1) as codes 0/1/2 into groups of `group_bytes`.
-fn pack_codes(
-    what: &'static str,
-    ternary: &[i8],
-    group_bytes: usize,
-) -> Result<Vec<u8>, QuantError> {
+fn pack_codes(what: &'static str, ternary: &[i8], group_bytes: usize) -> Result<Vec<u8>, QuantError> {
     check_len(what, ternary.len(), 4 * group_bytes)?;
     let mut out = vec![0u8; ternary.len() / 4];
     for (i, &t) in ternary.iter().enumerate() {
         if !(-1..=1).contains(&t) {
-            return Err(QuantError::NotTernary {
-                what,
-                index: i,
-                value: t,
-            });
+            return Err(QuantError::NotTernary { what, index: i, value: t });
         }
         let (b, shift) = position(i, group_bytes);
         out[b] |= ((t + 1) as u8) << shift;
@@ -91,9 +78,7 @@ pub fn pack_i2s_arm64(ternary: &[i8], scale: f32) -> Result<Vec<u8>, QuantError>
 pub fn quantize_i2s_x86(weights: &[f32]) -> Result<Vec<u8>, QuantError> {
     check_len("quantize_i2s_x86", weights.len(), 4 * X86_GROUP_BYTES)?;
     // The reference's `fmax` ignores a NaN operand; f64::max does the same.
-    let max = weights
-        .iter()
-        .fold(0.0f64, |m, &w| m.max(f64::from(w).abs()));
+    let max = weights.iter().fold(0.0f64, |m, &w| m.max(f64::from(w).abs()));
     let ternary: Vec<i8> = weights
         .iter()
         .map(|&w| {
@@ -118,11 +103,7 @@ pub fn pack_bitnet32_f16(ternary: &[i8], scales: &[f32]) -> Result<Vec<u8>, Quan
     let codes = pack_codes(WHAT, ternary, BLOCK32_CODE_BYTES)?;
     let blocks = ternary.len() / 32;
     if scales.len() != blocks {
-        return Err(QuantError::ScaleCount {
-            what: WHAT,
-            expected: blocks,
-            actual: scales.len(),
-        });
+        return Err(QuantError::ScaleCount { what: WHAT, expected: blocks, actual: scales.len() });
     }
     let mut out = Vec::with_capacity(blocks * BITNET32_F16_BLOCK_BYTES);
     for (block, &d) in codes.chunks_exact(BLOCK32_CODE_BYTES).zip(scales) {
@@ -170,27 +151,13 @@ mod tests {
 
     #[test]
     fn pack_rejects_bad_input() {
-        assert!(matches!(
-            pack_i2s_x86(&[0; 100], 1.0),
-            Err(QuantError::BadLength { multiple: 128, .. })
-        ));
+        assert!(matches!(pack_i2s_x86(&[0; 100], 1.0), Err(QuantError::BadLength { multiple: 128, .. })));
         let mut t = vec![0i8; 128];
         t[5] = 2;
-        assert!(matches!(
-            pack_i2s_x86(&t, 1.0),
-            Err(QuantError::NotTernary {
-                index: 5,
-                value: 2,
-                ..
-            })
-        ));
+        assert!(matches!(pack_i2s_x86(&t, 1.0), Err(QuantError::NotTernary { index: 5, value: 2, .. })));
         assert!(matches!(
             pack_bitnet32_f16(&[0; 64], &[1.0]),
-            Err(QuantError::ScaleCount {
-                expected: 2,
-                actual: 1,
-                ..
-            })
+            Err(QuantError::ScaleCount { expected: 2, actual: 1, .. })
         ));
     }
 
@@ -205,9 +172,6 @@ mod tests {
         let scale = f32::from_le_bytes(bytes[32..36].try_into().unwrap());
         assert_eq!(scale, 2.0);
         let code = |i: usize| super::super::layout::code_at(&bytes, i, X86_GROUP_BYTES);
-        assert_eq!(
-            [code(0), code(1), code(2), code(3), code(4)],
-            [2, 0, 1, 0, 1]
-        );
+        assert_eq!([code(0), code(1), code(2), code(3), code(4)], [2, 0, 1, 0, 1]);
     }
 }

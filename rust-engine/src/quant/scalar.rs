@@ -7,16 +7,8 @@ use super::layout::BLOCK32_CODE_BYTES;
 /// with the codes as stored (0..3), exact in i32 (wrapping only beyond ~5.6M elements).
 pub fn grouped_dot(w: &[u8], q: &[i8], group_bytes: usize) -> i32 {
     let elems = 4 * group_bytes;
-    assert_eq!(
-        w.len() * 4,
-        q.len(),
-        "weight row and activations differ in length"
-    );
-    assert_eq!(
-        q.len() % elems,
-        0,
-        "row length must be a multiple of {elems}"
-    );
+    assert_eq!(w.len() * 4, q.len(), "weight row and activations differ in length");
+    assert_eq!(q.len() % elems, 0, "row length must be a multiple of {elems}");
     let mut sum = 0i32;
     for (wg, qg) in w.chunks_exact(group_bytes).zip(q.chunks_exact(elems)) {
         for (k, qk) in qg.chunks_exact(group_bytes).enumerate() {

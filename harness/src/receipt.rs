@@ -200,8 +200,9 @@ pub struct Position {
     pub delta_p_next: Option<f64>,
     /// Reference logit of its top-1 minus its top-2.
     pub reference_margin: Option<f64>,
-    /// The argmax differs but the reference's gap between the two candidates is within the
-    /// largest logit difference: a flip on a near-tie rather than a real disagreement.
+    /// The argmax differs but both engines put the two candidates within 0.1 % (relative to
+    /// the top logit, at least 1e-3 absolute) of each other: a flip on a near-tie rather than a
+    /// real disagreement.
     pub near_tie: bool,
     /// The two logit vectors are identical bit for bit.
     pub bit_exact: bool,
@@ -305,6 +306,8 @@ pub struct RunState {
     pub interrupted: bool,
     /// The reference process crashed or exited: what, and during which request.
     pub reference_failure: Option<String>,
+    /// The Rust engine failed on a position (a bug: inputs are validated before the run).
+    pub rust_failure: Option<String>,
 }
 
 /// Writes `receipt` to `path` atomically: a temporary file in the same folder, flushed and

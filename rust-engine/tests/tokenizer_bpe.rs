@@ -242,13 +242,38 @@ fn default_ids_and_out_of_range_keys() {
 
 #[test]
 fn phi3_special_tokens_swallow_following_spaces() {
-    let mut s = spec("llama-bpe", &[], &[], &[("<|user|>", token_type::CONTROL)]);
+    // The reference looks these four up by text for Phi-3 models and fails without them.
+    let phi3_tokens = [
+        ("<|user|>", token_type::CONTROL),
+        ("</s>", token_type::CONTROL),
+        ("<s>", token_type::CONTROL),
+        ("<unk>", token_type::UNKNOWN),
+        ("<|endoftext|>", token_type::CONTROL),
+    ];
+    let mut s = spec("llama-bpe", &[], &[], &phi3_tokens);
     s.model_name = Some("Phi-3 mini".into());
     let t = tok(s);
-    let user = id(&t, "<|user|>");
+    let (user, end) = (id(&t, "<|user|>"), id(&t, "<|endoftext|>"));
     assert!(t.token_attr(user).unwrap().any(TokenAttr::RSTRIP));
+    assert!(!t.token_attr(end).unwrap().any(TokenAttr::RSTRIP));
     assert_eq!(t.encode("<|user|>  \n a", false, true), [user, u32::from(b'a')]);
-    let mut s = spec("llama-bpe", &[], &[], &[("<|user|>", token_type::CONTROL)]);
+    assert_eq!(t.encode("<|endoftext|> a", false, true), [end, u32::from(b' '), u32::from(b'a')]);
+    // Another model name: no stripping.
+    let mut s = spec("llama-bpe", &[], &[], &phi3_tokens);
     s.model_name = Some("other".into());
     assert_eq!(tok(s).encode("<|user|> a", false, true), [256, u32::from(b' '), u32::from(b'a')]);
+    // A Phi-3 vocabulary without "</s>" does not load, as in the reference.
+    let mut s = spec("llama-bpe", &[], &[], &phi3_tokens[..1]);
+    s.model_name = Some("phi3".into());
+    assert!(matches!(Tokenizer::from_spec(s), Err(TokenizerError::MissingToken { text: "</s>", .. })));
+}
+
+#[test]
+fn token_texts_end_at_a_nul_as_c_strings_do() {
+    // The reference reads GGUF strings as C strings: "ab\0cd" is the token "ab", and "\0x"
+    // is empty, so it becomes "[EMPTY_<id>]".
+    let t = tok(spec("llama-bpe", &["ab\0cd", "\0x"], &[], &[]));
+    assert_eq!(t.token_text(256), Some("ab"));
+    assert_eq!(t.token_text(257), Some("[EMPTY_257]"));
+    assert_eq!(t.encode("ab", false, false), [256]);
 }

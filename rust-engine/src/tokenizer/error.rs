@@ -30,6 +30,10 @@ pub enum TokenizerError {
     /// An empty merge rule (the reference aborts on this).
     #[error("tokenizer.ggml.merges[{0}] is empty")]
     EmptyMerge(usize),
+    /// A token the reference looks up by text while loading this model is missing (it then
+    /// fails to load the vocabulary).
+    #[error("tokenizer.ggml.tokens has no {text:?}, which the reference requires for {reason}")]
+    MissingToken { text: &'static str, reason: &'static str },
     /// A metadata key holds a value of a type the reference refuses.
     #[error("{key} must be {expected}, found {found}")]
     WrongType { key: String, expected: &'static str, found: String },

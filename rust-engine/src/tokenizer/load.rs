@@ -65,7 +65,16 @@ fn pre_config(pre: Option<&str>) -> Result<PreConfig, TokenizerError> {
 
 impl Tokenizer {
     /// Builds a tokenizer from vocabulary data (see [`TokenizerSpec`] for each field).
-    pub fn from_spec(spec: TokenizerSpec) -> Result<Self, TokenizerError> {
+    ///
+    /// Texts are cut at their first NUL character, as the reference reads GGUF strings as C
+    /// strings; a token left empty becomes `[EMPTY_<id>]`, as there.
+    pub fn from_spec(mut spec: TokenizerSpec) -> Result<Self, TokenizerError> {
+        for s in spec.tokens.iter_mut().chain(&mut spec.merges).chain([&mut spec.model]) {
+            cut_at_nul(s);
+        }
+        for s in spec.pre.iter_mut().chain(spec.model_name.iter_mut()) {
+            cut_at_nul(s);
+        }
         let n_vocab = spec.tokens.len();
         if n_vocab == 0 {
             return Err(TokenizerError::EmptyVocab);
@@ -237,27 +246,40 @@ impl Tokenizer {
         };
         tok.pieces = (0..n_vocab as u32).map(|id| tok.render_piece(id)).collect();
 
-        // Per-model strip attributes, set after the special list as in the reference.
+        // Per-model strip attributes, set after the special list as in the reference, which
+        // fails to load when one of the tokens it names is missing.
         let name = spec.model_name.unwrap_or_default().to_lowercase();
         let pre = tok.pre.clone().unwrap_or_default();
         if ["jina-v2-de", "jina-v2-es", "jina-v2-code"].iter().any(|p| pre.contains(p)) {
-            tok.set_attr_by_text("<mask>", TokenAttr::LSTRIP, true);
+            tok.set_attr_by_text("<mask>", TokenAttr::LSTRIP, true, "a jina-v2 pre-tokenizer")?;
         } else if name.contains("phi-3") || name.contains("phi3") {
             for id in tok.specials.clone() {
                 tok.tokens[id as usize].attr.set(TokenAttr::RSTRIP, true);
             }
-            tok.set_attr_by_text("</s>", TokenAttr::RSTRIP, true);
+            tok.set_attr_by_text("</s>", TokenAttr::RSTRIP, true, "a Phi-3 model (general.name)")?;
             for t in ["<unk>", "<s>", "<|endoftext|>"] {
-                tok.set_attr_by_text(t, TokenAttr::RSTRIP, false);
+                tok.set_attr_by_text(t, TokenAttr::RSTRIP, false, "a Phi-3 model (general.name)")?;
             }
         }
         Ok(tok)
     }
 
-    fn set_attr_by_text(&mut self, text: &str, attr: TokenAttr, on: bool) {
-        if let Some(&id) = self.token_to_id.get(text) {
-            self.tokens[id as usize].attr.set(attr, on);
-        }
+    fn set_attr_by_text(
+        &mut self,
+        text: &'static str,
+        attr: TokenAttr,
+        on: bool,
+        reason: &'static str,
+    ) -> Result<(), TokenizerError> {
+        let &id = self.token_to_id.get(text).ok_or(TokenizerError::MissingToken { text, reason })?;
+        self.tokens[id as usize].attr.set(attr, on);
+        Ok(())
+    }
+}
+
+fn cut_at_nul(s: &mut String) {
+    if let Some(i) = s.find('\0') {
+        s.truncate(i);
     }
 }
 

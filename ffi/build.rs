@@ -404,8 +404,9 @@ fn build_from_source(source: &Source, out_dir: &Path) -> Result<(), String> {
     let info_path = cache_dir.join("build-info.json");
 
     if !(lib_path.is_file() && info_path.is_file()) {
+        // Not a cargo:warning: cargo replays those on every later build, cached or not.
         println!(
-            "cargo:warning=building the C++ reference (bitnet.cpp from {} {}) with {cxx_version}, -O3 -march=native; about two minutes on 2 cores, cached afterwards in {}",
+            "building the C++ reference (bitnet.cpp from {} {}) with {cxx_version}, -O3 -march=native; about two minutes on 2 cores, cached afterwards in {}",
             source.kind,
             source.root.display(),
             cache_dir.display()
@@ -513,6 +514,13 @@ fn compile_and_link(
     for g in groups {
         let _ = fs::remove_dir_all(tmp.join(g.name));
     }
+    // Cargo re-runs this script when a watched file is newer than its previous run, and
+    // files written during a run count as newer; date these back so that the next build
+    // sees them as unchanged (a deleted or replaced library still triggers a run).
+    for f in [lib.as_path(), &tmp.join("build-info.json")] {
+        let old = UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        let _ = fs::File::options().write(true).open(f).and_then(|h| h.set_modified(old));
+    }
     let _ = fs::remove_dir_all(cache_dir);
     fs::rename(&tmp, cache_dir)
         .map_err(|e| format!("cannot move {} to {}: {e}", tmp.display(), cache_dir.display()))
@@ -520,7 +528,6 @@ fn compile_and_link(
 
 /// A prebuilt user library: nothing to compile; record what we know.
 fn emit_prebuilt(dir: &Path, lib: &Path, out_dir: &Path) -> Result<(), String> {
-    println!("cargo:rerun-if-changed={}", lib.display());
     let headers: Vec<Value> =
         locate::PINNED_HEADERS.iter().map(|(rel, sha)| json!({"path": rel, "sha256": sha})).collect();
     let info = json!({
@@ -548,6 +555,9 @@ fn emit_prebuilt(dir: &Path, lib: &Path, out_dir: &Path) -> Result<(), String> {
 
 /// Bake the library path into the crate and copy build-info.json into OUT_DIR for `include_str!`.
 fn bake(lib: &Path, info: &Path, out_dir: &Path) -> Result<(), String> {
+    // Rebuild if the cached library disappears (e.g. someone cleans that folder).
+    println!("cargo:rerun-if-changed={}", lib.display());
+    println!("cargo:rerun-if-changed={}", info.display());
     let text = fs::read(info).map_err(|e| format!("cannot read {}: {e}", info.display()))?;
     write_if_changed(&out_dir.join("build-info.json"), &text)?;
     println!("cargo:rustc-env=BITNET_CPP_LIBRARY={}", lib.display());

@@ -57,7 +57,7 @@ proptest! {
     #[test]
     fn matvec_bit_identical(
         chunks in 1usize..=64,
-        rows in 1usize..=11,
+        rows in 1usize..=40,
         seed in any::<u64>(),
         scale in 0.001f32..10.0,
         range_seed in any::<(usize, usize)>(),

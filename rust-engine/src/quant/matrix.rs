@@ -253,12 +253,12 @@ impl<'a> TernaryMatrix<'a> {
                     return;
                 }
                 for (j, r) in rows.enumerate() {
-                    emit(j, scalar::grouped_dot(self.row(r), q, X86_GROUP_BYTES));
+                    emit(j, scalar::grouped_dot::<X86_GROUP_BYTES>(self.row(r), q));
                 }
             }
             I2sFlavor::Arm64 => {
                 for (j, r) in rows.enumerate() {
-                    emit(j, scalar::grouped_dot(self.row(r), q, ARM_GROUP_BYTES));
+                    emit(j, scalar::grouped_dot::<ARM_GROUP_BYTES>(self.row(r), q));
                 }
             }
             I2sFlavor::BitNet32F16 | I2sFlavor::Split32WithSibling => {
@@ -267,7 +267,7 @@ impl<'a> TernaryMatrix<'a> {
                     let sum = (0..self.cols / 32)
                         .map(|k| {
                             let codes = self.block_codes(row, k);
-                            scalar::grouped_dot(codes, &q[32 * k..32 * k + 32], BLOCK32_CODE_BYTES)
+                            scalar::grouped_dot::<BLOCK32_CODE_BYTES>(codes, &q[32 * k..32 * k + 32])
                         })
                         .fold(0i32, i32::wrapping_add);
                     emit(j, sum);

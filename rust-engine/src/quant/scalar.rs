@@ -3,15 +3,16 @@
 
 use super::layout::BLOCK32_CODE_BYTES;
 
-/// `Σ c_i·q_i` over one row packed in groups of `group_bytes` bytes (32: x86 I2_S, 16: ARM),
-/// with the codes as stored (0..3), exact in i32 (wrapping only beyond ~5.6M elements).
-pub fn grouped_dot(w: &[u8], q: &[i8], group_bytes: usize) -> i32 {
-    let elems = 4 * group_bytes;
+/// `Σ c_i·q_i` over one row packed in groups of `G` bytes (32: x86 I2_S, 16: ARM, 8: one
+/// 32-element block), with the codes as stored (0..3), exact in i32 (wrapping only beyond
+/// ~5.6M elements). `G` is a constant so the loops have fixed trip counts and vectorize.
+pub fn grouped_dot<const G: usize>(w: &[u8], q: &[i8]) -> i32 {
+    let elems = 4 * G;
     assert_eq!(w.len() * 4, q.len(), "weight row and activations differ in length");
     assert_eq!(q.len() % elems, 0, "row length must be a multiple of {elems}");
     let mut sum = 0i32;
-    for (wg, qg) in w.chunks_exact(group_bytes).zip(q.chunks_exact(elems)) {
-        for (k, qk) in qg.chunks_exact(group_bytes).enumerate() {
+    for (wg, qg) in w.chunks_exact(G).zip(q.chunks_exact(elems)) {
+        for (k, qk) in qg.chunks_exact(G).enumerate() {
             let shift = 6 - 2 * k as u32;
             for (&byte, &a) in wg.iter().zip(qk) {
                 let c = i32::from((byte >> shift) & 3);

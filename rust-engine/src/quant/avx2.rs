@@ -17,7 +17,8 @@
 //! every [`GROUP_CHUNKS`] chunks (each lane then stays within ±8·4·768 = ±24576, even with the
 //! invalid code 3), so our sums are exact for every byte pattern.
 //!
-//! Several rows are processed per pass so the four activation loads of a chunk are shared.
+//! Several rows are processed per pass so the four activation loads of a chunk are shared;
+//! the caller takes them from separate long stretches of rows (see `matrix.rs`, `STREAMS`).
 
 #![allow(unsafe_code)]
 

@@ -40,7 +40,17 @@
 //! and empty merges are errors here (the reference asserts); special tokens of equal length
 //! are tried in id order (the reference's sort is unstable); an SPM byte with no byte token
 //! becomes the unknown token (the reference throws); ids outside the vocabulary decode to
-//! nothing. GGUF strings must be valid UTF-8 (our reader checks; the reference does not).
+//! nothing; with several tokens matching a well-known end-of-turn or fill-in-the-middle
+//! text and no id key, the lowest id is taken (the reference walks a hash map). GGUF strings
+//! must be valid UTF-8 (our reader checks; the reference does not).
+//!
+//! # Parity evidence
+//!
+//! `harness/tests/tokenizer_parity.rs` compares ids, pieces and detokenized bytes with the
+//! reference's `llama_tokenize`, `llama_token_to_piece` and `llama_detokenize` on ten
+//! vocabularies (Llama-3 BPE fixtures, GPT-2 and dbrx splits, EOS-only, Phi-3 stripping,
+//! SentencePiece) and the 403-string built-in corpus, and checks the Unicode classes against
+//! the reference's own tables for every code point.
 
 mod attr;
 mod bpe;

@@ -8,9 +8,9 @@
 //!   the GPT-2 one (`gpt-2`, `phi-2`, `jina-*`, `mpt`, `olmo`, `jais`): the text is split into
 //!   words ([`pretokenize`]), each word is written in the byte-level alphabet
 //!   ([`unicode::BYTE_TO_CHAR`]), looked up whole when the pre-tokenizer says so (Llama-3), or
-//!   merged pair by pair by rank ([`bpe`]).
+//!   merged pair by pair by rank (`bpe.rs`).
 //! - **SentencePiece** (`"llama"`): `▁` for spaces, a space prefix, merges by token score, byte
-//!   fallback through `<0xXX>` tokens ([`spm`]).
+//!   fallback through `<0xXX>` tokens (`spm.rs`).
 //! - **Special tokens**: CONTROL/USER_DEFINED/UNKNOWN texts cut out of the input longest first
 //!   when `parse_special` is set (USER_DEFINED always), with the LSTRIP/RSTRIP attributes the
 //!   reference sets for some models; BOS/EOS added per `tokenizer.ggml.add_{bos,eos}_token` and

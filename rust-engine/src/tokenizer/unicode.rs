@@ -2,7 +2,7 @@
 //!
 //! The reference classifies code points with its own Unicode 15.1 tables; the pre-tokenizers
 //! only ask "letter?" (`\p{L}`), "number?" (`\p{N}`) and "white space?" (`\s`). The first two
-//! come from [`super::unicode_tables`] (generated from the same Unicode version), the third is
+//! come from `unicode_tables.rs` (generated from the same Unicode version), the third is
 //! the Unicode `White_Space` property, which has not changed since Unicode 4.1.
 
 use super::unicode_tables::{LETTER, NUMBER};

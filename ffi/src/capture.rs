@@ -45,7 +45,8 @@ pub struct CapturedTensor {
     pub op: u32,
     /// ggml dims, `ne[0]` fastest (row length).
     pub ne: [i64; 4],
-    /// Values in logical order (`ne[0]` fastest), whatever the strides in memory were.
+    /// Values in logical order (`ne[0]` fastest), whatever the strides in memory were. Not part
+    /// of the serde form: the worker sends them as raw f32 after the JSON header.
     #[serde(skip)]
     pub data: Vec<f32>,
 }

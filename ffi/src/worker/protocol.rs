@@ -63,10 +63,11 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
     if len == 0 || len > MAX_FRAME {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad frame length {len}")));
     }
-    let mut buf = vec![0u8; len as usize];
+    let mut tag = [0u8; 1];
+    r.read_exact(&mut tag)?;
+    let mut buf = vec![0u8; len as usize - 1];
     r.read_exact(&mut buf)?;
-    let tag = buf[0];
-    buf.remove(0);
+    let tag = tag[0];
     Ok(Some((tag, buf)))
 }
 

@@ -2,23 +2,26 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{fixtures, inspect};
+use crate::{fixtures, inspect, run};
 
 /// bitnet-parity: does a Rust BitNet engine compute what bitnet.cpp computes?
 ///
 /// With no subcommand, `harness` runs the parity check (`harness run`) on the model named by
 /// CROSSVAL_GGUF, or on the embedded default fixture.
 #[derive(Debug, Parser)]
-#[command(name = "harness", version, about, long_about = None)]
+#[command(name = "harness", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// With no subcommand: the options of `run`.
+    #[command(flatten)]
+    pub run: run::RunArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run both engines on the same tokens and write a parity receipt (the default).
-    Run,
+    Run(run::RunArgs),
     /// Check a receipt against thresholds (exit 0 pass, 1 fail, 2 unreadable).
     Gate,
     /// Compare two receipts metric by metric.
@@ -29,4 +32,7 @@ pub enum Command {
     Bench,
     /// Write the deterministic fixture models.
     Fixtures(fixtures::FixturesArgs),
+    /// Internal: serve the C++ reference over stdin/stdout for the harness's parent process.
+    #[command(hide = true)]
+    CppWorker,
 }

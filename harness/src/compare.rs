@@ -9,16 +9,21 @@
 //!   counts as an argmax disagreement.
 //! - percentiles are nearest-rank over the finite positions.
 
-use crate::receipt::{
-    Divergence, NonFinite, Percentiles, Position, Summary, TopToken, WorstPosition,
-};
+use crate::receipt::{Divergence, NonFinite, Percentiles, Position, Summary, TopToken, WorstPosition};
 
 /// Compares the two logit vectors of one position. `next` is the teacher token that follows
 /// (for Δp), `None` at the last position.
-pub fn compare_position(pos: usize, token: u32, next: Option<u32>, rust: &[f32], reference: &[f32]) -> Position {
+pub fn compare_position(
+    pos: usize,
+    token: u32,
+    next: Option<u32>,
+    rust: &[f32],
+    reference: &[f32],
+) -> Position {
     assert_eq!(rust.len(), reference.len(), "logit vectors of different lengths");
     let bit_exact = rust.iter().zip(reference).all(|(a, b)| a.to_bits() == b.to_bits());
-    let count = |v: &[f32]| (v.iter().filter(|x| x.is_nan()).count(), v.iter().filter(|x| x.is_infinite()).count());
+    let count =
+        |v: &[f32]| (v.iter().filter(|x| x.is_nan()).count(), v.iter().filter(|x| x.is_infinite()).count());
     let (rn, ri) = count(rust);
     let (fn_, fi) = count(reference);
     if rn + ri + fn_ + fi > 0 {
@@ -45,7 +50,8 @@ pub fn compare_position(pos: usize, token: u32, next: Option<u32>, rust: &[f32],
     }
     let ra = argmax(rust);
     let fa = argmax(reference);
-    let max_abs_diff = rust.iter().zip(reference).map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs()).fold(0.0, f64::max);
+    let max_abs_diff =
+        rust.iter().zip(reference).map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs()).fold(0.0, f64::max);
     let lr = log_softmax(rust);
     let lf = log_softmax(reference);
     let kl = kl_from_log(&lf, &lr);
@@ -59,7 +65,8 @@ pub fn compare_position(pos: usize, token: u32, next: Option<u32>, rust: &[f32],
         None
     };
     let near_tie = ra != fa && is_near_tie(rust, reference, ra, fa);
-    let delta_p_next = next.filter(|&n| (n as usize) < rust.len()).map(|n| lf[n as usize].exp() - lr[n as usize].exp());
+    let delta_p_next =
+        next.filter(|&n| (n as usize) < rust.len()).map(|n| lf[n as usize].exp() - lr[n as usize].exp());
     Position {
         pos,
         token,
@@ -222,7 +229,8 @@ pub fn summarize<'a>(
         bit_exact_positions: all.iter().filter(|(_, p)| p.bit_exact).count(),
         cosine_min: min(&cosines),
         cosine_mean: mean(&cosines),
-        exact_match_rate: (n > 0).then(|| all.iter().filter(|(_, p)| p.argmax_match).count() as f64 / n as f64),
+        exact_match_rate: (n > 0)
+            .then(|| all.iter().filter(|(_, p)| p.argmax_match).count() as f64 / n as f64),
         first_divergence,
         kl_mean: mean(&kls),
         kl_max: max(&kls),

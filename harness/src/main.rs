@@ -18,10 +18,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<Exit, Failure> {
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.unwrap_or(Command::Run(cli.run)) {
+        Command::Run(args) => harness::run::run(&args),
         Command::Inspect(args) => harness::inspect::run(&args),
         Command::Fixtures(args) => harness::fixtures::run(&args),
-        Command::Run | Command::Gate | Command::Diff | Command::Bench => {
+        Command::CppWorker => std::process::exit(bitnet_cpp::worker::serve_stdio()),
+        Command::Gate | Command::Diff | Command::Bench => {
             Err(Failure::new(Exit::Internal, anyhow::anyhow!("this subcommand is not built yet")))
         }
     }

@@ -1,0 +1,116 @@
+//! Resolving what to run on: the model file and the prompts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::exit::{Exit, Failure, OrExit};
+
+/// The fixture built into the binary, used when no model is given.
+pub const DEFAULT_FIXTURE_NAME: &str = "tiny-256-gqa-i2_s.gguf";
+const DEFAULT_FIXTURE: &[u8] = include_bytes!("../../../fixtures/tiny-256-gqa-i2_s.gguf");
+
+/// A model to run: where it is on disk, and how the receipt should name it.
+pub struct ModelSource {
+    pub path: PathBuf,
+    /// As the user gave it, or `embedded:<name>`.
+    pub label: String,
+    pub embedded: bool,
+}
+
+/// `--model`, else `CROSSVAL_GGUF` (clap reads both into `model`), else the embedded fixture,
+/// written once to the user's cache folder (the C++ reference needs a real file).
+pub fn resolve_model(model: Option<&Path>) -> Result<ModelSource, Failure> {
+    if let Some(p) = model {
+        if !p.is_file() {
+            return Err(Failure::new(
+                Exit::BadInput,
+                anyhow::anyhow!("{}: no such model file (from --model or CROSSVAL_GGUF)", p.display()),
+            ));
+        }
+        return Ok(ModelSource { path: p.to_path_buf(), label: p.display().to_string(), embedded: false });
+    }
+    let dir = std::env::temp_dir().join("bitnet-parity");
+    let path = dir.join(format!("embedded-{}-{}", env!("CARGO_PKG_VERSION"), DEFAULT_FIXTURE_NAME));
+    let up_to_date = std::fs::read(&path).map(|b| b == DEFAULT_FIXTURE).unwrap_or(false);
+    if !up_to_date {
+        (|| -> anyhow::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            let tmp = dir.join(format!(".{DEFAULT_FIXTURE_NAME}.{}.tmp", std::process::id()));
+            std::fs::write(&tmp, DEFAULT_FIXTURE)?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(())
+        })()
+        .with_context(|| format!("cannot write the embedded fixture to {}", path.display()))
+        .or_exit(Exit::BadInput)?;
+    }
+    Ok(ModelSource { path, label: format!("embedded:{DEFAULT_FIXTURE_NAME}"), embedded: true })
+}
+
+/// Undoes the prompt-file escapes: `\n` newline, `\t` tab, `\r` carriage return, `\\` backslash;
+/// any other backslash is kept as is.
+pub fn unescape(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('\\') => out.push('\\'),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// Prompts from a file: one per line, escapes undone, blank lines skipped.
+pub fn read_prompts(path: &Path) -> Result<Vec<String>, Failure> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read prompts from {}", path.display()))
+        .or_exit(Exit::BadInput)?;
+    Ok(text.lines().filter(|l| !l.trim().is_empty()).map(unescape).collect())
+}
+
+/// `--prompt`s, else `--prompts FILE`, else the fixture prompts.
+pub fn resolve_prompts(prompts: &[String], file: Option<&Path>) -> Result<Vec<String>, Failure> {
+    let list = if !prompts.is_empty() {
+        prompts.to_vec()
+    } else if let Some(f) = file {
+        read_prompts(f)?
+    } else {
+        bitnet_fixtures::prompts().iter().map(|l| unescape(l)).collect()
+    };
+    if list.is_empty() {
+        return Err(Failure::new(Exit::PromptInvalid, anyhow::anyhow!("no prompts to run")));
+    }
+    if let Some(i) = list.iter().position(|p| p.is_empty()) {
+        return Err(Failure::new(Exit::PromptInvalid, anyhow::anyhow!("prompt {} is empty", i + 1)));
+    }
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes() {
+        assert_eq!(unescape(r"a\nb\tc\\d\q\"), "a\nb\tc\\d\\q\\");
+    }
+
+    #[test]
+    fn fixture_prompts_are_not_empty() {
+        let p = resolve_prompts(&[], None).unwrap();
+        assert!(p.len() >= 3);
+        assert!(p.iter().any(|s| s.contains('\n')), "the code prompt has escaped newlines");
+    }
+}

@@ -1,0 +1,531 @@
+//! `harness run`: both engines on the same tokens, one at a time, and a receipt of how they agree.
+
+mod identity;
+mod inputs;
+mod reference;
+mod table;
+mod verdict;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::anyhow;
+use bitnet_cpp::worker::{LibraryChoice, WorkerError};
+use bitnet_engine::gguf::GgufFile;
+use bitnet_engine::model::{Config, Model, ModelError, ModelOptions};
+use bitnet_engine::tokenizer::Tokenizer;
+use sha2::{Digest, Sha256};
+
+use crate::compare::{argmax, compare_position, summarize};
+use crate::exit::{Exit, Failure, OrExit};
+use crate::receipt::{
+    self, Case, EngineTiming, Engines, Receipt, ReferenceEngine, RunState, RustEngine, Settings, Thresholds,
+    Timings, TokenizerAgreement, TokenizerMismatch,
+};
+pub use identity::{model_info, sha256_hex, tool_info};
+pub use inputs::{resolve_model, unescape, DEFAULT_FIXTURE_NAME};
+use reference::{engine_identity, LiveReference, SavedCase, SavedFooter, SavedReference, SavedWriter};
+pub use verdict::{failed_checks, judge};
+
+/// Whose token ids to use when the two tokenizers disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdsFrom {
+    Rust,
+    Cpp,
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// The model (GGUF). Default: $CROSSVAL_GGUF, else the fixture built into the harness.
+    #[arg(long, env = "CROSSVAL_GGUF", value_name = "GGUF")]
+    pub model: Option<PathBuf>,
+    /// A prompt (repeatable). Default: the fixture prompts.
+    #[arg(long = "prompt", value_name = "TEXT")]
+    pub prompt: Vec<String>,
+    /// A file of prompts, one per line (`\n`, `\t`, `\\` are escapes).
+    #[arg(long = "prompts", value_name = "FILE", conflicts_with = "prompt")]
+    pub prompts_file: Option<PathBuf>,
+    /// Threads for each engine.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: u32,
+    /// Evaluate at most this many tokens per prompt (prompt plus continuation).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<usize>,
+    /// Extend each prompt with N tokens generated greedily by the reference, then compare over
+    /// prompt and continuation.
+    #[arg(long = "continue", value_name = "N", default_value_t = 0)]
+    pub continue_tokens: usize,
+    /// When the tokenizers disagree on a prompt, use this side's ids instead of stopping.
+    #[arg(long, value_enum)]
+    pub ids_from: Option<IdsFrom>,
+    /// Context size for both engines. Default: what the prompts need, up to the model's
+    /// context length.
+    #[arg(long, value_name = "N")]
+    pub n_ctx: Option<usize>,
+    /// Where to write the receipt. Default: receipts/runs/<model>.json.
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    /// Turn off the Rust engine's mirroring of the reference's f16 roundings (F16 KV cache,
+    /// f16 query and softmax in attention, f16 lm_head input), to see what they explain.
+    #[arg(long)]
+    pub no_exact_rounding: bool,
+    /// Save the reference's token ids, logits (lossless) and identity to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub save_reference: Option<PathBuf>,
+    /// Compare against a saved reference instead of running bitnet.cpp (same model required).
+    #[arg(long, value_name = "FILE", conflicts_with = "save_reference")]
+    pub reference: Option<PathBuf>,
+    /// Cosine under which a position counts as the first divergence and the run fails.
+    #[arg(long, value_name = "X")]
+    pub min_cosine: Option<f64>,
+    /// Print the receipt as JSON on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing but errors (and the receipt path).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// A case being prepared: prompt text and the ids both engines will see.
+struct Plan {
+    prompt: String,
+    ids: Vec<u32>,
+    n_prompt: usize,
+    /// Total positions to evaluate (prompt + continuation, capped by --max-tokens).
+    n_positions: usize,
+}
+
+/// The reference in use.
+enum RefSide {
+    Live(Box<LiveReference>),
+    Saved(Box<SavedReference>),
+}
+
+pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
+    let wall = Instant::now();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&interrupted)).or_exit(Exit::Internal)?;
+    }
+    let say = |msg: &str| {
+        if !args.quiet {
+            eprintln!("{msg}");
+        }
+    };
+
+    // The model, as the Rust engine sees it.
+    let src = resolve_model(args.model.as_deref())?;
+    say(&format!("model: {}", src.label));
+    let t0 = Instant::now();
+    let file = GgufFile::open(&src.path).or_exit(Exit::BadInput)?;
+    let config = Config::from_gguf(&file).map_err(model_failure)?;
+    let tokenizer = Tokenizer::from_gguf(&file).or_exit(Exit::ModelInvalid)?;
+    let model_info = model_info(&file, &src.label);
+    for p in &model_info.integrity_problems {
+        say(&format!("warning: {}: {}", p.tensor, p.problem));
+    }
+
+    // The reference: saved logits, or a live worker.
+    let mut saved = match &args.reference {
+        Some(path) => {
+            let s = SavedReference::open(path).or_exit(Exit::BadInput)?;
+            if s.footer.model_sha256 != model_info.sha256 {
+                return Err(Failure::new(
+                    Exit::BadInput,
+                    anyhow!(
+                        "{}: saved from a different model (sha256 {}), this one is {}",
+                        path.display(),
+                        s.footer.model_sha256,
+                        model_info.sha256
+                    ),
+                ));
+            }
+            let major = |v: &str| v.split('.').next().map(str::to_string);
+            if major(&s.footer.schema_version) != major(receipt::SCHEMA_VERSION) {
+                return Err(Failure::new(
+                    Exit::BadInput,
+                    anyhow!(
+                        "{}: saved with schema {}, this harness reads {}",
+                        path.display(),
+                        s.footer.schema_version,
+                        receipt::SCHEMA_VERSION
+                    ),
+                ));
+            }
+            Some(s)
+        }
+        None => None,
+    };
+
+    // Prompts: from the saved reference when comparing against one, else from the arguments.
+    let prompts: Vec<String> = match &saved {
+        Some(s) if args.prompt.is_empty() && args.prompts_file.is_none() => {
+            s.footer.cases.iter().map(|c| c.prompt.clone()).collect()
+        }
+        _ => inputs::resolve_prompts(&args.prompt, args.prompts_file.as_deref())?,
+    };
+
+    let threads = args.threads as usize;
+    let mut reference_identity: ReferenceEngine;
+    let mut plans = Vec::new();
+    let mut mismatches = Vec::new();
+    let live_load = Instant::now();
+    let limit = args.n_ctx.unwrap_or(config.n_ctx_train);
+    let mut side = match saved.take() {
+        Some(s) => {
+            reference_identity = s.footer.reference.clone();
+            reference_identity.source = format!("saved:{}", args.reference.as_ref().expect("set").display());
+            RefSide::Saved(Box::new(s))
+        }
+        None => {
+            // Start with a context for the longest case; sized below once ids are known.
+            let n_ctx = provisional_ctx(limit);
+            let live =
+                LiveReference::start(LibraryChoice::Default, &src.path, n_ctx, threads).map_err(|e| {
+                    Failure::new(Exit::ReferenceUnavailable, anyhow!("cannot start the C++ reference: {e}"))
+                })?;
+            reference_identity =
+                engine_identity(live.worker.build_info(), Some(live.worker.library_path()), threads);
+            RefSide::Live(Box::new(live))
+        }
+    };
+    let ref_load_s = live_load.elapsed().as_secs_f64();
+
+    // Tokenize with both, and decide the ids.
+    for (i, prompt) in prompts.iter().enumerate() {
+        let rust_ids = tokenizer.encode(prompt, true, false);
+        let ref_ids: Vec<u32> = match &mut side {
+            RefSide::Live(l) => l
+                .worker
+                .tokenize(prompt, true, false)
+                .map_err(|e| worker_failure(e, "tokenizing"))?
+                .into_iter()
+                .map(|t| t as u32)
+                .collect(),
+            RefSide::Saved(s) => {
+                let c = s.footer.cases.get(i).ok_or_else(|| {
+                    Failure::new(Exit::BadInput, anyhow!("the saved reference has no prompt {}", i + 1))
+                })?;
+                if &c.prompt != prompt {
+                    return Err(Failure::new(
+                        Exit::BadInput,
+                        anyhow!("prompt {} differs from the one in the saved reference", i + 1),
+                    ));
+                }
+                c.token_ids[..c.n_prompt_tokens].to_vec()
+            }
+        };
+        let ids = if rust_ids == ref_ids {
+            rust_ids
+        } else {
+            let first = rust_ids
+                .iter()
+                .zip(&ref_ids)
+                .position(|(a, b)| a != b)
+                .unwrap_or(rust_ids.len().min(ref_ids.len()));
+            let m = TokenizerMismatch {
+                case: i,
+                first_index: first,
+                rust_ids: rust_ids.clone(),
+                reference_ids: ref_ids.clone(),
+            };
+            mismatches.push(m);
+            match args.ids_from {
+                Some(IdsFrom::Rust) => rust_ids,
+                Some(IdsFrom::Cpp) => ref_ids,
+                None => {
+                    return Err(Failure::new(
+                        Exit::TokenizerMismatch,
+                        anyhow!(
+                        "prompt {}: the tokenizers disagree at token {first} (rust {:?}, reference {:?}); \
+                             pass --ids-from rust|cpp to compare anyway",
+                        i + 1,
+                        rust_ids.get(first),
+                        ref_ids.get(first)
+                    ),
+                    ))
+                }
+            }
+        };
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= config.n_vocab) {
+            return Err(Failure::new(
+                Exit::PromptInvalid,
+                anyhow!(
+                    "prompt {}: token id {bad} is outside the vocabulary ({} tokens)",
+                    i + 1,
+                    config.n_vocab
+                ),
+            ));
+        }
+        let total = ids.len() + args.continue_tokens;
+        let n_positions = args.max_tokens.map_or(total, |m| m.min(total));
+        if n_positions == 0 {
+            return Err(Failure::new(
+                Exit::PromptInvalid,
+                anyhow!("prompt {}: no tokens to evaluate", i + 1),
+            ));
+        }
+        if n_positions > limit {
+            return Err(Failure::new(
+                Exit::PromptInvalid,
+                anyhow!(
+                    "prompt {}: needs {n_positions} positions, the context holds {limit} (the model's \
+                     context_length, or --n-ctx)",
+                    i + 1
+                ),
+            ));
+        }
+        plans.push(Plan { prompt: prompt.clone(), n_prompt: ids.len(), ids, n_positions });
+    }
+    let tokenizer_agreement =
+        TokenizerAgreement { agree: mismatches.is_empty(), prompts_checked: plans.len(), mismatches };
+
+    // The Rust engine, with a context for the longest case.
+    let n_ctx = plans.iter().map(|p| p.n_positions).max().unwrap_or(1).next_multiple_of(32).min(limit.max(1));
+    let exact = !args.no_exact_rounding;
+    let mut model =
+        Model::load(&file, ModelOptions { n_ctx, exact_reference_rounding: exact }).map_err(model_failure)?;
+    let rust_load_s = t0.elapsed().as_secs_f64() - ref_load_s;
+
+    let mut saver = match &args.save_reference {
+        Some(p) => Some(SavedWriter::create(p).or_exit(Exit::BadInput)?),
+        None => None,
+    };
+
+    let thresholds = Thresholds {
+        min_cosine: args.min_cosine.unwrap_or(Thresholds::default().min_cosine),
+        ..Thresholds::default()
+    };
+    let text = |id: u32| Some(String::from_utf8_lossy(&tokenizer.token_to_piece(id)).into_owned());
+    let mut state =
+        RunState { completed: false, interrupted: false, reference_failure: None, rust_failure: None };
+    let (mut rust_s, mut ref_s, mut evaluated) = (0f64, 0f64, 0usize);
+    let mut cases: Vec<Case> = Vec::new();
+    let mut saved_cases: Vec<SavedCase> = Vec::new();
+
+    'cases: for (ci, plan) in plans.iter().enumerate() {
+        say(&format!(
+            "case {}/{}: {} prompt tokens, {} positions",
+            ci + 1,
+            plans.len(),
+            plan.n_prompt,
+            plan.n_positions
+        ));
+        model.reset();
+        if let RefSide::Live(l) = &mut side {
+            if let Err(e) = l.worker.reset() {
+                state.reference_failure = Some(e.to_string());
+                break 'cases;
+            }
+        }
+        let mut ids = plan.ids.clone();
+        ids.truncate(plan.n_positions);
+        let mut positions = Vec::with_capacity(plan.n_positions);
+        let (mut rust_hash, mut ref_hash) = (Sha256::new(), Sha256::new());
+        let mut prev_ref: Option<Vec<f32>> = None;
+        for pos in 0..plan.n_positions {
+            if interrupted.load(Ordering::Relaxed) {
+                state.interrupted = true;
+            }
+            if state.interrupted {
+                break;
+            }
+            // Continuation tokens: the reference's greedy choice at the previous position.
+            if pos >= ids.len() {
+                let next = match (&side, &prev_ref) {
+                    (RefSide::Saved(s), _) => s.footer.cases[ci].token_ids.get(pos).copied(),
+                    (RefSide::Live(_), Some(l)) => Some(argmax(l) as u32),
+                    (RefSide::Live(_), None) => None,
+                };
+                match next {
+                    Some(t) => ids.push(t),
+                    None => break,
+                }
+            }
+            let token = ids[pos];
+            let t = Instant::now();
+            let reference_logits = match &mut side {
+                RefSide::Live(l) => l.worker.eval_token(token as i32, pos as u32).map_err(|e| e.to_string()),
+                RefSide::Saved(s) => s.logits(ci, pos).map_err(|e| e.to_string()),
+            };
+            ref_s += t.elapsed().as_secs_f64();
+            let reference_logits = match reference_logits {
+                Ok(l) => l,
+                Err(e) => {
+                    state.reference_failure = Some(format!("{e} (case {}, position {pos})", ci + 1));
+                    break;
+                }
+            };
+            let t = Instant::now();
+            let rust_logits = match model.eval(token, pos) {
+                Ok(l) => l,
+                Err(e) => {
+                    state.rust_failure = Some(format!("{e} (case {}, position {pos})", ci + 1));
+                    break;
+                }
+            };
+            rust_s += t.elapsed().as_secs_f64();
+            evaluated += 1;
+            for v in rust_logits {
+                rust_hash.update(v.to_le_bytes());
+            }
+            for v in &reference_logits {
+                ref_hash.update(v.to_le_bytes());
+            }
+            if let Some(w) = saver.as_mut() {
+                w.push_logits(&reference_logits).or_exit(Exit::BadInput)?;
+            }
+            // The teacher token that follows (for Δp): known for prompt positions; for the last
+            // prompt position with a continuation it is the reference's greedy choice.
+            let next = match ids.get(pos + 1) {
+                Some(&n) => Some(n),
+                None if pos + 1 < plan.n_positions && matches!(side, RefSide::Live(_)) => {
+                    Some(argmax(&reference_logits) as u32)
+                }
+                None if pos + 1 < plan.n_positions => {
+                    if let RefSide::Saved(s) = &side {
+                        s.footer.cases[ci].token_ids.get(pos + 1).copied()
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            };
+            positions.push(compare_position(pos, token, next, rust_logits, &reference_logits));
+            prev_ref = Some(reference_logits);
+            if !args.quiet && (pos + 1) % 64 == 0 {
+                eprintln!("  {}/{} positions", pos + 1, plan.n_positions);
+            }
+        }
+        ids.truncate(positions.len().max(plan.n_prompt.min(ids.len())));
+        let summary = summarize(positions.iter().map(|p| (ci, p)), thresholds.min_cosine, &text);
+        saved_cases.push(SavedCase {
+            prompt: plan.prompt.clone(),
+            token_ids: ids.clone(),
+            n_prompt_tokens: plan.n_prompt,
+            n_positions: positions.len(),
+        });
+        let done = positions.len() == plan.n_positions;
+        cases.push(Case {
+            prompt: plan.prompt.clone(),
+            token_ids: ids,
+            n_prompt_tokens: plan.n_prompt,
+            rust_logits_sha256: hex(&rust_hash.finalize()),
+            reference_logits_sha256: hex(&ref_hash.finalize()),
+            positions,
+            summary,
+        });
+        if !done {
+            break;
+        }
+    }
+    state.completed = cases.len() == plans.len()
+        && cases.iter().zip(&plans).all(|(c, p)| c.positions.len() == p.n_positions)
+        && state.reference_failure.is_none()
+        && state.rust_failure.is_none()
+        && !state.interrupted;
+
+    let summary = summarize(
+        cases.iter().enumerate().flat_map(|(ci, c)| c.positions.iter().map(move |p| (ci, p))),
+        thresholds.min_cosine,
+        &text,
+    );
+    let verdict = judge(&model_info, &state, &tokenizer_agreement, &summary, &thresholds);
+    let receipt = Receipt {
+        schema_version: receipt::SCHEMA_VERSION.into(),
+        created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        tool: tool_info(),
+        engines: Engines {
+            rust: RustEngine {
+                name: "bitnet-engine".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                kernel: model.kernel_name().into(),
+                exact_reference_rounding: exact,
+                threads,
+            },
+            reference: reference_identity.clone(),
+        },
+        settings: Settings {
+            n_ctx,
+            max_tokens: args.max_tokens,
+            continue_tokens: args.continue_tokens,
+            ids_from: args.ids_from.map(|s| format!("{s:?}").to_lowercase()),
+            add_bos: true,
+            parse_special: false,
+            thresholds,
+        },
+        model: model_info.clone(),
+        tokenizer: tokenizer_agreement,
+        cases,
+        summary,
+        verdict,
+        timings: Timings {
+            wall_s: wall.elapsed().as_secs_f64(),
+            rust: EngineTiming { load_s: rust_load_s, eval_s: rust_s, tokens: evaluated },
+            reference: EngineTiming { load_s: ref_load_s, eval_s: ref_s, tokens: evaluated },
+        },
+        run_state: state,
+        trace: None,
+    };
+
+    if let Some(w) = saver {
+        if receipt.run_state.completed {
+            let footer = SavedFooter {
+                format_version: 1,
+                schema_version: receipt::SCHEMA_VERSION.into(),
+                model_sha256: model_info.sha256.clone(),
+                model_path: model_info.path.clone(),
+                n_vocab: config.n_vocab,
+                reference: reference_identity,
+                cases: saved_cases,
+            };
+            w.finish(&footer).or_exit(Exit::BadInput)?;
+        } else {
+            w.abandon();
+            say("the run did not complete: no reference saved");
+        }
+    }
+
+    let out = args.out.clone().unwrap_or_else(|| default_receipt_path(&src.label));
+    receipt::write_atomic(&out, &receipt).map_err(|e| {
+        Failure::new(Exit::BadInput, anyhow!("cannot write the receipt {}: {e}", out.display()))
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&receipt).or_exit(Exit::Internal)?);
+    } else if !args.quiet {
+        print!("{}", table::render(&receipt));
+    }
+    println!("receipt: {}", out.display());
+    if let RefSide::Live(l) = side {
+        let _ = l.worker.shutdown();
+    }
+    Ok(if receipt.run_state.interrupted { Exit::Interrupted } else { Exit::Ok })
+}
+
+fn provisional_ctx(limit: usize) -> usize {
+    // The reference sizes its KV cache from n_ctx up front; the cases are at most `limit` long.
+    limit.max(32)
+}
+
+fn default_receipt_path(label: &str) -> PathBuf {
+    let stem = label.rsplit(['/', ':']).next().unwrap_or("model").trim_end_matches(".gguf");
+    PathBuf::from("receipts").join("runs").join(format!("{stem}.json"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn model_failure(e: ModelError) -> Failure {
+    let exit = match e {
+        ModelError::Gguf(_) => Exit::BadInput,
+        _ => Exit::ModelInvalid,
+    };
+    Failure::new(exit, e)
+}
+
+fn worker_failure(e: WorkerError, during: &str) -> Failure {
+    Failure::new(Exit::ReferenceUnavailable, anyhow!("the C++ reference failed while {during}: {e}"))
+}

@@ -1,0 +1,232 @@
+//! The reference side of a run: a live bitnet.cpp worker process, or logits saved earlier.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context};
+use bitnet_cpp::worker::{LibraryChoice, RefWorker, WorkerError};
+use bitnet_cpp::{BuildInfo, ContextParams};
+use serde::{Deserialize, Serialize};
+
+use crate::receipt::ReferenceEngine;
+
+/// How the reference process is started: the harness binary itself, re-executed as the
+/// hidden `cpp-worker` subcommand, in its own process group (so a Ctrl-C in the terminal
+/// reaches the harness, which then stops cleanly, and not the worker).
+pub fn spawn_worker(library: LibraryChoice) -> Result<RefWorker, WorkerError> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()
+        .map_err(|e| WorkerError::Spawn(format!("cannot find the harness binary: {e}")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("cpp-worker").process_group(0);
+    // The reference's own log (model loading, vocabulary warnings) is noise in a parity run;
+    // BITNET_CPP_LOG=warn|info|debug brings it back.
+    if std::env::var_os("BITNET_CPP_LOG").is_none() {
+        cmd.env("BITNET_CPP_LOG", "error");
+    }
+    RefWorker::spawn(cmd, library)
+}
+
+/// What the reference computes, for the receipt.
+pub fn engine_identity(info: &BuildInfo, library: Option<&Path>, threads: usize) -> ReferenceEngine {
+    let source = match (info.source.kind.as_str(), &info.source.package) {
+        ("registry", Some(pkg)) => format!("registry:{pkg}"),
+        (kind, _) => format!("{kind}:{}", info.source.path.display()),
+    };
+    let flags = info.compile.iter().map(|g| format!("{}: {}", g.group, g.args.join(" "))).collect();
+    ReferenceEngine {
+        source,
+        version: info.source.version.clone(),
+        compiler: info.compiler.as_ref().map(|c| c.cxx_version.clone()),
+        flags,
+        isa: info.isa.as_ref().map(|i| i.macros.clone()).unwrap_or_default(),
+        library_path: library.map(|p| p.display().to_string()),
+        threads,
+        kv_cache_type: "f16".into(),
+        flash_attention: false,
+    }
+}
+
+/// A live worker with a model loaded.
+pub struct LiveReference {
+    pub worker: RefWorker,
+}
+
+impl LiveReference {
+    pub fn start(
+        library: LibraryChoice,
+        model: &Path,
+        n_ctx: usize,
+        threads: usize,
+    ) -> Result<LiveReference, WorkerError> {
+        let mut worker = spawn_worker(library)?;
+        worker.load_model(model, ContextParams { n_ctx: n_ctx as u32, n_threads: threads as u32 })?;
+        Ok(LiveReference { worker })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Saved reference files (`--save-reference FILE`, `--reference FILE`).
+//
+// Layout: MAGIC | u32 format version | logits of every position of every case, f32 LE, in
+// order | JSON footer | u64 footer length | MAGIC. The logits are written as they arrive, so a
+// long run never holds them all; the footer (written last) says what they are.
+
+const MAGIC: &[u8; 16] = b"BITNET-PARITY-RF";
+const FORMAT_VERSION: u32 = 1;
+
+/// The footer of a saved reference file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedFooter {
+    pub format_version: u32,
+    /// The receipt schema version of the harness that wrote it.
+    pub schema_version: String,
+    pub model_sha256: String,
+    pub model_path: String,
+    pub n_vocab: usize,
+    pub reference: ReferenceEngine,
+    pub cases: Vec<SavedCase>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedCase {
+    pub prompt: String,
+    pub token_ids: Vec<u32>,
+    pub n_prompt_tokens: usize,
+    /// Positions with logits stored (may be fewer than tokens if the run stopped early).
+    pub n_positions: usize,
+}
+
+/// Streams logits to a temporary file and renames it into place when finished.
+pub struct SavedWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl SavedWriter {
+    pub fn create(path: &Path) -> anyhow::Result<SavedWriter> {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            std::process::id()
+        ));
+        let mut out =
+            BufWriter::new(File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?);
+        out.write_all(MAGIC)?;
+        out.write_all(&FORMAT_VERSION.to_le_bytes())?;
+        Ok(SavedWriter { path: path.to_path_buf(), tmp, out })
+    }
+
+    pub fn push_logits(&mut self, logits: &[f32]) -> std::io::Result<()> {
+        for v in logits {
+            self.out.write_all(&v.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self, footer: &SavedFooter) -> anyhow::Result<()> {
+        let json = serde_json::to_vec(footer)?;
+        self.out.write_all(&json)?;
+        self.out.write_all(&(json.len() as u64).to_le_bytes())?;
+        self.out.write_all(MAGIC)?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| anyhow!("cannot write {}: {}", self.tmp.display(), e.error()))?;
+        file.sync_all()?;
+        std::fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("cannot rename {} to {}", self.tmp.display(), self.path.display()))
+    }
+
+    /// Removes the temporary file (a run that could not finish saves nothing).
+    pub fn abandon(self) {
+        let tmp = self.tmp.clone();
+        drop(self.out);
+        let _ = std::fs::remove_file(tmp);
+    }
+}
+
+/// A saved reference opened for reading.
+pub struct SavedReference {
+    pub footer: SavedFooter,
+    file: BufReader<File>,
+    /// Byte offset of each case's first logit.
+    case_offsets: Vec<u64>,
+}
+
+impl SavedReference {
+    /// Opens `path`, checking its framing, format version and sizes.
+    pub fn open(path: &Path) -> anyhow::Result<SavedReference> {
+        let ctx = || format!("{}: not a usable saved reference", path.display());
+        let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let len = f.metadata()?.len();
+        let min = (MAGIC.len() * 2 + 4 + 8) as u64;
+        if len < min {
+            bail!("{}: too short to be a saved reference ({len} bytes)", path.display());
+        }
+        let mut head = [0u8; 20];
+        f.read_exact(&mut head).with_context(ctx)?;
+        if &head[..16] != MAGIC {
+            bail!("{}: not a saved reference file (bad magic)", path.display());
+        }
+        let version = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes"));
+        if version != FORMAT_VERSION {
+            bail!(
+                "{}: saved reference format {version} is not supported (expected {FORMAT_VERSION})",
+                path.display()
+            );
+        }
+        let mut tail = [0u8; 24];
+        f.seek(SeekFrom::End(-24)).with_context(ctx)?;
+        f.read_exact(&mut tail).with_context(ctx)?;
+        if &tail[8..] != MAGIC {
+            bail!("{}: saved reference is truncated (no end marker)", path.display());
+        }
+        let footer_len = u64::from_le_bytes(tail[..8].try_into().expect("8 bytes"));
+        let data_end =
+            len.checked_sub(24).and_then(|v| v.checked_sub(footer_len)).filter(|&e| e >= 20).ok_or_else(
+                || anyhow!("{}: footer length {footer_len} does not fit the file", path.display()),
+            )?;
+        let mut json = vec![0u8; footer_len as usize];
+        f.seek(SeekFrom::Start(data_end)).with_context(ctx)?;
+        f.read_exact(&mut json).with_context(ctx)?;
+        let footer: SavedFooter = serde_json::from_slice(&json)
+            .with_context(|| format!("{}: unreadable footer", path.display()))?;
+        let mut case_offsets = Vec::new();
+        let mut at = 20u64;
+        for c in &footer.cases {
+            case_offsets.push(at);
+            at += (c.n_positions * footer.n_vocab * 4) as u64;
+        }
+        if at != data_end {
+            bail!(
+                "{}: holds {} bytes of logits, its footer describes {}",
+                path.display(),
+                data_end - 20,
+                at - 20
+            );
+        }
+        Ok(SavedReference { footer, file: BufReader::new(f), case_offsets })
+    }
+
+    /// Logits of `case` at `pos`.
+    pub fn logits(&mut self, case: usize, pos: usize) -> anyhow::Result<Vec<f32>> {
+        let c =
+            self.footer.cases.get(case).ok_or_else(|| anyhow!("no case {case} in the saved reference"))?;
+        if pos >= c.n_positions {
+            bail!("the saved reference has {} positions for case {case}, not {}", c.n_positions, pos + 1);
+        }
+        let n = self.footer.n_vocab;
+        self.file.seek(SeekFrom::Start(self.case_offsets[case] + (pos * n * 4) as u64))?;
+        let mut bytes = vec![0u8; n * 4];
+        self.file.read_exact(&mut bytes)?;
+        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect())
+    }
+}

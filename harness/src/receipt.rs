@@ -162,7 +162,8 @@ pub struct TokenizerMismatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Case {
     pub prompt: String,
-    /// Every token fed to both engines: the prompt's, then any continuation.
+    /// The prompt's token ids, then any continuation tokens; `positions` covers the first
+    /// `positions.len()` of them (fewer with `--max-tokens`).
     pub token_ids: Vec<u32>,
     pub n_prompt_tokens: usize,
     /// sha256 over each engine's logits of every position (f32 little-endian, in order).

@@ -320,8 +320,8 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
                 break 'cases;
             }
         }
+        // The prompt's ids, then continuation tokens as they are generated.
         let mut ids = plan.ids.clone();
-        ids.truncate(plan.n_positions);
         let mut positions = Vec::with_capacity(plan.n_positions);
         let (mut rust_hash, mut ref_hash) = (Sha256::new(), Sha256::new());
         let mut prev_ref: Option<Vec<f32>> = None;
@@ -399,7 +399,6 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
                 eprintln!("  {}/{} positions", pos + 1, plan.n_positions);
             }
         }
-        ids.truncate(positions.len().max(plan.n_prompt.min(ids.len())));
         let summary = summarize(positions.iter().map(|p| (ci, p)), thresholds.min_cosine, &text);
         saved_cases.push(SavedCase {
             prompt: plan.prompt.clone(),

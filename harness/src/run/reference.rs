@@ -201,9 +201,22 @@ impl SavedReference {
             .with_context(|| format!("{}: unreadable footer", path.display()))?;
         let mut case_offsets = Vec::new();
         let mut at = 20u64;
-        for c in &footer.cases {
+        for (i, c) in footer.cases.iter().enumerate() {
+            if c.n_prompt_tokens > c.token_ids.len() || c.n_positions > c.token_ids.len() {
+                bail!(
+                    "{}: case {} claims {} prompt tokens and {} positions but holds {} token ids",
+                    path.display(),
+                    i + 1,
+                    c.n_prompt_tokens,
+                    c.n_positions,
+                    c.token_ids.len()
+                );
+            }
             case_offsets.push(at);
-            at += (c.n_positions * footer.n_vocab * 4) as u64;
+            let bytes = (c.n_positions as u64).checked_mul(footer.n_vocab as u64 * 4);
+            at = bytes
+                .and_then(|b| at.checked_add(b))
+                .ok_or_else(|| anyhow!("{}: sizes overflow", path.display()))?;
         }
         if at != data_end {
             bail!(

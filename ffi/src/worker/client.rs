@@ -74,6 +74,16 @@ pub struct RefWorker {
     library: PathBuf,
     system_info: String,
     model: Option<ModelInfo>,
+    /// A `start_eval_token` awaits its `finish_eval`.
+    in_flight: bool,
+    last_eval: std::time::Duration,
+}
+
+/// An evaluation started with [`RefWorker::start_eval_token`], to be finished exactly once.
+#[must_use = "finish the evaluation with RefWorker::finish_eval"]
+#[derive(Debug)]
+pub struct PendingEval {
+    during: String,
 }
 
 impl std::fmt::Debug for RefWorker {
@@ -105,6 +115,8 @@ impl RefWorker {
             library: PathBuf::new(),
             system_info: String::new(),
             model: None,
+            in_flight: false,
+            last_eval: std::time::Duration::ZERO,
         };
         let mut hello = Enc::new().u32(PROTOCOL_VERSION);
         hello = match &library {
@@ -148,6 +160,15 @@ impl RefWorker {
 
     /// Send one request and read its response, turning a dead worker into Crashed/Exited.
     fn call(&mut self, t: u8, payload: Enc, during: &str) -> R<Vec<u8>> {
+        if self.in_flight {
+            return Err(proto(during, "a started evaluation was not finished"));
+        }
+        self.send(t, payload, during)?;
+        self.receive(during)
+    }
+
+    /// Write one request frame.
+    fn send(&mut self, t: u8, payload: Enc, during: &str) -> R<()> {
         if let Some(dead) = &self.dead {
             return Err(WorkerError::Gone(Box::new(dead.clone())));
         }
@@ -155,11 +176,17 @@ impl RefWorker {
             Some(w) => write_frame(w, t, &payload.0),
             None => Err(std::io::ErrorKind::BrokenPipe.into()),
         };
-        let frame = match sent {
-            Ok(()) => read_frame(&mut self.stdout),
-            Err(e) => Err(e),
-        };
-        match frame {
+        sent.map_err(|_| {
+            // A broken pipe: the worker is gone; say how.
+            let err = self.reap(during);
+            self.dead = Some(err.clone());
+            err
+        })
+    }
+
+    /// Read the response to the request sent last.
+    fn receive(&mut self, during: &str) -> R<Vec<u8>> {
+        match read_frame(&mut self.stdout) {
             Ok(Some((OK, body))) => Ok(body),
             Ok(Some((ERR, body))) => Err(WorkerError::Request {
                 during: during.to_string(),
@@ -173,6 +200,35 @@ impl RefWorker {
                 Err(err)
             }
         }
+    }
+
+    /// Starts evaluating `token` at `pos` and returns at once: the worker computes while the
+    /// caller does other work (the harness runs the Rust engine meanwhile), then
+    /// [`RefWorker::finish_eval`] collects the logits. One evaluation may be in flight; any other
+    /// request before `finish_eval` is refused.
+    pub fn start_eval_token(&mut self, token: i32, pos: u32) -> R<PendingEval> {
+        let during = format!("eval of token {token} at position {pos}");
+        if self.in_flight {
+            return Err(proto(&during, "a started evaluation was not finished"));
+        }
+        self.send(tag::EVAL_TOKEN, Enc::new().i32(token).u32(pos), &during)?;
+        self.in_flight = true;
+        Ok(PendingEval { during })
+    }
+
+    /// The logits of the evaluation started by [`RefWorker::start_eval_token`].
+    pub fn finish_eval(&mut self, pending: PendingEval) -> R<Vec<f32>> {
+        self.in_flight = false;
+        let body = self.receive(&pending.during)?;
+        let mut d = Dec::new(&body);
+        let micros = d.u32("eval time").map_err(|m| proto(&pending.during, m))?;
+        self.last_eval = std::time::Duration::from_micros(u64::from(micros));
+        d.f32s("logits").map_err(|m| proto(&pending.during, m))
+    }
+
+    /// How long the worker itself spent computing the last `eval_token` (excluding the pipe).
+    pub fn last_eval_time(&self) -> std::time::Duration {
+        self.last_eval
     }
 
     /// Wait for a worker whose pipes closed and describe its end.
@@ -223,9 +279,8 @@ impl RefWorker {
 
     /// Teacher forcing: logits of `token` at `pos` (KV cache kept).
     pub fn eval_token(&mut self, token: i32, pos: u32) -> R<Vec<f32>> {
-        let during = format!("eval of token {token} at position {pos}");
-        let body = self.call(tag::EVAL_TOKEN, Enc::new().i32(token).u32(pos), &during)?;
-        Dec::new(&body).f32s("logits").map_err(|m| proto(&during, m))
+        let pending = self.start_eval_token(token, pos)?;
+        self.finish_eval(pending)
     }
 
     /// Logits of every position of a batch, row after row.

@@ -11,5 +11,5 @@ mod client;
 pub mod protocol;
 mod server;
 
-pub use client::{RefWorker, WorkerError};
+pub use client::{PendingEval, RefWorker, WorkerError};
 pub use server::{serve_stdio, LibraryChoice};

@@ -9,7 +9,7 @@
 use std::io::{self, Read, Write};
 
 /// Bumped on any change of the format; both sides check it in `Hello`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Frames larger than this are refused (a corrupt length would otherwise allocate wildly).
 /// 1 GiB covers a batch of 2048 positions × 128256 logits.

@@ -165,7 +165,13 @@ fn handle(state: &mut State, t: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
         }
         tag::EVAL_TOKEN => {
             let (token, pos) = (d.i32("token")?, d.u32("pos")?);
-            Enc::new().f32s(&context(state)?.eval_token(token, pos).map_err(e)?)
+            let ctx = context(state)?;
+            // The worker's own compute time travels with the logits, so a parent that overlaps
+            // it with other work can still report each engine's time.
+            let started = std::time::Instant::now();
+            let logits = ctx.eval_token(token, pos).map_err(e)?;
+            let micros = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+            Enc::new().u32(micros).f32s(&logits)
         }
         tag::EVAL_BATCH => {
             let tokens = d.i32s("tokens")?;

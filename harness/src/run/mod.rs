@@ -126,6 +126,12 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     for p in &model_info.integrity_problems {
         say(&format!("warning: {}: {}", p.tensor, p.problem));
     }
+    // Hyper-parameters that contradict the tensors are the model's fault (exit 5): find them
+    // before the reference does, which would refuse the same file less clearly (exit 4).
+    drop(
+        Model::load(&file, ModelOptions { n_ctx: 1, exact_reference_rounding: false })
+            .map_err(model_failure)?,
+    );
 
     // The reference: saved logits, or a live worker.
     let mut saved = match &args.reference {
@@ -290,7 +296,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     let rust_load_s = t0.elapsed().as_secs_f64() - ref_load_s;
 
     let mut saver = match &args.save_reference {
-        Some(p) => Some(SavedWriter::create(p).or_exit(Exit::BadInput)?),
+        Some(p) => Some(SavedWriter::create(p).or_exit(Exit::OutputFailed)?),
         None => None,
     };
 
@@ -345,12 +351,42 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
                 }
             }
             let token = ids[pos];
-            let t = Instant::now();
-            let reference_logits = match &mut side {
-                RefSide::Live(l) => l.worker.eval_token(token as i32, pos as u32).map_err(|e| e.to_string()),
-                RefSide::Saved(s) => s.logits(ci, pos).map_err(|e| e.to_string()),
+            // Both engines at once: the reference computes in its own process while the Rust
+            // engine computes here, so a run costs about the slower engine's time.
+            let pending = match &mut side {
+                RefSide::Live(l) => match l.worker.start_eval_token(token as i32, pos as u32) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        state.reference_failure = Some(format!("{e} (case {}, position {pos})", ci + 1));
+                        break;
+                    }
+                },
+                RefSide::Saved(_) => None,
             };
-            ref_s += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let rust_result = model.eval(token, pos);
+            rust_s += t.elapsed().as_secs_f64();
+            let reference_logits = match (&mut side, pending) {
+                (RefSide::Live(l), Some(p)) => {
+                    let r = l.worker.finish_eval(p).map_err(|e| e.to_string());
+                    ref_s += l.worker.last_eval_time().as_secs_f64();
+                    r
+                }
+                (RefSide::Saved(s), _) => {
+                    let t = Instant::now();
+                    let r = s.logits(ci, pos).map_err(|e| e.to_string());
+                    ref_s += t.elapsed().as_secs_f64();
+                    r
+                }
+                (RefSide::Live(_), None) => unreachable!("a live reference always has a pending evaluation"),
+            };
+            let rust_logits = match rust_result {
+                Ok(l) => l,
+                Err(e) => {
+                    state.rust_failure = Some(format!("{e} (case {}, position {pos})", ci + 1));
+                    break;
+                }
+            };
             let reference_logits = match reference_logits {
                 Ok(l) => l,
                 Err(e) => {
@@ -358,15 +394,6 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
                     break;
                 }
             };
-            let t = Instant::now();
-            let rust_logits = match model.eval(token, pos) {
-                Ok(l) => l,
-                Err(e) => {
-                    state.rust_failure = Some(format!("{e} (case {}, position {pos})", ci + 1));
-                    break;
-                }
-            };
-            rust_s += t.elapsed().as_secs_f64();
             evaluated += 1;
             for v in rust_logits {
                 rust_hash.update(v.to_le_bytes());
@@ -374,8 +401,15 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
             for v in &reference_logits {
                 ref_hash.update(v.to_le_bytes());
             }
-            if let Some(w) = saver.as_mut() {
-                w.push_logits(&reference_logits).or_exit(Exit::BadInput)?;
+            if let Some(Err(e)) = saver.as_mut().map(|w| w.push_logits(&reference_logits)) {
+                // Leave no half-written file behind (a full disk, typically).
+                if let Some(w) = saver.take() {
+                    w.abandon();
+                }
+                return Err(Failure::new(
+                    Exit::OutputFailed,
+                    anyhow!("cannot write the saved reference: {e}"),
+                ));
             }
             // The teacher token that follows (for Δp): known for prompt positions; for the last
             // prompt position with a continuation it is the reference's greedy choice.
@@ -480,7 +514,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
                 reference: reference_identity,
                 cases: saved_cases,
             };
-            w.finish(&footer).or_exit(Exit::BadInput)?;
+            w.finish(&footer).or_exit(Exit::OutputFailed)?;
         } else {
             w.abandon();
             say("the run did not complete: no reference saved");
@@ -489,7 +523,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
 
     let out = args.out.clone().unwrap_or_else(|| default_receipt_path(&src.label));
     receipt::write_atomic(&out, &receipt).map_err(|e| {
-        Failure::new(Exit::BadInput, anyhow!("cannot write the receipt {}: {e}", out.display()))
+        Failure::new(Exit::OutputFailed, anyhow!("cannot write the receipt {}: {e}", out.display()))
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&receipt).or_exit(Exit::Internal)?);

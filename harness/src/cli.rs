@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{fixtures, inspect, run};
+use crate::{fixtures, inspect, run, tokenize_check};
 
 /// bitnet-parity: does a Rust BitNet engine compute what bitnet.cpp computes?
 ///
@@ -32,6 +32,8 @@ pub enum Command {
     Bench,
     /// Write the deterministic fixture models.
     Fixtures(fixtures::FixturesArgs),
+    /// Compare the Rust tokenizer with the reference's on a corpus of strings.
+    TokenizeCheck(tokenize_check::TokenizeCheckArgs),
     /// Internal: serve the C++ reference over stdin/stdout for the harness's parent process.
     #[command(hide = true)]
     CppWorker,

@@ -1,6 +1,6 @@
 //! Exit codes of the `harness` binary, and the error type that carries one.
 //!
-//! README.md lists the same table; `tests/exit_codes.rs` keeps the two in step.
+//! docs/exit-codes.md lists the same table; `tests/exit_codes.rs` keeps the two in step.
 
 use std::fmt;
 use std::process::ExitCode;
@@ -24,6 +24,9 @@ pub enum Exit {
     PromptInvalid = 6,
     /// A thresholds file has unknown keys or bad values.
     ThresholdsInvalid = 7,
+    /// An output file (the receipt, a saved reference) cannot be written: disk full, no
+    /// permission. Nothing half-written is left behind.
+    OutputFailed = 8,
     /// An internal error: a bug in the harness (please report it).
     Internal = 70,
     /// Interrupted by Ctrl-C / SIGINT (a partial receipt may have been written).
@@ -36,7 +39,7 @@ impl Exit {
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [Exit; 10] = [
+    pub const ALL: [Exit; 11] = [
         Exit::Ok,
         Exit::CheckFailed,
         Exit::BadInput,
@@ -45,6 +48,7 @@ impl Exit {
         Exit::ModelInvalid,
         Exit::PromptInvalid,
         Exit::ThresholdsInvalid,
+        Exit::OutputFailed,
         Exit::Internal,
         Exit::Interrupted,
     ];

@@ -9,3 +9,4 @@ pub mod fixtures;
 pub mod inspect;
 pub mod receipt;
 pub mod run;
+pub mod tokenize_check;

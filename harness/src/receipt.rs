@@ -148,6 +148,41 @@ pub struct TokenizerAgreement {
     pub agree: bool,
     pub prompts_checked: usize,
     pub mismatches: Vec<TokenizerMismatch>,
+    /// The same check on the built-in corpus (`harness tokenize-check`), when the reference is
+    /// live; each mode lists at most 20 mismatches.
+    pub corpus: Option<CorpusAgreement>,
+}
+
+/// Agreement of the two tokenizers on a corpus, for every flag combination checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CorpusAgreement {
+    /// `builtin` or the corpus file's path.
+    pub corpus: String,
+    pub strings: usize,
+    /// One entry per (add_special, parse_special) combination.
+    pub modes: Vec<ModeAgreement>,
+    /// Fraction of (string, mode) checks with identical ids.
+    pub agreement_rate: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModeAgreement {
+    pub add_special: bool,
+    pub parse_special: bool,
+    pub agreeing: usize,
+    /// The first mismatch of each disagreeing string.
+    pub mismatches: Vec<StringMismatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StringMismatch {
+    /// Index of the string in the corpus.
+    pub index: usize,
+    pub text: String,
+    /// First token index where the id lists differ.
+    pub first_index: usize,
+    pub rust_ids: Vec<u32>,
+    pub reference_ids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

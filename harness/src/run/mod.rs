@@ -26,6 +26,7 @@ use crate::receipt::{
 };
 pub use identity::{model_info, sha256_hex, tool_info};
 pub use inputs::{resolve_model, unescape, DEFAULT_FIXTURE_NAME};
+pub use reference::spawn_worker;
 use reference::{engine_identity, LiveReference, SavedCase, SavedFooter, SavedReference, SavedWriter};
 pub use verdict::{failed_checks, judge};
 
@@ -285,8 +286,19 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
         }
         plans.push(Plan { prompt: prompt.clone(), n_prompt: ids.len(), ids, n_positions });
     }
+    let corpus = match &mut side {
+        RefSide::Live(l) => {
+            let strings = crate::tokenize_check::corpus::builtin_corpus();
+            let mut c = crate::tokenize_check::check(&tokenizer, &mut l.worker, &strings, "builtin")?;
+            for m in &mut c.modes {
+                m.mismatches.truncate(20);
+            }
+            Some(c)
+        }
+        RefSide::Saved(_) => None,
+    };
     let tokenizer_agreement =
-        TokenizerAgreement { agree: mismatches.is_empty(), prompts_checked: plans.len(), mismatches };
+        TokenizerAgreement { agree: mismatches.is_empty(), prompts_checked: plans.len(), mismatches, corpus };
 
     // The Rust engine, with a context for the longest case.
     let n_ctx = plans.iter().map(|p| p.n_positions).max().unwrap_or(1).next_multiple_of(32).min(limit.max(1));

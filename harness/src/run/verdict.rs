@@ -44,6 +44,14 @@ pub fn judge(
     if !tokenizer.agree {
         reasons.push(format!("tokenizers disagree on {} prompt(s)", tokenizer.mismatches.len()));
     }
+    if let Some(c) = tokenizer.corpus.as_ref().filter(|c| c.agreement_rate < 1.0) {
+        let bad: usize = c.modes.iter().map(|m| c.strings - m.agreeing).sum();
+        reasons.push(format!(
+            "tokenizers disagree on {bad} of {} corpus checks ({:.2}% agreement)",
+            c.strings * c.modes.len(),
+            100.0 * c.agreement_rate
+        ));
+    }
     Verdict { status: if reasons.is_empty() { "pass" } else { "fail" }.into(), reasons }
 }
 

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{fixtures, inspect, run, tokenize_check};
+use crate::{diff, fixtures, gate, inspect, run, tokenize_check};
 
 /// bitnet-parity: does a Rust BitNet engine compute what bitnet.cpp computes?
 ///
@@ -23,9 +23,9 @@ pub enum Command {
     /// Run both engines on the same tokens and write a parity receipt (the default).
     Run(run::RunArgs),
     /// Check a receipt against thresholds (exit 0 pass, 1 fail, 2 unreadable).
-    Gate,
+    Gate(gate::GateArgs),
     /// Compare two receipts metric by metric.
-    Diff,
+    Diff(diff::DiffArgs),
     /// Describe a GGUF file: architecture, hyper-parameters, tokenizer, tensors.
     Inspect(inspect::InspectArgs),
     /// Measure decode/prefill speed and kernel throughput of both engines.

@@ -4,9 +4,13 @@
 
 pub mod cli;
 pub mod compare;
+pub mod diff;
 pub mod exit;
 pub mod fixtures;
+pub mod gate;
 pub mod inspect;
 pub mod receipt;
 pub mod run;
+pub mod schema;
+pub mod thresholds;
 pub mod tokenize_check;

@@ -17,6 +17,7 @@
 
 mod config;
 mod error;
+mod fault;
 mod kv;
 mod weights;
 
@@ -26,6 +27,7 @@ use crate::quant::{kernel_name, FlavorDetection};
 
 pub use config::{Config, SUPPORTED_ARCHITECTURES};
 pub use error::ModelError;
+pub use fault::{Fault, FaultKind};
 pub use kv::KV_PAD;
 use kv::{KvCache, KvStore};
 use weights::{load_layer, load_linear, load_vector, scale_idx, Layer, Linear, LinearScratch};
@@ -56,6 +58,7 @@ pub struct Model<'a> {
     rope: Rope,
     cache: KvCache,
     s: Scratch,
+    fault: Option<Fault>,
 }
 
 /// Activations of one token, allocated once.
@@ -120,6 +123,7 @@ impl<'a> Model<'a> {
             flavors,
             cache,
             s,
+            fault: None,
         })
     }
 
@@ -144,6 +148,12 @@ impl<'a> Model<'a> {
     /// Name of the QK256 kernel in use (`avx2`, `scalar`).
     pub fn kernel_name(&self) -> &'static str {
         kernel_name()
+    }
+
+    /// Injects a deliberate fault (see [`Fault`]), or removes it with `None`. For proving that
+    /// layer tracing finds the operation that differs; never used in a normal run.
+    pub fn set_fault(&mut self, fault: Option<Fault>) {
+        self.fault = fault;
     }
 
     /// Forgets the KV cache.
@@ -202,15 +212,21 @@ impl<'a> Model<'a> {
             project(&layer.wq, &s.h, &mut s.q, lin, layer.scales[scale_idx::Q], layer.bq.as_deref(), exact);
             project(&layer.wk, &s.h, &mut s.k, lin, layer.scales[scale_idx::K], layer.bk.as_deref(), exact);
             project(&layer.wv, &s.h, &mut s.v, lin, layer.scales[scale_idx::V], layer.bv.as_deref(), exact);
-            self.rope.apply(&mut s.q, pos, RopeMode::Neox);
-            self.rope.apply(&mut s.k, pos, RopeMode::Neox);
+            let fault = |kind: FaultKind| self.fault.is_some_and(|f| f.hits(kind, l));
+            let rope_mode = if fault(FaultKind::RopeAdjacent) { RopeMode::Adjacent } else { RopeMode::Neox };
+            self.rope.apply(&mut s.q, pos, rope_mode);
+            self.rope.apply(&mut s.k, pos, rope_mode);
             emit("Qcur", Some(l), &s.q);
             emit("Kcur", Some(l), &s.k);
             emit("Vcur", Some(l), &s.v);
             self.cache.store(l, pos, &s.k, &s.v);
             attention(c, &self.cache, l, pos, &s.q, &mut s.attn, &mut s.scores, &mut s.q16, &mut s.p16);
             emit("kqv_out", Some(l), &s.attn);
-            ops::rms_norm(&s.attn, &layer.attn_sub_norm, c.rms_eps, &mut s.h);
+            if fault(FaultKind::SkipAttnSubNorm) {
+                s.h.copy_from_slice(&s.attn);
+            } else {
+                ops::rms_norm(&s.attn, &layer.attn_sub_norm, c.rms_eps, &mut s.h);
+            }
             emit("attn_sub_norm", Some(l), &s.h);
             lin.acts.quantize(&s.h);
             project(&layer.wo, &s.h, &mut s.o, lin, layer.scales[scale_idx::O], layer.bo.as_deref(), exact);
@@ -228,7 +244,11 @@ impl<'a> Model<'a> {
             emit("ffn_up", Some(l), &s.up);
             ops::relu_sqr_mul(&mut s.gate, &s.up);
             emit("ffn_out", Some(l), &s.gate);
-            ops::rms_norm(&s.gate, &layer.ffn_sub_norm, c.rms_eps, &mut s.ff);
+            if fault(FaultKind::SkipFfnSubNorm) {
+                s.ff.copy_from_slice(&s.gate);
+            } else {
+                ops::rms_norm(&s.gate, &layer.ffn_sub_norm, c.rms_eps, &mut s.ff);
+            }
             emit("ffn_sub_norm", Some(l), &s.ff);
             lin.acts.quantize(&s.ff);
             project(&layer.ffn_down, &s.ff, &mut s.o, lin, layer.scales[scale_idx::DOWN], None, exact);

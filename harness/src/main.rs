@@ -22,9 +22,11 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Run(args) => harness::run::run(&args),
         Command::Inspect(args) => harness::inspect::run(&args),
         Command::Fixtures(args) => harness::fixtures::run(&args),
+        Command::Gate(args) => harness::gate::run(&args),
+        Command::Diff(args) => harness::diff::run(&args),
         Command::TokenizeCheck(args) => harness::tokenize_check::run(&args),
         Command::CppWorker => std::process::exit(bitnet_cpp::worker::serve_stdio()),
-        Command::Gate | Command::Diff | Command::Bench => {
+        Command::Bench => {
             Err(Failure::new(Exit::Internal, anyhow::anyhow!("this subcommand is not built yet")))
         }
     }

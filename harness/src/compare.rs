@@ -104,6 +104,13 @@ fn is_near_tie(rust: &[f32], reference: &[f32], ra: usize, fa: usize) -> bool {
 
 /// Cosine similarity in f64; 1 for two zero vectors, 0 when exactly one is zero.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    // Identical vectors are exactly 1, not 1 minus a rounding error.
+    if a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+        && a.iter().any(|x| *x != 0.0)
+    {
+        return 1.0;
+    }
     let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
     for (&x, &y) in a.iter().zip(b) {
         let (x, y) = (f64::from(x), f64::from(y));

@@ -14,3 +14,4 @@ pub mod run;
 pub mod schema;
 pub mod thresholds;
 pub mod tokenize_check;
+pub mod trace;

@@ -35,9 +35,9 @@ pub struct Receipt {
     /// A time field: excluded from reproducibility comparisons.
     pub timings: Timings,
     pub run_state: RunState,
-    /// Layer-by-layer comparison at a chosen position (`run --trace`), if requested.
+    /// Layer-by-layer comparison at one position (`run --trace`), if requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace: Option<serde_json::Value>,
+    pub trace: Option<crate::trace::Trace>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +94,9 @@ pub struct RustEngine {
     /// Whether the reference's f16 roundings are mirrored.
     pub exact_reference_rounding: bool,
     pub threads: usize,
+    /// A deliberately injected fault (`KIND@LAYER`), for testing tracing; absent normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injected_fault: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::anyhow;
 use bitnet_cpp::worker::{LibraryChoice, WorkerError};
 use bitnet_engine::gguf::GgufFile;
-use bitnet_engine::model::{Config, Model, ModelError, ModelOptions};
+use bitnet_engine::model::{Config, Fault, Model, ModelError, ModelOptions};
 use bitnet_engine::tokenizer::Tokenizer;
 use sha2::{Digest, Sha256};
 
@@ -81,6 +81,18 @@ pub struct RunArgs {
     /// Cosine under which a position counts as the first divergence and the run fails.
     #[arg(long, value_name = "X")]
     pub min_cosine: Option<f64>,
+    /// Compare the engines layer by layer at one position: `--trace` (or `always`) at the first
+    /// divergence, else at the last position of the first prompt; `auto` only when something
+    /// diverged; `CASE:POS` (1-based case, 0-based position) at that position.
+    #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "always")]
+    pub trace: Option<String>,
+    /// Cosine under which a traced operation counts as divergent.
+    #[arg(long, value_name = "X", default_value_t = 0.99999)]
+    pub trace_min_cosine: f64,
+    /// Inject a deliberate fault into the Rust engine (KIND@LAYER: rope-adjacent,
+    /// skip-attn-sub-norm, skip-ffn-sub-norm), to check that tracing finds it.
+    #[arg(long, value_name = "KIND@LAYER", hide = true, value_parser = parse_fault)]
+    pub inject_fault: Option<Fault>,
     /// Print the receipt as JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -305,6 +317,13 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     let exact = !args.no_exact_rounding;
     let mut model =
         Model::load(&file, ModelOptions { n_ctx, exact_reference_rounding: exact }).map_err(model_failure)?;
+    model.set_fault(args.inject_fault);
+    if let Some(f) = args.inject_fault {
+        say(&format!(
+            "warning: fault {f} injected into the Rust engine (it shows first at {})",
+            f.first_affected_op()
+        ));
+    }
     let rust_load_s = t0.elapsed().as_secs_f64() - ref_load_s;
 
     let mut saver = match &args.save_reference {
@@ -478,6 +497,36 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
         &text,
     );
     let verdict = judge(&model_info, &state, &tokenizer_agreement, &summary, &thresholds);
+    let trace = match (&args.trace, &mut side) {
+        (Some(when), RefSide::Live(l)) => {
+            match trace_target(when, &cases, &summary).map_err(|e| Failure::new(Exit::BadInput, e))? {
+                Some((ci, pos, reason)) => {
+                    say(&format!("tracing case {} position {pos} ({reason})…", ci + 1));
+                    match trace_position(
+                        &mut model,
+                        &mut l.worker,
+                        &cases[ci].token_ids,
+                        ci,
+                        pos,
+                        reason,
+                        args.trace_min_cosine,
+                    ) {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            say(&format!("warning: trace failed: {e}"));
+                            None
+                        }
+                    }
+                }
+                None => None,
+            }
+        }
+        (Some(_), RefSide::Saved(_)) => {
+            say("warning: --trace needs the live reference; a saved reference holds only logits");
+            None
+        }
+        (None, _) => None,
+    };
     let receipt = Receipt {
         schema_version: receipt::SCHEMA_VERSION.into(),
         created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -489,6 +538,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
                 kernel: model.kernel_name().into(),
                 exact_reference_rounding: exact,
                 threads,
+                injected_fault: args.inject_fault.map(|f| f.to_string()),
             },
             reference: reference_identity.clone(),
         },
@@ -512,7 +562,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
             reference: EngineTiming { load_s: ref_load_s, eval_s: ref_s, tokens: evaluated },
         },
         run_state: state,
-        trace: None,
+        trace,
     };
 
     if let Some(w) = saver {
@@ -541,6 +591,9 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
         println!("{}", serde_json::to_string_pretty(&receipt).or_exit(Exit::Internal)?);
     } else if !args.quiet {
         print!("{}", table::render(&receipt));
+        if let Some(t) = &receipt.trace {
+            print!("{}", crate::trace::render(t));
+        }
     }
     println!("receipt: {}", out.display());
     if let RefSide::Live(l) = side {
@@ -573,4 +626,76 @@ fn model_failure(e: ModelError) -> Failure {
 
 fn worker_failure(e: WorkerError, during: &str) -> Failure {
     Failure::new(Exit::ReferenceUnavailable, anyhow!("the C++ reference failed while {during}: {e}"))
+}
+
+fn parse_fault(s: &str) -> Result<Fault, String> {
+    s.parse()
+}
+
+/// Which position `--trace WHEN` asks for: `(case, position, reason)`.
+fn trace_target(
+    when: &str,
+    cases: &[Case],
+    summary: &crate::receipt::Summary,
+) -> anyhow::Result<Option<(usize, usize, &'static str)>> {
+    let divergence = summary.first_divergence.as_ref().map(|d| (d.case, d.pos, "first_divergence"));
+    match when {
+        "auto" => Ok(divergence),
+        "always" => Ok(divergence.or_else(|| {
+            let c = cases.first()?;
+            c.positions.len().checked_sub(1).map(|p| (0, p, "last_position"))
+        })),
+        spec => {
+            let (c, p) = spec
+                .split_once(':')
+                .and_then(|(c, p)| Some((c.parse::<usize>().ok()?, p.parse::<usize>().ok()?)))
+                .ok_or_else(|| anyhow!("--trace {spec:?}: expected always, auto or CASE:POS"))?;
+            let case = c.checked_sub(1).and_then(|i| cases.get(i).map(|case| (i, case)));
+            match case {
+                Some((i, case)) if p < case.positions.len() => Ok(Some((i, p, "requested"))),
+                _ => Err(anyhow!("--trace {spec}: no such case and position in this run")),
+            }
+        }
+    }
+}
+
+/// Replays `ids[..pos]` in both engines, then captures every traced tensor at `pos`.
+fn trace_position(
+    model: &mut Model<'_>,
+    worker: &mut bitnet_cpp::worker::RefWorker,
+    ids: &[u32],
+    case: usize,
+    pos: usize,
+    reason: &str,
+    min_cosine: f64,
+) -> anyhow::Result<crate::trace::Trace> {
+    model.reset();
+    worker.reset()?;
+    for (p, &t) in ids[..pos].iter().enumerate() {
+        model.eval(t, p)?;
+        worker.eval_token(t as i32, p as u32)?;
+    }
+    let token = ids[pos];
+    let names = crate::trace::traced_names(model.config().n_layer);
+    let mut rust: Vec<(String, Vec<f32>)> = Vec::new();
+    let mut keep = |name: &str, data: &[f32]| {
+        if names.iter().any(|n| n == name) {
+            rust.push((name.to_string(), data.to_vec()));
+        }
+    };
+    model.eval_traced(token, pos, &mut keep)?;
+    let filter = bitnet_cpp::CaptureFilter::Names(names.clone());
+    let (_, captured) = worker.eval_token_capture(token as i32, pos as u32, &filter)?;
+    let reference: Vec<(String, Vec<f32>)> = captured.into_iter().map(|c| (c.name, c.data)).collect();
+    let (ops, first_divergent_op, unmatched) = crate::trace::compare(&names, &rust, &reference, min_cosine);
+    Ok(crate::trace::Trace {
+        case,
+        pos,
+        token,
+        reason: reason.to_string(),
+        min_cosine,
+        ops,
+        first_divergent_op,
+        unmatched,
+    })
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use harness::receipt::*;
+use harness::trace::{Trace, TraceOp};
 use serde_json::{json, Value};
 
 /// Runs the harness binary in `dir` (no model or reference taken from the environment).
@@ -178,6 +179,7 @@ pub fn maximal() -> Receipt {
                 kernel: "avx2".into(),
                 exact_reference_rounding: true,
                 threads: 1,
+                injected_fault: Some("rope-adjacent@1".into()),
             },
             reference: ReferenceEngine {
                 source: "registry:bitnet-llm-sys-1.0.2".into(),
@@ -252,7 +254,26 @@ pub fn maximal() -> Receipt {
             reference_failure: Some("none".into()),
             rust_failure: Some("none".into()),
         },
-        trace: Some(json!({"layer": 0})),
+        trace: Some(Trace {
+            case: 0,
+            pos: 2,
+            token: 7,
+            reason: "first_divergence".into(),
+            min_cosine: 0.99999,
+            ops: vec![TraceOp {
+                name: "Qcur-1".into(),
+                op: "Qcur".into(),
+                layer: Some(1),
+                elements: 256,
+                cosine: 0.9,
+                max_abs_diff: 0.5,
+                nmse: 0.1,
+                bit_exact: false,
+                below_threshold: true,
+            }],
+            first_divergent_op: Some("Qcur-1".into()),
+            unmatched: vec!["Vcur-1 (reference did not report it)".into()],
+        }),
     }
 }
 

@@ -1,0 +1,213 @@
+//! Layer-by-layer tracing: where, inside the graph, do the two engines stop agreeing?
+//!
+//! At one position, both engines hand out their named intermediate tensors (the reference
+//! through its eval callback, the Rust engine through its hook, with the reference's names).
+//! They are compared in graph order; the first operation whose cosine falls below the
+//! threshold is the first divergent operation.
+
+use serde::{Deserialize, Serialize};
+
+/// Operations compared in each layer, in graph order (names as the reference reports them).
+pub const LAYER_OPS: [&str; 15] = [
+    "attn_norm",
+    "Qcur",
+    "Kcur",
+    "Vcur",
+    "kqv_out",
+    "attn_sub_norm",
+    "attn_o_out",
+    "ffn_inp",
+    "ffn_norm",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_out",
+    "ffn_sub_norm",
+    "ffn_down",
+    "l_out",
+];
+
+/// Operations after the last layer.
+pub const FINAL_OPS: [&str; 2] = ["result_norm", "result_output"];
+
+/// Every traced name of a model with `n_layer` layers, in graph order.
+pub fn traced_names(n_layer: usize) -> Vec<String> {
+    let mut v: Vec<String> =
+        (0..n_layer).flat_map(|l| LAYER_OPS.iter().map(move |op| format!("{op}-{l}"))).collect();
+    v.extend(FINAL_OPS.iter().map(|s| s.to_string()));
+    v
+}
+
+/// The `trace` section of a receipt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    pub case: usize,
+    pub pos: usize,
+    pub token: u32,
+    /// Why this position: `first_divergence`, `requested`, or `last_position` (no divergence).
+    pub reason: String,
+    /// An operation is divergent when its cosine is below this.
+    pub min_cosine: f64,
+    /// Every compared operation, in graph order.
+    pub ops: Vec<TraceOp>,
+    /// The first divergent operation (e.g. `Qcur-1`), or null when all agree.
+    pub first_divergent_op: Option<String>,
+    /// Names one engine reported and the other did not, or with different sizes.
+    pub unmatched: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceOp {
+    /// Full name, e.g. `Qcur-1`, `result_norm`.
+    pub name: String,
+    /// Operation without the layer, e.g. `Qcur`.
+    pub op: String,
+    /// Layer index, or null for the operations after the last layer.
+    pub layer: Option<usize>,
+    pub elements: usize,
+    pub cosine: f64,
+    pub max_abs_diff: f64,
+    /// Σ(rust − reference)² / Σ reference² (the plain squared error when the reference is all zero).
+    pub nmse: f64,
+    pub bit_exact: bool,
+    pub below_threshold: bool,
+}
+
+/// Splits `Qcur-1` into (`Qcur`, Some(1)); names without a layer suffix give None.
+fn split_name(name: &str) -> (String, Option<usize>) {
+    match name.rsplit_once('-') {
+        Some((op, l)) if l.chars().all(|c| c.is_ascii_digit()) && !l.is_empty() => {
+            (op.to_string(), l.parse().ok())
+        }
+        _ => (name.to_string(), None),
+    }
+}
+
+fn compare_op(name: &str, rust: &[f32], reference: &[f32], min_cosine: f64) -> TraceOp {
+    let (op, layer) = split_name(name);
+    let cosine = crate::compare::cosine(rust, reference);
+    let (mut err, mut energy, mut max_abs) = (0f64, 0f64, 0f64);
+    for (&a, &b) in rust.iter().zip(reference) {
+        let d = f64::from(a) - f64::from(b);
+        err += d * d;
+        energy += f64::from(b) * f64::from(b);
+        max_abs = f64::max(max_abs, d.abs());
+    }
+    let nmse = if energy > 0.0 { err / energy } else { err };
+    // Non-finite values would poison every number: count them as total disagreement.
+    let finite = cosine.is_finite() && nmse.is_finite() && max_abs.is_finite();
+    TraceOp {
+        name: name.to_string(),
+        op,
+        layer,
+        elements: rust.len(),
+        cosine: if finite { cosine } else { 0.0 },
+        max_abs_diff: if finite { max_abs } else { f64::MAX },
+        nmse: if finite { nmse } else { f64::MAX },
+        bit_exact: rust.iter().zip(reference).all(|(a, b)| a.to_bits() == b.to_bits()),
+        below_threshold: !finite || cosine < min_cosine,
+    }
+}
+
+/// Compares the two engines' tensors (`(name, values)`, a name may repeat: the last one counts,
+/// e.g. `Qcur` after RoPE) in the graph order of `names`.
+pub fn compare(
+    names: &[String],
+    rust: &[(String, Vec<f32>)],
+    reference: &[(String, Vec<f32>)],
+    min_cosine: f64,
+) -> (Vec<TraceOp>, Option<String>, Vec<String>) {
+    let last = |list: &[(String, Vec<f32>)], n: &str| {
+        list.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.clone())
+    };
+    let mut ops = Vec::new();
+    let mut unmatched = Vec::new();
+    for name in names {
+        match (last(rust, name), last(reference, name)) {
+            (Some(a), Some(b)) if a.len() == b.len() => ops.push(compare_op(name, &a, &b, min_cosine)),
+            (Some(a), Some(b)) => {
+                unmatched.push(format!("{name} (rust {} values, reference {})", a.len(), b.len()))
+            }
+            (Some(_), None) => unmatched.push(format!("{name} (reference did not report it)")),
+            (None, Some(_)) => unmatched.push(format!("{name} (rust did not report it)")),
+            (None, None) => unmatched.push(format!("{name} (neither engine reported it)")),
+        }
+    }
+    let first = ops.iter().find(|o| o.below_threshold).map(|o| o.name.clone());
+    (ops, first, unmatched)
+}
+
+/// The per-layer table printed after a traced run.
+pub fn render(t: &Trace) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "trace at case {} position {} (token {}, {}): operations below cosine {}",
+        t.case + 1,
+        t.pos,
+        t.token,
+        t.reason.replace('_', " "),
+        t.min_cosine
+    );
+    let _ =
+        writeln!(s, "  {:<8} {:>14} {:>12}  {}", "layer", "min cosine", "max |Δ|", "first below threshold");
+    let mut groups: Vec<(String, Vec<&TraceOp>)> = Vec::new();
+    for op in &t.ops {
+        let key = op.layer.map_or("output".to_string(), |l| l.to_string());
+        match groups.last_mut() {
+            Some((k, v)) if *k == key => v.push(op),
+            _ => groups.push((key, vec![op])),
+        }
+    }
+    for (key, ops) in &groups {
+        let min = ops.iter().map(|o| o.cosine).fold(f64::INFINITY, f64::min);
+        let max_abs = ops.iter().map(|o| o.max_abs_diff).fold(0.0, f64::max);
+        let first = ops
+            .iter()
+            .find(|o| o.below_threshold)
+            .map_or("-".to_string(), |o| format!("{} (cosine {:.6}, nmse {:.2e})", o.name, o.cosine, o.nmse));
+        let exact = if ops.iter().all(|o| o.bit_exact) { "  bit-exact" } else { "" };
+        let _ = writeln!(s, "  {key:<8} {min:>14.9} {max_abs:>12.3e}  {first}{exact}");
+    }
+    let _ = writeln!(s, "first divergent operation: {}", t.first_divergent_op.as_deref().unwrap_or("none"));
+    for u in &t.unmatched {
+        let _ = writeln!(s, "  not compared: {u}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_split_and_order() {
+        assert_eq!(split_name("Qcur-12"), ("Qcur".to_string(), Some(12)));
+        assert_eq!(split_name("result_norm"), ("result_norm".to_string(), None));
+        let n = traced_names(2);
+        assert_eq!(n[0], "attn_norm-0");
+        assert_eq!(n[15], "attn_norm-1");
+        assert_eq!(n.last().unwrap(), "result_output");
+    }
+
+    #[test]
+    fn first_divergent_op_uses_the_last_report_of_a_name() {
+        let names = vec!["a-0".to_string(), "Qcur-0".to_string(), "b-0".to_string()];
+        let rust = vec![
+            ("a-0".to_string(), vec![1.0, 2.0]),
+            ("Qcur-0".to_string(), vec![1.0, 0.0]),
+            ("b-0".to_string(), vec![0.0, 1.0]),
+        ];
+        let reference = vec![
+            ("a-0".to_string(), vec![1.0, 2.0]),
+            ("Qcur-0".to_string(), vec![0.0, 1.0]), // before RoPE: different
+            ("Qcur-0".to_string(), vec![1.0, 0.0]), // after: equal
+            ("b-0".to_string(), vec![1.0, 0.0]),
+        ];
+        let (ops, first, unmatched) = compare(&names, &rust, &reference, 0.99);
+        assert!(unmatched.is_empty());
+        assert!(ops[1].bit_exact);
+        assert_eq!(first.as_deref(), Some("b-0"));
+        assert_eq!(ops[2].cosine, 0.0);
+    }
+}

@@ -18,6 +18,7 @@ use crate::exit::{Exit, Failure, OrExit};
 use crate::gate::num;
 use crate::receipt::{Divergence, Percentiles, Summary};
 use crate::schema::{self, LoadedReceipt};
+use crate::trace::Trace;
 
 /// Lines of context around each change in the line diff.
 const CONTEXT_LINES: usize = 3;
@@ -175,6 +176,7 @@ pub fn compare(old: &LoadedReceipt, new: &LoadedReceipt, tolerance: Tolerance) -
     for (i, (o, n)) in old.receipt.cases.iter().zip(&new.receipt.cases).enumerate() {
         metrics.extend(summary_rows(&format!("case {i}"), &o.summary, &n.summary, tolerance));
     }
+    metrics.extend(trace_rows(old.receipt.trace.as_ref(), new.receipt.trace.as_ref(), tolerance));
     let worse = metrics.iter().filter(|m| m.status == Status::Worse).count();
     let regressions = metrics.iter().filter(|m| m.regression).count();
     let side = |l: &LoadedReceipt| Side {
@@ -301,6 +303,67 @@ fn divergence_row(scope: &str, o: Option<&Divergence>, n: Option<&Divergence>, t
         status,
         regression,
     }
+}
+
+/// Layer traces: the first divergent operation (earlier in the graph is worse), the lowest
+/// cosine of any traced operation, and the cosine of every operation both traces hold that
+/// changed. Traces at different positions are compared too, but marked as such.
+fn trace_rows(old: Option<&Trace>, new: Option<&Trace>, tol: Tolerance) -> Vec<MetricRow> {
+    let (o, n) = match (old, new) {
+        (None, None) => return Vec::new(),
+        (o, n) => (o, n),
+    };
+    let scope = match (o, n) {
+        (Some(a), Some(b)) if (a.case, a.pos) != (b.case, b.pos) => {
+            format!("trace (case {} pos {} vs case {} pos {})", a.case, a.pos, b.case, b.pos)
+        }
+        _ => "trace".to_string(),
+    };
+    // Position of an operation in graph order (its index in the trace), for "earlier is worse".
+    let rank = |t: &Trace, name: &str| t.ops.iter().position(|op| op.name == name);
+    let first = |t: Option<&Trace>| t.and_then(|t| t.first_divergent_op.clone());
+    let (fo, fnew) = (first(o), first(n));
+    let status = match (&fo, &fnew) {
+        (a, b) if a == b => Status::Same,
+        (None, None) => Status::Same,
+        (None, Some(_)) => Status::Worse,
+        (Some(_), None) => Status::Better,
+        (Some(a), Some(b)) => match (o.and_then(|t| rank(t, a)), n.and_then(|t| rank(t, b))) {
+            (Some(ra), Some(rb)) if rb < ra => Status::Worse,
+            (Some(ra), Some(rb)) if rb > ra => Status::Better,
+            _ => Status::Changed,
+        },
+    };
+    let name_value = |v: &Option<String>| v.as_ref().map_or(Value::Null, |s| json!(s));
+    let mut rows = vec![MetricRow {
+        scope: scope.clone(),
+        metric: "first_divergent_op".into(),
+        old: name_value(&fo),
+        new: name_value(&fnew),
+        change: None,
+        status,
+        regression: status == Status::Worse,
+    }];
+    let min_cos = |t: Option<&Trace>| t.and_then(|t| t.ops.iter().map(|op| op.cosine).reduce(f64::min));
+    rows.push(numeric_row(&scope, "min_op_cosine", min_cos(o), min_cos(n), Better::Higher, tol));
+    if let (Some(a), Some(b)) = (o, n) {
+        for op in &a.ops {
+            if let Some(nb) = b.ops.iter().find(|x| x.name == op.name) {
+                if nb.cosine != op.cosine {
+                    let metric = format!("{}.cosine", op.name);
+                    rows.push(numeric_row(
+                        &scope,
+                        &metric,
+                        Some(op.cosine),
+                        Some(nb.cosine),
+                        Better::Higher,
+                        tol,
+                    ));
+                }
+            }
+        }
+    }
+    rows
 }
 
 /// The identifying parts of a receipt, by section name, as pretty JSON (time fields left out).

@@ -83,3 +83,29 @@ fn auto_does_not_trace_a_clean_run_and_an_explicit_position_is_honoured() {
     assert_eq!(r["trace"]["pos"], 5);
     assert_eq!(r["trace"]["reason"], "requested");
 }
+
+#[test]
+fn diff_understands_traces() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = &models()[0];
+    run(dir.path(), model, &["--trace"]);
+    std::fs::rename(dir.path().join("r.json"), dir.path().join("clean.json")).unwrap();
+    run(dir.path(), model, &["--trace", "--inject-fault", "skip-ffn-sub-norm@1"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .current_dir(dir.path())
+        .args(["diff", "--json", "clean.json", "r.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = d["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == "first_divergent_op")
+        .expect("a trace row");
+    assert_eq!(row["old"], Value::Null);
+    assert_eq!(row["new"], "ffn_sub_norm-1");
+    assert_eq!(row["status"], "worse");
+    assert!(row["scope"].as_str().unwrap().starts_with("trace"));
+}

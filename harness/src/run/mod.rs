@@ -28,7 +28,7 @@ pub use identity::{model_info, sha256_hex, tool_info};
 pub use inputs::{resolve_model, unescape, DEFAULT_FIXTURE_NAME};
 pub use reference::spawn_worker;
 use reference::{engine_identity, LiveReference, SavedCase, SavedFooter, SavedReference, SavedWriter};
-pub use verdict::{failed_checks, judge};
+pub use verdict::judge;
 
 /// Whose token ids to use when the two tokenizers disagree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -496,7 +496,6 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
         thresholds.min_cosine,
         &text,
     );
-    let verdict = judge(&model_info, &state, &tokenizer_agreement, &summary, &thresholds);
     let trace = match (&args.trace, &mut side) {
         (Some(when), RefSide::Live(l)) => {
             match trace_target(when, &cases, &summary).map_err(|e| Failure::new(Exit::BadInput, e))? {
@@ -527,7 +526,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
         }
         (None, _) => None,
     };
-    let receipt = Receipt {
+    let mut receipt = Receipt {
         schema_version: receipt::SCHEMA_VERSION.into(),
         created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         tool: tool_info(),
@@ -555,7 +554,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
         tokenizer: tokenizer_agreement,
         cases,
         summary,
-        verdict,
+        verdict: receipt::Verdict { status: String::new(), reasons: Vec::new() },
         timings: Timings {
             wall_s: wall.elapsed().as_secs_f64(),
             rust: EngineTiming { load_s: rust_load_s, eval_s: rust_s, tokens: evaluated },
@@ -564,6 +563,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
         run_state: state,
         trace,
     };
+    receipt.verdict = judge(&receipt);
 
     if let Some(w) = saver {
         if receipt.run_state.completed {

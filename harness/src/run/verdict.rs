@@ -1,19 +1,17 @@
-//! The verdict `run` writes into a receipt.
+//! The verdict `run` writes into a receipt: the same checks `harness gate` makes, against the
+//! thresholds the run recorded, so a receipt that says `pass` passes the gate with them.
 
-use crate::receipt::{ModelInfo, RunState, Summary, Thresholds, TokenizerAgreement, Verdict};
+use crate::gate::{self, Outcome};
+use crate::receipt::{Receipt, Verdict};
+use crate::thresholds::{self, Overrides};
 
 /// `invalid_input` when the model's I2_S data is corrupt (both engines would "agree" on
-/// garbage); `incomplete` when the run did not finish; otherwise `pass` or `fail` against
-/// `thresholds`, with one reason per failed check.
-pub fn judge(
-    model: &ModelInfo,
-    state: &RunState,
-    tokenizer: &TokenizerAgreement,
-    summary: &Summary,
-    t: &Thresholds,
-) -> Verdict {
-    if !model.integrity_problems.is_empty() {
-        let mut tensors: Vec<&str> = model.integrity_problems.iter().map(|p| p.tensor.as_str()).collect();
+/// garbage); `incomplete` when the run did not finish; otherwise `pass` or `fail` by the
+/// gate's checks against `receipt.settings.thresholds`, plus any tokenizer disagreement.
+/// The receipt's own `verdict` field is ignored.
+pub fn judge(r: &Receipt) -> Verdict {
+    if !r.model.integrity_problems.is_empty() {
+        let mut tensors: Vec<&str> = r.model.integrity_problems.iter().map(|p| p.tensor.as_str()).collect();
         tensors.dedup();
         return Verdict {
             status: "invalid_input".into(),
@@ -24,6 +22,7 @@ pub fn judge(
             )],
         };
     }
+    let state = &r.run_state;
     let mut reasons = Vec::new();
     if state.interrupted {
         reasons.push("interrupted before every position was evaluated".to_string());
@@ -40,11 +39,18 @@ pub fn judge(
         }
         return Verdict { status: "incomplete".into(), reasons };
     }
-    reasons.extend(failed_checks(summary, t));
-    if !tokenizer.agree {
-        reasons.push(format!("tokenizers disagree on {} prompt(s)", tokenizer.mismatches.len()));
+    let resolved = thresholds::resolve(&r.settings.thresholds, None, &Overrides::default());
+    for c in gate::evaluate(r, &resolved) {
+        // The verdict being decided here is not an input to itself.
+        if c.outcome == Outcome::Fail && c.name != "verdict.status" {
+            reasons.push(format!("{} {}", c.name, c.detail));
+        }
     }
-    if let Some(c) = tokenizer.corpus.as_ref().filter(|c| c.agreement_rate < 1.0) {
+    let t = &r.tokenizer;
+    if !t.agree {
+        reasons.push(format!("tokenizers disagree on {} prompt(s)", t.mismatches.len()));
+    }
+    if let Some(c) = t.corpus.as_ref().filter(|c| c.agreement_rate < 1.0) {
         let bad: usize = c.modes.iter().map(|m| c.strings - m.agreeing).sum();
         reasons.push(format!(
             "tokenizers disagree on {bad} of {} corpus checks ({:.2}% agreement)",
@@ -53,30 +59,4 @@ pub fn judge(
         ));
     }
     Verdict { status: if reasons.is_empty() { "pass" } else { "fail" }.into(), reasons }
-}
-
-/// Every threshold `summary` misses, one sentence each.
-pub fn failed_checks(s: &Summary, t: &Thresholds) -> Vec<String> {
-    let mut out = Vec::new();
-    if s.positions == 0 {
-        out.push("no position was compared".into());
-    }
-    if s.nonfinite_positions > 0 {
-        out.push(format!("{} position(s) with NaN or Inf logits", s.nonfinite_positions));
-    }
-    if let Some(c) = s.cosine_min.filter(|&c| c < t.min_cosine) {
-        out.push(format!("cosine_min {c:.9} < {} (min_cosine)", t.min_cosine));
-    }
-    if let Some(e) = s.exact_match_rate.filter(|&e| e < t.min_exact_match) {
-        out.push(format!("exact_match_rate {e:.6} < {} (min_exact_match)", t.min_exact_match));
-    }
-    if let Some(k) = s.kl_max.filter(|&k| k > t.max_kl) {
-        out.push(format!("kl_max {k:.3e} > {:e} (max_kl)", t.max_kl));
-    }
-    if let (Some(limit), Some(d)) = (t.max_first_divergence, &s.first_divergence) {
-        if d.pos < limit {
-            out.push(format!("first divergence at position {} < {limit} (max_first_divergence)", d.pos));
-        }
-    }
-    out
 }

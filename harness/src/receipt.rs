@@ -204,6 +204,10 @@ pub struct Case {
     /// `positions.len()` of them (fewer with `--max-tokens`).
     pub token_ids: Vec<u32>,
     pub n_prompt_tokens: usize,
+    /// Each token's text, parallel to `token_ids` (see [`piece_text`]), so that a report can
+    /// label positions without the model. Absent in receipts written before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_texts: Option<Vec<String>>,
     /// sha256 over each engine's logits of every position (f32 little-endian, in order).
     pub rust_logits_sha256: String,
     pub reference_logits_sha256: String,
@@ -349,6 +353,20 @@ pub struct RunState {
     pub rust_failure: Option<String>,
 }
 
+/// A token's bytes as receipt text: UTF-8 as is, any byte that is not part of valid UTF-8 (half
+/// of a character split across byte-level tokens) as `\xNN`, so that no information is lost
+/// to replacement characters.
+pub fn piece_text(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Writes `receipt` to `path` atomically: a temporary file in the same folder, flushed and
 /// synced, then renamed over `path`. A crash or a full disk leaves either the old file or the
 /// complete new one, never half a receipt.
@@ -372,4 +390,18 @@ pub fn write_atomic(path: &Path, receipt: &Receipt) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::piece_text;
+
+    #[test]
+    fn piece_text_keeps_valid_utf8_and_escapes_stray_bytes() {
+        assert_eq!(piece_text(b" the"), " the");
+        assert_eq!(piece_text("é".as_bytes()), "é");
+        assert_eq!(piece_text(&[0xC3]), "\\xC3");
+        assert_eq!(piece_text(&[b'a', 0xE2, 0x82, b'b']), "a\\xE2\\x82b");
+        assert_eq!(piece_text(b""), "");
+    }
 }

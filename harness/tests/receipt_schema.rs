@@ -43,7 +43,7 @@ fn synthetic_receipts_validate_and_read_back_equal() {
 }
 
 /// Every object in `value`, walked along the schema node describing it, has exactly the
-/// schema's properties, and the schema requires all of them (`trace` and
+/// schema's properties, and the schema requires all of them (`trace`, `cases[].token_texts` and
 /// `engines.rust.injected_fault` aside, which are omitted when empty). Serializing a receipt with every option set shows every field the types write,
 /// so this catches a field added to `receipt.rs` but not to the schema, and the reverse.
 /// `seen` collects the schema nodes visited (by address).
@@ -61,7 +61,7 @@ fn assert_keys_match(root: &Value, node: &Value, value: &Value, path: &str, seen
             assert_eq!(written, listed, "{path}: keys written vs keys in the schema");
             let required: BTreeSet<&str> =
                 node["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-            let optional = ["trace", "injected_fault"];
+            let optional = ["trace", "injected_fault", "token_texts"];
             let expected: BTreeSet<&str> = listed.iter().copied().filter(|k| !optional.contains(k)).collect();
             assert_eq!(required, expected, "{path}: every field but the optional ones is required");
             seen.insert(node as *const Value as usize);
@@ -276,6 +276,8 @@ struct StrictCase {
     reference_logits_sha256: String,
     positions: Vec<Value>,
     summary: StrictSummary,
+    #[serde(default)]
+    token_texts: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]

@@ -474,6 +474,9 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
         let done = positions.len() == plan.n_positions;
         cases.push(Case {
             prompt: plan.prompt.clone(),
+            token_texts: Some(
+                ids.iter().map(|&t| receipt::piece_text(&tokenizer.token_to_piece(t))).collect(),
+            ),
             token_ids: ids,
             n_prompt_tokens: plan.n_prompt,
             rust_logits_sha256: hex(&rust_hash.finalize()),

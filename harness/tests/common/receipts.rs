@@ -233,6 +233,7 @@ pub fn maximal() -> Receipt {
             prompt: "Hello".into(),
             token_ids: vec![1, 5, 11],
             n_prompt_tokens: 1,
+            token_texts: Some(vec!["<s>".into(), " Hel".into(), "\\xC3".into()]),
             rust_logits_sha256: SHA_A.into(),
             reference_logits_sha256: SHA_B.into(),
             positions,

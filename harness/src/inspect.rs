@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bitnet_engine::gguf::{Array, GgmlType, GgufFile, TensorInfo, Value};
-use bitnet_engine::quant::detect_flavor;
+use bitnet_engine::quant::{check_i2s_integrity, detect_flavor, I2sFlavor};
 use serde::Serialize;
 
 use crate::exit::{Exit, Failure, OrExit};
@@ -32,6 +32,8 @@ pub struct InspectReport {
     pub tokenizer: Option<TokenizerSummary>,
     pub metadata_keys: usize,
     pub tensors: Vec<TensorReport>,
+    /// Names of the I2_S tensors whose bytes have integrity problems (see [`I2sReport::problems`]).
+    pub corrupt_i2s_tensors: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,8 +57,9 @@ pub struct TensorReport {
     /// Offset in the file (absolute).
     pub file_offset: u64,
     /// For I2_S tensors: the detected flavour (layout) and how it was decided.
+    /// Boxed: most tensors have none, and a file may hold many tensors.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub i2s: Option<I2sReport>,
+    pub i2s: Option<Box<I2sReport>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,6 +71,11 @@ pub struct I2sReport {
     /// Whether `BITNET_I2S_FLAVOR` forced it.
     pub forced: bool,
     pub note: String,
+    /// Integrity problems of the bytes, one sentence each (empty when clean): invalid code 3,
+    /// a zero, negative, NaN or infinite scale, or extra bytes after the tensor. Such a tensor
+    /// is corrupt (typically a multi-threaded reference quantization) and `run` judges the
+    /// file invalid input.
+    pub problems: Vec<String>,
 }
 
 pub fn run(args: &InspectArgs) -> Result<Exit, Failure> {
@@ -101,7 +109,7 @@ pub fn describe(file: &GgufFile) -> InspectReport {
             hyperparameters.insert(key.clone(), json_value(value));
         }
     }
-    let tensors = file
+    let tensors: Vec<TensorReport> = file
         .tensors()
         .iter()
         .map(|t| TensorReport {
@@ -110,8 +118,13 @@ pub fn describe(file: &GgufFile) -> InspectReport {
             ggml_type: t.ggml_type.name().to_string(),
             n_bytes: t.n_bytes,
             file_offset: file.data_offset() + t.offset,
-            i2s: (t.ggml_type == GgmlType::I2_S).then(|| i2s_report(file, t)),
+            i2s: (t.ggml_type == GgmlType::I2_S).then(|| Box::new(i2s_report(file, t))),
         })
+        .collect();
+    let corrupt_i2s_tensors = tensors
+        .iter()
+        .filter(|t| t.i2s.as_ref().is_some_and(|r| !r.problems.is_empty()))
+        .map(|t| t.name.clone())
         .collect();
     InspectReport {
         path: file.path().display().to_string(),
@@ -124,6 +137,7 @@ pub fn describe(file: &GgufFile) -> InspectReport {
         tokenizer: tokenizer_summary(file),
         metadata_keys: file.metadata().len(),
         tensors,
+        corrupt_i2s_tensors,
     }
 }
 
@@ -135,9 +149,50 @@ fn i2s_report(file: &GgufFile, t: &TensorInfo) -> I2sReport {
             candidates: d.candidates.iter().map(|f| f.name().to_string()).collect(),
             forced: d.forced,
             note: d.note,
+            problems: integrity_problems(file, t, d.flavor),
         },
-        Err(e) => I2sReport { flavor: None, candidates: Vec::new(), forced: false, note: e.to_string() },
+        Err(e) => I2sReport {
+            flavor: None,
+            candidates: Vec::new(),
+            forced: false,
+            note: e.to_string(),
+            problems: Vec::new(),
+        },
     }
+}
+
+/// Integrity problems of a tensor in one of bitnet.cpp's layouts (codes, then one f32 tensor
+/// scale, then padding to `n/4 + 32` bytes): what [`check_i2s_integrity`] finds, plus extra
+/// bytes between the tensor and the next one.
+///
+/// The extra bytes are the tell of `llama_model_quantize` with several threads: each row chunk
+/// returns `chunk/4 + 32` bytes, the quantizer writes the sum (`n/4 + 32·chunks`), and the
+/// next tensor starts after all of it, although the header's size (ggml_nbytes) is `n/4 + 32`.
+/// A single-threaded quantization (and our writer) leaves no gap but alignment padding.
+fn integrity_problems(file: &GgufFile, t: &TensorInfo, flavor: I2sFlavor) -> Vec<String> {
+    if !matches!(flavor, I2sFlavor::X86Qk256 | I2sFlavor::Arm64) {
+        return Vec::new();
+    }
+    let mut problems = check_i2s_integrity(file.tensor_data(t), t.n_elements() as usize).problems();
+    let end = t.offset + t.n_bytes;
+    let next = file.tensors().iter().map(|o| o.offset).filter(|&o| o >= end).min();
+    let next = next.unwrap_or_else(|| file.file_len() - file.data_offset());
+    let extra = next.saturating_sub(end.next_multiple_of(file.alignment()));
+    if extra > 0 {
+        let chunks = if extra % 32 == 0 {
+            format!(
+                " (the size of {} more 32-byte chunk tails: a multi-threaded I2_S quantization wrote each \
+                 chunk's own scale into the data)",
+                extra / 32
+            )
+        } else {
+            String::new()
+        };
+        problems.push(format!(
+            "{extra} unexpected bytes after the tensor's n/4 + 32 before the next data{chunks}"
+        ));
+    }
+    problems
 }
 
 fn tokenizer_summary(file: &GgufFile) -> Option<TokenizerSummary> {
@@ -211,7 +266,7 @@ fn render_text(r: &InspectReport) -> String {
         writeln!(s, "  {:name_w$}  {:>18}  {:>6}  {:>12}  i2_s flavour", "name", "shape", "type", "bytes");
     for t in &r.tensors {
         let dims = t.dims.iter().map(u64::to_string).collect::<Vec<_>>().join("×");
-        let flavor = match &t.i2s {
+        let flavor = match t.i2s.as_deref() {
             Some(I2sReport { flavor: Some(f), candidates, .. }) if candidates.len() > 1 => {
                 let others: Vec<&str> = candidates.iter().map(String::as_str).filter(|c| c != f).collect();
                 format!("{f} (same size: {})", others.join(", "))
@@ -220,11 +275,24 @@ fn render_text(r: &InspectReport) -> String {
             Some(I2sReport { flavor: None, note, .. }) => format!("NONE FITS: {note}"),
             None => String::new(),
         };
+        let corrupt = if t.i2s.as_ref().is_some_and(|r| !r.problems.is_empty()) { "  CORRUPT" } else { "" };
         let _ = writeln!(
             s,
-            "  {:name_w$}  {:>18}  {:>6}  {:>12}  {flavor}",
+            "  {:name_w$}  {:>18}  {:>6}  {:>12}  {flavor}{corrupt}",
             t.name, dims, t.ggml_type, t.n_bytes
         );
+    }
+    if !r.corrupt_i2s_tensors.is_empty() {
+        let _ = writeln!(
+            s,
+            "I2_S integrity: {} tensor(s) are corrupt; results on this file mean nothing:",
+            r.corrupt_i2s_tensors.len()
+        );
+        for t in r.tensors.iter().filter(|t| r.corrupt_i2s_tensors.contains(&t.name)) {
+            for p in t.i2s.iter().flat_map(|i| &i.problems) {
+                let _ = writeln!(s, "  {}: {p}", t.name);
+            }
+        }
     }
     s
 }

@@ -1,7 +1,6 @@
 //! What a receipt records about the model and the tool.
 
-use bitnet_engine::gguf::{GgmlType, GgufFile};
-use bitnet_engine::quant::{check_i2s_integrity, I2sFlavor};
+use bitnet_engine::gguf::GgufFile;
 use sha2::{Digest, Sha256};
 
 use crate::inspect;
@@ -36,15 +35,9 @@ pub fn model_info(file: &GgufFile, label: &str) -> ModelInfo {
             forced: i2s.forced,
             candidates: i2s.candidates.clone(),
         });
-        let tensor_scale_layout = matches!(
-            i2s.flavor.as_deref().and_then(I2sFlavor::from_name),
-            Some(I2sFlavor::X86Qk256 | I2sFlavor::Arm64)
-        );
-        if t.ggml_type == GgmlType::I2_S && tensor_scale_layout {
-            let check = check_i2s_integrity(file.tensor_data(t), t.n_elements() as usize);
-            for problem in check.problems() {
-                integrity_problems.push(IntegrityProblem { tensor: t.name.clone(), problem });
-            }
+        // The same findings `inspect` prints (codes, scale, extra bytes after the tensor).
+        for problem in &i2s.problems {
+            integrity_problems.push(IntegrityProblem { tensor: t.name.clone(), problem: problem.clone() });
         }
     }
     ModelInfo {

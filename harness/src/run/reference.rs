@@ -131,16 +131,28 @@ impl SavedWriter {
         Ok(())
     }
 
-    pub fn finish(mut self, footer: &SavedFooter) -> anyhow::Result<()> {
+    /// Writes the footer and renames the file into place; on any failure (a full disk) the
+    /// temporary file is removed, so no half-written file is left.
+    pub fn finish(self, footer: &SavedFooter) -> anyhow::Result<()> {
+        let tmp = self.tmp.clone();
+        let result = self.finish_inner(footer);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn finish_inner(mut self, footer: &SavedFooter) -> anyhow::Result<()> {
+        let ctx = |e: std::io::Error| anyhow!("cannot write {}: {e}", self.tmp.display());
         let json = serde_json::to_vec(footer)?;
-        self.out.write_all(&json)?;
-        self.out.write_all(&(json.len() as u64).to_le_bytes())?;
-        self.out.write_all(MAGIC)?;
+        self.out.write_all(&json).map_err(ctx)?;
+        self.out.write_all(&(json.len() as u64).to_le_bytes()).map_err(ctx)?;
+        self.out.write_all(MAGIC).map_err(ctx)?;
         let file = self
             .out
             .into_inner()
             .map_err(|e| anyhow!("cannot write {}: {}", self.tmp.display(), e.error()))?;
-        file.sync_all()?;
+        file.sync_all().map_err(ctx)?;
         std::fs::rename(&self.tmp, &self.path)
             .with_context(|| format!("cannot rename {} to {}", self.tmp.display(), self.path.display()))
     }

@@ -6,10 +6,13 @@
 //!  n_tensors × (name, n_dims u32, dims u64 × n_dims, type u32, offset u64) | pad to alignment | data`.
 //! Strings are `len u64 | bytes`. Every count and length is bounded by the bytes left in the
 //! file before anything is allocated, so a hostile header cannot make us allocate more than a
-//! small multiple of the file size.
+//! small multiple of the file size (`harness/tests/reliability_mutation.rs` measures it on
+//! headers built for the purpose, reader and loaders together: about 5 times the file at
+//! worst, and the test allows 8).
 
 use std::collections::HashSet;
 use std::fmt::Display;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use super::error::{GgufError, GgufErrorKind};
@@ -33,6 +36,10 @@ const MIN_TENSOR_INFO_BYTES: u64 = 24;
 const MIN_STRING_BYTES: u64 = 8;
 /// A nested array is at least its element type (4) and count (8).
 const MIN_ARRAY_BYTES: u64 = 12;
+/// Inside a nested array, room reserved up front for at most this many elements; more grow as
+/// they are actually read. Each nesting level's count is bounded by the same remaining bytes,
+/// so reserving every level's full count would multiply the memory by the nesting depth.
+const NESTED_PREALLOC: usize = 1024;
 
 /// One tensor's description from the header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,8 +127,8 @@ impl GgufFile {
         // check happens again once the metadata has been read.
         c.bound_count(n_tensors, MIN_TENSOR_INFO_BYTES, "tensor count", n_tensors_at)?;
 
-        let mut metadata = Vec::with_capacity(n_kv as usize);
-        let mut keys = HashSet::new();
+        let mut metadata: Vec<(String, Value)> = Vec::with_capacity(n_kv as usize);
+        let mut keys = SeenNames::default();
         for i in 0..n_kv {
             let key_at = c.pos;
             let key = c.string(&format!("metadata[{i}] key"))?;
@@ -132,7 +139,7 @@ impl GgufFile {
                 GgufError::at(type_at, GgufErrorKind::UnknownValueType { what: what.clone(), type_id })
             })?;
             let value = c.value(vt, &what, 0)?;
-            if !keys.insert(key.clone()) {
+            if keys.repeated(&key, metadata.iter().map(|(k, _)| k.as_str())) {
                 return Err(GgufError::at(key_at, GgufErrorKind::DuplicateKey { key }));
             }
             metadata.push((key, value));
@@ -149,8 +156,8 @@ impl GgufFile {
         };
 
         c.bound_count(n_tensors, MIN_TENSOR_INFO_BYTES, "tensor count", n_tensors_at)?;
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
-        let mut names = HashSet::new();
+        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
+        let mut names = SeenNames::default();
         for i in 0..n_tensors {
             let info_at = c.pos;
             let name = c.string(&format!("tensor_info[{i}] name"))?;
@@ -194,7 +201,7 @@ impl GgufFile {
                     GgufErrorKind::MisalignedTensor { tensor: name, offset, alignment },
                 ));
             }
-            if !names.insert(name.clone()) {
+            if names.repeated(&name, tensors.iter().map(|t| t.name.as_str())) {
                 return Err(GgufError::at(info_at, GgufErrorKind::DuplicateTensor { tensor: name }));
             }
             tensors.push(TensorInfo { name, dims, ggml_type, offset, n_bytes });
@@ -357,6 +364,21 @@ impl GgufFile {
     }
 }
 
+/// Names seen so far, remembered by their 64-bit hash: about 10 bytes a name where a set of
+/// cloned names would cost the name again plus 24 bytes, for a hostile flood of tiny keys too.
+#[derive(Default)]
+struct SeenNames(HashSet<u64>);
+
+impl SeenNames {
+    /// Whether `name` was seen before. `earlier` (the names so far) is only searched when the
+    /// hash was seen before, to tell a real repeat from a hash collision.
+    fn repeated<'a>(&mut self, name: &str, mut earlier: impl Iterator<Item = &'a str>) -> bool {
+        let mut h = DefaultHasher::new();
+        name.hash(&mut h);
+        !self.0.insert(h.finish()) && earlier.any(|e| e == name)
+    }
+}
+
 /// A bounds-checked little-endian reader over the file bytes.
 struct Cursor<'a> {
     buf: &'a [u8],
@@ -476,6 +498,7 @@ impl<'a> Cursor<'a> {
         });
         self.bound_count(n, min, &format_args!("{what} element count"), count_at)?;
         let n = n as usize;
+        let reserve = if depth == 0 { n } else { n.min(NESTED_PREALLOC) };
         macro_rules! scalars {
             ($variant:ident, $ty:ty) => {{
                 let raw = self.take(n as u64 * min, what)?;
@@ -498,21 +521,21 @@ impl<'a> Cursor<'a> {
             ValueType::I64 => scalars!(I64, i64),
             ValueType::F64 => scalars!(F64, f64),
             ValueType::Bool => {
-                let mut v = Vec::with_capacity(n);
+                let mut v = Vec::with_capacity(reserve);
                 for _ in 0..n {
                     v.push(self.bool(what)?);
                 }
                 Array::Bool(v)
             }
             ValueType::String => {
-                let mut v = Vec::with_capacity(n);
+                let mut v = Vec::with_capacity(reserve);
                 for i in 0..n {
                     v.push(self.string(&format_args!("{what}[{i}]"))?);
                 }
                 Array::String(v)
             }
             ValueType::Array => {
-                let mut v = Vec::with_capacity(n);
+                let mut v = Vec::with_capacity(reserve);
                 for i in 0..n {
                     v.push(self.array_value(&format_args!("{what}[{i}]"), depth + 1)?);
                 }

@@ -101,6 +101,24 @@ impl Config {
             }
             None => return Err(ModelError::MissingTensor("token_embd.weight".into())),
         };
+        // The reference sizes token_embd from the vocabulary and refuses a file where the two
+        // disagree; so do we, rather than index past the embedding with a valid token id.
+        if let Some(tokens) = file.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
+            if tokens.len() != n_vocab {
+                return Err(bad(
+                    "tokenizer.ggml.tokens",
+                    format!("{} tokens, but token_embd.weight has {n_vocab} rows", tokens.len()),
+                ));
+            }
+        }
+        // Layers beyond block_count would be silently ignored here but make the reference
+        // refuse the file ("wrong number of tensors"): the count contradicts the tensors.
+        if let Some(t) = file.tensors().iter().find(|t| layer_of(&t.name).is_some_and(|l| l >= n_layer)) {
+            return Err(bad(
+                &key("block_count"),
+                format!("{n_layer} layers, but the file has tensor {:?}", t.name),
+            ));
+        }
         Ok(Config {
             architecture: arch,
             n_vocab,
@@ -120,6 +138,11 @@ impl Config {
     pub fn n_embd_kv(&self) -> usize {
         self.n_head_kv * self.head_dim
     }
+}
+
+/// The layer number of a `blk.N.*` tensor name.
+fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
 fn bad(key: &str, reason: String) -> ModelError {

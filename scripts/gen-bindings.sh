@@ -50,6 +50,8 @@ FUNCTIONS=(
   gguf_get_data_offset gguf_get_tensor_offset gguf_find_tensor
   ggml_cpu_has_avx ggml_cpu_has_avx2 ggml_cpu_has_avx512 ggml_cpu_has_fma ggml_cpu_has_f16c
   ggml_cpu_has_neon
+  ggml_init ggml_tensor_overhead ggml_graph_overhead ggml_new_tensor_1d ggml_new_tensor_2d ggml_mul_mat
+  ggml_new_graph ggml_build_forward_expand ggml_graph_plan ggml_graph_compute
 )
 
 log() { echo "gen-bindings: $*" >&2; }

@@ -132,8 +132,22 @@ impl Context {
     }
 
     /// Run `llama_decode` on tokens at consecutive positions from `start_pos` (sequence 0),
-    /// asking for logits at every position; return them row after row.
-    fn decode(&mut self, tokens: &[i32], start_pos: u32) -> Result<Vec<f32>> {
+    /// asking for logits at every position (or at the last one only); return them row after row.
+    fn decode(&mut self, tokens: &[i32], start_pos: u32, last_only: bool) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.decode_into(tokens, start_pos, last_only, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`decode`](Self::decode) into a caller's buffer (cleared first), so that a caller
+    /// evaluating token after token does not allocate.
+    fn decode_into(
+        &mut self,
+        tokens: &[i32],
+        start_pos: u32,
+        last_only: bool,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         self.check(tokens, start_pos)?;
         let n = tokens.len();
         let mut token = tokens.to_vec();
@@ -141,7 +155,7 @@ impl Context {
         let mut n_seq_id = vec![1i32; n];
         let mut seq = vec![0i32; n];
         let mut seq_ptrs: Vec<*mut i32> = seq.iter_mut().map(|s| s as *mut i32).collect();
-        let mut want = vec![1i8; n];
+        let mut want: Vec<i8> = (0..n).map(|i| (!last_only || i + 1 == n) as i8).collect();
         let batch = sys::llama_batch {
             n_tokens: n as i32,
             token: token.as_mut_ptr(),
@@ -166,8 +180,10 @@ impl Context {
         if status != 0 {
             return Err(Error::Decode { status, what, reason: take_last_error() });
         }
-        let mut out = Vec::with_capacity(n * self.n_vocab);
-        for i in 0..n {
+        let first = if last_only { n - 1 } else { 0 };
+        out.clear();
+        out.reserve((n - first) * self.n_vocab);
+        for i in first..n {
             // SAFETY: valid context; i indexes an output requested above.
             let row = unsafe { self.api().llama_get_logits_ith(self.ptr.as_ptr(), i as i32) };
             if row.is_null() {
@@ -176,19 +192,31 @@ impl Context {
             // SAFETY: a non-null logits row holds n_vocab floats, valid until the next decode.
             out.extend_from_slice(unsafe { std::slice::from_raw_parts(row, self.n_vocab) });
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Teacher forcing: evaluate one token at `pos` (the KV cache must hold positions
     /// `0..pos`) and return its logits (`n_vocab` values). The KV cache keeps the token.
     pub fn eval_token(&mut self, token: i32, pos: u32) -> Result<Vec<f32>> {
-        self.decode(&[token], pos)
+        self.decode(&[token], pos, false)
+    }
+
+    /// [`eval_token`](Self::eval_token) writing the logits into `out` (cleared first): no
+    /// allocation once `out` has grown, for timing loops.
+    pub fn eval_token_into(&mut self, token: i32, pos: u32, out: &mut Vec<f32>) -> Result<()> {
+        self.decode_into(&[token], pos, false, out)
     }
 
     /// Evaluate several tokens at once at positions `start_pos..`; logits of every position,
     /// row after row (`tokens.len() * n_vocab` values).
     pub fn eval_batch(&mut self, tokens: &[i32], start_pos: u32) -> Result<Vec<f32>> {
-        self.decode(tokens, start_pos)
+        self.decode(tokens, start_pos, false)
+    }
+
+    /// Evaluate several tokens at once (a prompt's prefill) computing logits for the last
+    /// position only, as llama.cpp's own prompt processing does; returns those `n_vocab` values.
+    pub fn eval_batch_last(&mut self, tokens: &[i32], start_pos: u32) -> Result<Vec<f32>> {
+        self.decode(tokens, start_pos, true)
     }
 
     /// Like [`Context::eval_token`], also returning the graph nodes that `filter` selects, as
@@ -200,7 +228,7 @@ impl Context {
         filter: &CaptureFilter,
     ) -> Result<(Vec<f32>, Vec<CapturedTensor>)> {
         self.capture.begin(filter.clone());
-        let logits = self.decode(&[token], pos);
+        let logits = self.decode(&[token], pos, false);
         let (captured, errors) = self.capture.end();
         let logits = logits?;
         if let Some(e) = errors.first() {

@@ -32,6 +32,9 @@ pub enum Error {
     /// Reading a GGUF file's tensors through ggml failed.
     #[error("tensor access in {path}: {reason}")]
     Tensor { path: PathBuf, reason: String },
+    /// A ggml call of a hand-built graph (see [`crate::I2sMatmul`]) failed.
+    #[error("ggml failed in {what}: {reason}")]
+    Compute { what: String, reason: String },
     /// The embedded build-info.json could not be parsed (should never happen).
     #[error("build-info.json: {0}")]
     BuildInfo(String),

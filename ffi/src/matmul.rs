@@ -1,0 +1,299 @@
+//! The reference's own I2_S matrix product, `ggml_mul_mat`, on caller-given data: a tiny ggml
+//! graph of one I2_S weight tensor, one F32 activation tensor and `repeats` identical
+//! `ggml_mul_mat` nodes, computed by `ggml_graph_compute` — the path llama.cpp takes for every
+//! linear layer (int8 activation quantization by `quantize_row_i8_s`, then the MAD kernels).
+//!
+//! It exists for micro-benchmarks and kernel checks: the same packed bytes that a Rust
+//! `TernaryMatrix` reads, multiplied by the reference. Repeating the product inside one graph
+//! is how "the matrix already in cache" is measured, and it amortises the start of ggml's
+//! worker threads (done once per graph, as in llama.cpp's decode) over the products.
+
+use std::ffi::c_int;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::library::{take_last_error, Api, Reference};
+use crate::sys;
+
+/// Row length multiple of x86 I2_S (one 32-byte chunk holds 128 weights).
+pub const I2S_COL_MULTIPLE: usize = 128;
+/// The reference's gemv rounds each thread's row range up to a multiple of 4 rows: fewer
+/// rows would let it read and write past the matrix.
+pub const I2S_ROW_MULTIPLE: usize = 4;
+/// Most `ggml_mul_mat` nodes in one graph (ggml's default graph holds 2048 nodes).
+pub const MAX_REPEATS: usize = 1024;
+
+/// A byte buffer whose usable part starts on a 64-byte boundary (as ggml's own allocations
+/// do), so the reference's loads see the alignment they get in llama.cpp.
+struct Aligned {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn zeroed(len: usize) -> Aligned {
+        let buf = vec![0u8; len + 64];
+        let start = buf.as_ptr().align_offset(64);
+        Aligned { buf, start, len }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    /// Pointer for ggml; the Vec is never resized, so it stays valid as long as `self`.
+    fn ptr(&mut self) -> *mut u8 {
+        self.bytes_mut().as_mut_ptr()
+    }
+}
+
+/// A prepared `W · X` with W in I2_S (`rows × cols`, ggml dims `[cols, rows]`) and X f32
+/// (`n_vectors` rows of `cols`), computed by the reference on `threads` threads.
+pub struct I2sMatmul {
+    api: Arc<Api>,
+    ctx: NonNull<sys::ggml_context>,
+    graph: NonNull<sys::ggml_cgraph>,
+    plan: sys::ggml_cplan,
+    // Buffers ggml points into: never resized after construction.
+    weights: Aligned,
+    input: Aligned,
+    output: Aligned,
+    work: Aligned,
+    rows: usize,
+    cols: usize,
+    n_vectors: usize,
+    repeats: usize,
+}
+
+// SAFETY: the ggml context, graph and buffers are owned exclusively by this value; computing
+// takes `&mut self`, so no two threads touch them at once.
+unsafe impl Send for I2sMatmul {}
+
+impl Drop for I2sMatmul {
+    fn drop(&mut self) {
+        // SAFETY: ctx came from ggml_init and is freed once, here; the graph lives inside it.
+        unsafe { self.api.raw.ggml_free(self.ctx.as_ptr()) }
+    }
+}
+
+impl std::fmt::Debug for I2sMatmul {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("I2sMatmul")
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("n_vectors", &self.n_vectors)
+            .field("repeats", &self.repeats)
+            .field("threads", &self.plan.n_threads)
+            .finish()
+    }
+}
+
+impl Reference {
+    /// Prepares the reference's I2_S product on a copy of `i2s` — x86 I2_S bytes exactly as a
+    /// GGUF file stores them: `rows·cols/4` packed bytes, the f32 tensor scale, padding to
+    /// `rows·cols/4 + 32` (the padding may be omitted). Every [`I2sMatmul::compute`] runs
+    /// `repeats` identical products of the weights with the current input.
+    pub fn i2s_matmul(
+        &self,
+        i2s: &[u8],
+        rows: usize,
+        cols: usize,
+        n_vectors: usize,
+        repeats: usize,
+        threads: usize,
+    ) -> Result<I2sMatmul> {
+        let bad = |m: String| Err(Error::InvalidArgument(format!("I2_S matmul {rows}×{cols}: {m}")));
+        if rows == 0 || rows % I2S_ROW_MULTIPLE != 0 {
+            return bad(format!("rows must be a positive multiple of {I2S_ROW_MULTIPLE}"));
+        }
+        if cols == 0 || cols % I2S_COL_MULTIPLE != 0 {
+            return bad(format!("cols must be a positive multiple of {I2S_COL_MULTIPLE}"));
+        }
+        if n_vectors == 0 || !(1..=MAX_REPEATS).contains(&repeats) || !(1..=512).contains(&threads) {
+            return bad(format!(
+                "need n_vectors ≥ 1 (got {n_vectors}), 1 ≤ repeats ≤ {MAX_REPEATS} (got {repeats}), \
+                 1 ≤ threads ≤ 512 (got {threads})"
+            ));
+        }
+        let packed = rows * cols / 4;
+        let full = packed + 32;
+        if i2s.len() != full && i2s.len() != packed + 4 {
+            return bad(format!(
+                "{} bytes given; I2_S needs {full} ({packed} packed + scale + padding) or {}",
+                i2s.len(),
+                packed + 4
+            ));
+        }
+        let mut weights = Aligned::zeroed(full);
+        weights.bytes_mut()[..i2s.len()].copy_from_slice(i2s);
+        let input = Aligned::zeroed(cols * n_vectors * 4);
+        let output = Aligned::zeroed(rows * n_vectors * 4);
+
+        let api = self.api.clone();
+        let raw = &api.raw;
+        // SAFETY: pure size queries.
+        let mem_size =
+            unsafe { raw.ggml_tensor_overhead() * (repeats + 2) + raw.ggml_graph_overhead() } + 1024;
+        take_last_error();
+        // SAFETY: plain-data params; no_alloc: tensor data pointers are set to our buffers below,
+        // so ggml allocates only tensor headers and the graph in its own memory.
+        let ctx = unsafe {
+            raw.ggml_init(sys::ggml_init_params {
+                mem_size,
+                mem_buffer: std::ptr::null_mut(),
+                no_alloc: true,
+            })
+        };
+        let ctx = NonNull::new(ctx)
+            .ok_or_else(|| Error::Compute { what: "ggml_init".into(), reason: take_last_error() })?;
+        let mut m = I2sMatmul {
+            api: api.clone(),
+            ctx,
+            graph: NonNull::dangling(),
+            // SAFETY: an all-zero ggml_cplan (null pointers, no callback) is a valid value; it
+            // is replaced by ggml_graph_plan's result below before any use.
+            plan: unsafe { std::mem::zeroed() },
+            weights,
+            input,
+            output,
+            work: Aligned::zeroed(0),
+            rows,
+            cols,
+            n_vectors,
+            repeats,
+        };
+        let fail = |what: &str| Error::Compute { what: what.into(), reason: take_last_error() };
+        let (w_ptr, x_ptr, y_ptr) = (m.weights.ptr(), m.input.ptr(), m.output.ptr());
+        // SAFETY: ctx is valid and sized for repeats + 2 tensor headers and one graph; every
+        // tensor created here gets a data pointer into a buffer owned by `m` that is large
+        // enough for it (weights: ggml_nbytes = rows·cols/4 + 32; input: cols·n_vectors f32;
+        // output: rows·n_vectors f32, shared by the identical nodes).
+        unsafe {
+            let ty_i2s = sys::ggml_type_GGML_TYPE_I2_S;
+            let ty_f32 = sys::ggml_type_GGML_TYPE_F32;
+            let w = raw.ggml_new_tensor_2d(ctx.as_ptr(), ty_i2s, cols as i64, rows as i64);
+            let x = raw.ggml_new_tensor_2d(ctx.as_ptr(), ty_f32, cols as i64, n_vectors as i64);
+            let (w, x) = (
+                w.as_mut().ok_or_else(|| fail("new tensor"))?,
+                x.as_mut().ok_or_else(|| fail("new tensor"))?,
+            );
+            w.data = w_ptr.cast();
+            x.data = x_ptr.cast();
+            let graph =
+                NonNull::new(raw.ggml_new_graph(ctx.as_ptr())).ok_or_else(|| fail("ggml_new_graph"))?;
+            for _ in 0..repeats {
+                let y = raw.ggml_mul_mat(ctx.as_ptr(), w, x).as_mut().ok_or_else(|| fail("ggml_mul_mat"))?;
+                y.data = y_ptr.cast();
+                raw.ggml_build_forward_expand(graph.as_ptr(), y);
+            }
+            m.graph = graph;
+            m.plan = raw.ggml_graph_plan(graph.as_ptr(), threads as c_int, std::ptr::null_mut());
+        }
+        m.work = Aligned::zeroed(m.plan.work_size);
+        m.plan.work_data = m.work.ptr();
+        Ok(m)
+    }
+}
+
+impl I2sMatmul {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn n_vectors(&self) -> usize {
+        self.n_vectors
+    }
+
+    /// Products per [`compute`](Self::compute).
+    pub fn repeats(&self) -> usize {
+        self.repeats
+    }
+
+    /// Threads ggml computes with.
+    pub fn threads(&self) -> usize {
+        self.plan.n_threads.max(0) as usize
+    }
+
+    /// Sets the activations: `n_vectors` rows of `cols` values, one after the other.
+    pub fn set_input(&mut self, x: &[f32]) -> Result<()> {
+        if x.len() != self.cols * self.n_vectors {
+            return Err(Error::InvalidArgument(format!(
+                "I2_S matmul input has {} values, expected {} ({} × {})",
+                x.len(),
+                self.cols * self.n_vectors,
+                self.n_vectors,
+                self.cols
+            )));
+        }
+        for (dst, v) in self.input.bytes_mut().chunks_exact_mut(4).zip(x) {
+            dst.copy_from_slice(&v.to_ne_bytes());
+        }
+        Ok(())
+    }
+
+    /// Runs the graph: `repeats` identical products of the weights with the input.
+    pub fn compute(&mut self) -> Result<()> {
+        take_last_error();
+        // SAFETY: the graph and plan were built for this context; every tensor's data and the
+        // plan's work buffer point into buffers owned by self, unchanged since; `&mut self`
+        // makes this the only user.
+        let status = unsafe { self.api.raw.ggml_graph_compute(self.graph.as_ptr(), &mut self.plan) };
+        if status != sys::ggml_status_GGML_STATUS_SUCCESS {
+            return Err(Error::Compute {
+                what: format!("ggml_graph_compute (status {status})"),
+                reason: take_last_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The last result: `n_vectors` rows of `rows` values (ggml's layout: vector after vector).
+    pub fn output(&self) -> Vec<f32> {
+        self.output.bytes().chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_the_reference_cannot_take_are_refused() {
+        let r = Reference::open_built().unwrap();
+        let bytes = vec![0u8; 6 * 128 / 4 + 32];
+        let err = r.i2s_matmul(&bytes, 6, 128, 1, 1, 1).unwrap_err().to_string();
+        assert!(err.contains("multiple of 4"), "{err}");
+        let err = r.i2s_matmul(&bytes[..10], 8, 128, 1, 1, 1).unwrap_err().to_string();
+        assert!(err.contains("10 bytes"), "{err}");
+        let err = r.i2s_matmul(&vec![0u8; 8 * 128 / 4 + 32], 8, 128, 1, 0, 1).unwrap_err().to_string();
+        assert!(err.contains("repeats"), "{err}");
+    }
+
+    #[test]
+    fn all_plus_one_rows_sum_the_quantized_input() {
+        // Codes 2 (+1) everywhere, scale 1: y = (Σ 2q − Σq)/s = Σq / s ≈ Σx.
+        let (rows, cols) = (8, 256);
+        let mut bytes = vec![0xAAu8; rows * cols / 4];
+        bytes.extend_from_slice(&1.0f32.to_le_bytes());
+        bytes.resize(rows * cols / 4 + 32, 0);
+        let r = Reference::open_built().unwrap();
+        let mut m = r.i2s_matmul(&bytes, rows, cols, 1, 3, 2).unwrap();
+        m.set_input(&vec![0.5f32; cols]).unwrap();
+        m.compute().unwrap();
+        let y = m.output();
+        assert_eq!(y.len(), rows);
+        for v in y {
+            assert!((v - 128.0).abs() < 1e-3, "{v}");
+        }
+    }
+}

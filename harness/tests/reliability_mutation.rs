@@ -412,3 +412,58 @@ fn hostile_headers_allocate_a_small_multiple_of_the_file() {
     eprintln!("worst: {worst:.2} × the file size");
     assert!(over.is_empty(), "more than {ALLOC_FACTOR} × the file: {over:#?}");
 }
+
+/// Corrupted files that the GGUF reader accepts, through the whole `harness run` (the C++
+/// reference loads them too, in its worker process): every run ends with a documented exit
+/// code and one line of error, or a complete receipt — never a panic or a signal.
+#[test]
+fn corrupted_fixtures_through_harness_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = fixtures();
+    let fx = &fixtures[0];
+    let mut codes = BTreeMap::new();
+    let mut tried = 0;
+    for i in 0..u64::MAX {
+        if tried == 40 {
+            break;
+        }
+        let (kind, bytes) = mutate::case(&fx.bytes, &fx.map, SEED ^ 0x2C, i);
+        // Only files that get past the reader reach the reference.
+        if GgufFile::from_bytes(bytes.clone(), "probe").is_err() {
+            continue;
+        }
+        tried += 1;
+        let path = dir.path().join("case.gguf");
+        std::fs::write(&path, &bytes).unwrap();
+        let receipt = dir.path().join("receipt.json");
+        let _ = std::fs::remove_file(&receipt);
+        let mut cmd = procs::harness();
+        cmd.args(["run", "--quiet", "--max-tokens", "2", "--prompt", "The sun rises"])
+            .arg("--model")
+            .arg(&path)
+            .arg("--out")
+            .arg(&receipt);
+        let what = format!("harness run on {} case {i} ({kind:?})", fx.name);
+        let out = procs::run(cmd, &what);
+        assert!(!out.stderr.contains("panicked"), "{what}: {}", out.stderr);
+        *codes.entry(out.code()).or_insert(0u32) += 1;
+        match out.code() {
+            Some(0) => {
+                let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&receipt).unwrap())
+                    .unwrap_or_else(|e| panic!("{what}: receipt is not JSON: {e}"));
+                assert!(r["verdict"]["status"].is_string(), "{what}");
+            }
+            Some(2..=6) => {
+                assert_eq!(
+                    out.stderr.lines().count(),
+                    1,
+                    "{what}: one line of error expected:\n{}",
+                    out.stderr
+                );
+                assert!(!receipt.exists(), "{what}: a receipt next to an error");
+            }
+            other => panic!("{what}: exit {other:?} ({})\n{}", out.status, out.stderr),
+        }
+    }
+    eprintln!("harness run exit codes on {tried} corrupted files the reader accepts: {codes:?}");
+}

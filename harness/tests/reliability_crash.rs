@@ -325,3 +325,35 @@ fn a_file_size_limit_leaves_the_old_receipt_or_nothing() {
     assert_clean_output_failure(&done, dir.path(), &old);
     assert!(done.stderr.contains("File too large"), "{}", done.stderr);
 }
+
+/// SIGKILL to the harness itself cannot be caught: no receipt is written (an earlier one is
+/// left intact), and the worker, whose requests pipe closes, exits by itself instead of
+/// lingering as an orphan.
+#[test]
+fn harness_killed_leaves_no_receipt_and_no_orphan_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("receipt.json");
+    let old = b"{\"an\": \"earlier receipt\"}\n".to_vec();
+    std::fs::write(&out, &old).unwrap();
+    let child = start_long_run(dir.path(), &out);
+    let mut worker = None;
+    let done = intervene_after_cases(child, 3, |pid| {
+        worker = procs::worker_of(pid);
+        procs::signal(pid, "KILL");
+    });
+    assert_eq!(done.code(), None, "killed by a signal");
+    assert_eq!(std::fs::read(&out).unwrap(), old);
+    assert!(procs::leftovers(dir.path()).is_empty(), "{:?}", procs::leftovers(dir.path()));
+    let w = worker.expect("worker seen");
+    let started = std::time::Instant::now();
+    // A zombie (state Z) has exited; its parent is gone, so only init can reap it.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{w}/stat"))
+            .map(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+            .unwrap_or(false)
+    };
+    while alive() {
+        assert!(started.elapsed() < procs::HANG_LIMIT, "worker {w} outlived the killed harness");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -81,8 +81,12 @@ pub struct I2sReport {
 pub fn run(args: &InspectArgs) -> Result<Exit, Failure> {
     let report = inspect(&args.model)?;
     if args.json {
-        let text = serde_json::to_string_pretty(&report).or_exit(Exit::Internal)?;
-        println!("{text}");
+        // Streamed, not built as one string: for a file of many tensors the report is larger
+        // than the file, and memory should stay a small multiple of the file.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &report).or_exit(Exit::Internal)?;
+        writeln!(out).or_exit(Exit::Internal)?;
     } else {
         print!("{}", render_text(&report));
     }
@@ -109,6 +113,9 @@ pub fn describe(file: &GgufFile) -> InspectReport {
             hyperparameters.insert(key.clone(), json_value(value));
         }
     }
+    // Where each tensor's data starts, sorted: what follows a tensor is found by bisection.
+    let mut starts: Vec<u64> = file.tensors().iter().map(|t| t.offset).collect();
+    starts.sort_unstable();
     let tensors: Vec<TensorReport> = file
         .tensors()
         .iter()
@@ -118,7 +125,7 @@ pub fn describe(file: &GgufFile) -> InspectReport {
             ggml_type: t.ggml_type.name().to_string(),
             n_bytes: t.n_bytes,
             file_offset: file.data_offset() + t.offset,
-            i2s: (t.ggml_type == GgmlType::I2_S).then(|| Box::new(i2s_report(file, t))),
+            i2s: (t.ggml_type == GgmlType::I2_S).then(|| Box::new(i2s_report(file, t, &starts))),
         })
         .collect();
     let corrupt_i2s_tensors = tensors
@@ -141,7 +148,7 @@ pub fn describe(file: &GgufFile) -> InspectReport {
     }
 }
 
-fn i2s_report(file: &GgufFile, t: &TensorInfo) -> I2sReport {
+fn i2s_report(file: &GgufFile, t: &TensorInfo, starts: &[u64]) -> I2sReport {
     let has_sibling = file.tensor(&format!("{}.scale", t.name)).is_some();
     match detect_flavor(&t.name, &t.dims, file.tensor_data(t), has_sibling) {
         Ok(d) => I2sReport {
@@ -149,7 +156,7 @@ fn i2s_report(file: &GgufFile, t: &TensorInfo) -> I2sReport {
             candidates: d.candidates.iter().map(|f| f.name().to_string()).collect(),
             forced: d.forced,
             note: d.note,
-            problems: integrity_problems(file, t, d.flavor),
+            problems: integrity_problems(file, t, d.flavor, starts),
         },
         Err(e) => I2sReport {
             flavor: None,
@@ -169,13 +176,13 @@ fn i2s_report(file: &GgufFile, t: &TensorInfo) -> I2sReport {
 /// returns `chunk/4 + 32` bytes, the quantizer writes the sum (`n/4 + 32·chunks`), and the
 /// next tensor starts after all of it, although the header's size (ggml_nbytes) is `n/4 + 32`.
 /// A single-threaded quantization (and our writer) leaves no gap but alignment padding.
-fn integrity_problems(file: &GgufFile, t: &TensorInfo, flavor: I2sFlavor) -> Vec<String> {
+fn integrity_problems(file: &GgufFile, t: &TensorInfo, flavor: I2sFlavor, starts: &[u64]) -> Vec<String> {
     if !matches!(flavor, I2sFlavor::X86Qk256 | I2sFlavor::Arm64) {
         return Vec::new();
     }
     let mut problems = check_i2s_integrity(file.tensor_data(t), t.n_elements() as usize).problems();
     let end = t.offset + t.n_bytes;
-    let next = file.tensors().iter().map(|o| o.offset).filter(|&o| o >= end).min();
+    let next = starts.get(starts.partition_point(|&o| o < end)).copied();
     let next = next.unwrap_or_else(|| file.file_len() - file.data_offset());
     let extra = next.saturating_sub(end.next_multiple_of(file.alignment()));
     if extra > 0 {

@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
         rest = &rest[(4 + len).min(rest.len())..];
     }
     if flags & 2 == 2 {
-        file.truncate(cut * file.len() >> 24);
+        file.truncate((cut * file.len()) >> 24);
     }
     bitnet_parity_fuzz::load_everything(file);
 });

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{diff, fixtures, gate, inspect, run, tokenize_check};
+use crate::{diff, fixtures, gate, inspect, report, run, tokenize_check};
 
 /// bitnet-parity: does a Rust BitNet engine compute what bitnet.cpp computes?
 ///
@@ -26,6 +26,8 @@ pub enum Command {
     Gate(gate::GateArgs),
     /// Compare two receipts metric by metric.
     Diff(diff::DiffArgs),
+    /// Write a self-contained HTML report of a receipt: plots per prompt, layer trace heat map.
+    Report(report::ReportArgs),
     /// Describe a GGUF file: architecture, hyper-parameters, tokenizer, tensors.
     Inspect(inspect::InspectArgs),
     /// Measure decode/prefill speed and kernel throughput of both engines.

@@ -57,6 +57,9 @@ pub struct DiffArgs {
     /// Print the comparison as JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also write an HTML page drawing both receipts on the same axes.
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<PathBuf>,
 }
 
 fn non_negative(s: &str) -> Result<f64, String> {
@@ -152,6 +155,10 @@ pub fn run(args: &DiffArgs) -> Result<Exit, Failure> {
     let new = schema::load_receipt(&args.new)?;
     let tolerance = Tolerance { absolute: args.tolerance, relative: args.rel_tolerance };
     let report = compare(&old, &new, tolerance);
+    if let Some(path) = &args.html {
+        crate::report::write_page(path, &crate::report::render_diff(&old, &new, &report))?;
+        eprintln!("html: {}", path.display());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).or_exit(Exit::Internal)?);
     } else {
@@ -511,7 +518,7 @@ fn table(rows: &[&MetricRow], with_scope: bool) -> String {
     t.to_string()
 }
 
-fn show(m: &MetricRow, v: &Value) -> String {
+pub(crate) fn show(m: &MetricRow, v: &Value) -> String {
     match v {
         Value::Null if m.metric == "first_divergence" => "none".into(),
         Value::Null => "null".into(),
@@ -524,7 +531,7 @@ fn show(m: &MetricRow, v: &Value) -> String {
     }
 }
 
-fn change(m: &MetricRow) -> String {
+pub(crate) fn change(m: &MetricRow) -> String {
     match (m.status, m.change) {
         (Status::Same, _) => String::new(),
         // Counts and positions as integers; other changes to 4 significant digits, since the
@@ -535,7 +542,7 @@ fn change(m: &MetricRow) -> String {
     }
 }
 
-fn marker(m: &MetricRow) -> &'static str {
+pub(crate) fn marker(m: &MetricRow) -> &'static str {
     match (m.status, m.regression) {
         (Status::Same, _) => "",
         (Status::Better, _) => "better",

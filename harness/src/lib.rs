@@ -10,6 +10,7 @@ pub mod fixtures;
 pub mod gate;
 pub mod inspect;
 pub mod receipt;
+pub mod report;
 pub mod run;
 pub mod schema;
 pub mod thresholds;

@@ -24,6 +24,7 @@ use crate::receipt::{
     self, Case, EngineTiming, Engines, Receipt, ReferenceEngine, RunState, RustEngine, Settings, Thresholds,
     Timings, TokenizerAgreement, TokenizerMismatch,
 };
+use crate::report::term::{Paint, Progress};
 pub use identity::{model_info, sha256_hex, tool_info};
 pub use inputs::{resolve_model, unescape, DEFAULT_FIXTURE_NAME};
 pub use reference::spawn_worker;
@@ -122,15 +123,14 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&interrupted)).or_exit(Exit::Internal)?;
     }
-    let say = |msg: &str| {
-        if !args.quiet {
-            eprintln!("{msg}");
-        }
-    };
+    // Progress on stderr: spinners and a bar on a terminal, the same steps as plain lines otherwise.
+    let ui = Progress::new(args.quiet);
+    let say = |msg: &str| ui.say(msg);
 
     // The model, as the Rust engine sees it.
     let src = resolve_model(args.model.as_deref())?;
     say(&format!("model: {}", src.label));
+    ui.step("reading the model");
     let t0 = Instant::now();
     let file = GgufFile::open(&src.path).or_exit(Exit::BadInput)?;
     let config = Config::from_gguf(&file).map_err(model_failure)?;
@@ -201,6 +201,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
         None => {
             // Start with a context for the longest case; sized below once ids are known.
             let n_ctx = provisional_ctx(limit);
+            ui.step("starting the C++ reference (it loads the model)");
             let live =
                 LiveReference::start(LibraryChoice::Default, &src.path, n_ctx, threads).map_err(|e| {
                     Failure::new(Exit::ReferenceUnavailable, anyhow!("cannot start the C++ reference: {e}"))
@@ -300,6 +301,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     }
     let corpus = match &mut side {
         RefSide::Live(l) => {
+            ui.step("checking the tokenizers on the built-in corpus");
             let strings = crate::tokenize_check::corpus::builtin_corpus();
             let mut c = crate::tokenize_check::check(&tokenizer, &mut l.worker, &strings, "builtin")?;
             for m in &mut c.modes {
@@ -315,6 +317,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     // The Rust engine, with a context for the longest case.
     let n_ctx = plans.iter().map(|p| p.n_positions).max().unwrap_or(1).next_multiple_of(32).min(limit.max(1));
     let exact = !args.no_exact_rounding;
+    ui.step("loading the Rust engine");
     let mut model =
         Model::load(&file, ModelOptions { n_ctx, exact_reference_rounding: exact }).map_err(model_failure)?;
     model.set_fault(args.inject_fault);
@@ -342,6 +345,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     let mut cases: Vec<Case> = Vec::new();
     let mut saved_cases: Vec<SavedCase> = Vec::new();
 
+    ui.positions(plans.iter().map(|p| p.n_positions as u64).sum());
     'cases: for (ci, plan) in plans.iter().enumerate() {
         say(&format!(
             "case {}/{}: {} prompt tokens, {} positions",
@@ -350,6 +354,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
             plan.n_prompt,
             plan.n_positions
         ));
+        ui.set_message(&format!("case {}/{}", ci + 1, plans.len()));
         model.reset();
         if let RefSide::Live(l) = &mut side {
             if let Err(e) = l.worker.reset() {
@@ -460,7 +465,8 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
             };
             positions.push(compare_position(pos, token, next, rust_logits, &reference_logits));
             prev_ref = Some(reference_logits);
-            if !args.quiet && (pos + 1) % 64 == 0 {
+            ui.inc(1);
+            if !args.quiet && !ui.visible() && (pos + 1) % 64 == 0 {
                 eprintln!("  {}/{} positions", pos + 1, plan.n_positions);
             }
         }
@@ -504,6 +510,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
             match trace_target(when, &cases, &summary).map_err(|e| Failure::new(Exit::BadInput, e))? {
                 Some((ci, pos, reason)) => {
                     say(&format!("tracing case {} position {pos} ({reason})…", ci + 1));
+                    ui.step("tracing");
                     match trace_position(
                         &mut model,
                         &mut l.worker,
@@ -590,15 +597,20 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     receipt::write_atomic(&out, &receipt).map_err(|e| {
         Failure::new(Exit::OutputFailed, anyhow!("cannot write the receipt {}: {e}", out.display()))
     })?;
+    ui.done();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&receipt).or_exit(Exit::Internal)?);
-    } else if !args.quiet {
-        print!("{}", table::render(&receipt));
-        if let Some(t) = &receipt.trace {
-            print!("{}", crate::trace::render(t));
+        // stdout holds the JSON document alone.
+        eprintln!("receipt: {}", out.display());
+    } else {
+        if !args.quiet {
+            print!("{}", table::render(&receipt, Paint::stdout()));
+            if let Some(t) = &receipt.trace {
+                print!("{}", crate::trace::render(t));
+            }
         }
+        println!("receipt: {}", out.display());
     }
-    println!("receipt: {}", out.display());
     if let RefSide::Live(l) = side {
         let _ = l.worker.shutdown();
     }

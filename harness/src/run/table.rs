@@ -1,18 +1,27 @@
-//! The short table `run` prints.
+//! The compact per-prompt table `run` prints, and the verdict line (coloured on a terminal).
 
 use std::fmt::Write;
 
+use tabled::settings::object::{Cell, Rows};
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 
-use crate::receipt::Receipt;
+use crate::receipt::{Receipt, Summary};
+use crate::report::term::{verdict_tone, Paint, Tone};
+
+/// Characters of each prompt shown (the receipt and `harness report` have it whole).
+const PROMPT_CHARS: usize = 24;
 
 #[derive(Tabled)]
 struct Row {
     #[tabled(rename = "case")]
     case: String,
+    #[tabled(rename = "prompt")]
+    prompt: String,
     #[tabled(rename = "tokens")]
     tokens: usize,
+    #[tabled(rename = "bit-exact")]
+    bit_exact: String,
     #[tabled(rename = "cosine min")]
     cosine_min: String,
     #[tabled(rename = "exact match")]
@@ -21,11 +30,13 @@ struct Row {
     kl_max: String,
     #[tabled(rename = "max |Δ|")]
     max_abs: String,
-    #[tabled(rename = "bit-exact")]
-    bit_exact: String,
     #[tabled(rename = "first divergence")]
     divergence: String,
 }
+
+/// Column of the bit-exact and divergence cells (for colouring).
+const BIT_EXACT_COL: usize = 3;
+const DIVERGENCE_COL: usize = 8;
 
 fn f(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |x| format!("{x:.digits$}"))
@@ -35,52 +46,91 @@ fn e(v: Option<f64>) -> String {
     v.map_or("-".into(), |x| format!("{x:.2e}"))
 }
 
-pub fn render(r: &Receipt) -> String {
-    let mut rows: Vec<Row> = r
-        .cases
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let s = &c.summary;
-            Row {
-                case: format!("{}", i + 1),
-                tokens: s.positions,
-                cosine_min: f(s.cosine_min, 9),
-                exact: s.exact_match_rate.map_or("-".into(), |x| format!("{:.1}%", 100.0 * x)),
-                kl_max: e(s.kl_max),
-                max_abs: e(s.max_abs_diff),
-                bit_exact: format!("{}/{}", s.bit_exact_positions, s.positions),
-                divergence: s.first_divergence.as_ref().map_or("none".into(), |d| {
-                    format!("pos {} ({}{})", d.pos, d.reason, if d.near_tie { ", near tie" } else { "" })
-                }),
-            }
-        })
-        .collect();
-    let s = &r.summary;
-    rows.push(Row {
-        case: "all".into(),
+/// The prompt on one line: escapes for line breaks and tabs, cut to `PROMPT_CHARS`.
+fn short_prompt(p: &str) -> String {
+    let flat: String = p.escape_debug().collect();
+    match flat.char_indices().nth(PROMPT_CHARS) {
+        Some((i, _)) => format!("{}…", &flat[..i]),
+        None => flat,
+    }
+}
+
+fn row(case: String, prompt: String, s: &Summary, divergence: String) -> Row {
+    Row {
+        case,
+        prompt,
         tokens: s.positions,
+        bit_exact: format!("{}/{}", s.bit_exact_positions, s.positions),
         cosine_min: f(s.cosine_min, 9),
         exact: s.exact_match_rate.map_or("-".into(), |x| format!("{:.1}%", 100.0 * x)),
         kl_max: e(s.kl_max),
         max_abs: e(s.max_abs_diff),
-        bit_exact: format!("{}/{}", s.bit_exact_positions, s.positions),
-        divergence: s
-            .first_divergence
-            .as_ref()
-            .map_or("none".into(), |d| format!("case {} pos {} ({})", d.case + 1, d.pos, d.reason)),
-    });
-    let mut out = String::new();
-    let _ = writeln!(out, "{}", Table::new(rows).with(Style::rounded()));
-    let _ = writeln!(
-        out,
-        "verdict: {}{}",
-        r.verdict.status.to_uppercase(),
-        if r.verdict.reasons.is_empty() {
-            String::new()
-        } else {
-            format!(" — {}", r.verdict.reasons.join("; "))
+        divergence,
+    }
+}
+
+/// How a summary's cells are coloured: all bit-exact is good; a divergence or NaN/Inf is bad.
+fn tones(s: &Summary) -> (Tone, Tone) {
+    let exact = if s.positions > 0 && s.bit_exact_positions == s.positions { Tone::Good } else { Tone::Warn };
+    let diverged =
+        if s.first_divergence.is_some() || s.nonfinite_positions > 0 { Tone::Bad } else { Tone::Good };
+    (exact, diverged)
+}
+
+pub fn render(r: &Receipt, paint: Paint) -> String {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut summaries: Vec<&Summary> = Vec::new();
+    for (i, c) in r.cases.iter().enumerate() {
+        let s = &c.summary;
+        let divergence = s.first_divergence.as_ref().map_or("none".into(), |d| {
+            format!("pos {} ({}{})", d.pos, d.reason, if d.near_tie { ", near tie" } else { "" })
+        });
+        rows.push(row(format!("{}", i + 1), short_prompt(&c.prompt), s, divergence));
+        summaries.push(s);
+    }
+    let s = &r.summary;
+    let divergence = s
+        .first_divergence
+        .as_ref()
+        .map_or("none".into(), |d| format!("case {} pos {} ({})", d.case + 1, d.pos, d.reason));
+    rows.push(row("all".into(), String::new(), s, divergence));
+    summaries.push(s);
+
+    let mut table = Table::new(rows);
+    table.with(Style::psql());
+    if paint.enabled {
+        for (i, s) in summaries.iter().enumerate() {
+            let (exact, diverged) = tones(s);
+            // Row 0 is the header.
+            if let Some(c) = paint.cell(exact) {
+                table.modify(Cell::new(i + 1, BIT_EXACT_COL), c);
+            }
+            if let Some(c) = paint.cell(diverged) {
+                table.modify(Cell::new(i + 1, DIVERGENCE_COL), c);
+            }
         }
-    );
+        if let Some(c) = paint.cell(Tone::Dim) {
+            table.modify(Rows::first(), c);
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "{table}");
+    let reasons = if r.verdict.reasons.is_empty() {
+        String::new()
+    } else {
+        paint.paint(verdict_tone(&r.verdict.status), &format!(" — {}", r.verdict.reasons.join("; ")))
+    };
+    let _ = writeln!(out, "verdict: {}{reasons}", paint.verdict(&r.verdict.status));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_are_flattened_and_cut() {
+        assert_eq!(short_prompt("a\nb\tc"), "a\\nb\\tc");
+        assert_eq!(short_prompt(&"x".repeat(30)), format!("{}…", "x".repeat(24)));
+    }
 }

@@ -1,0 +1,226 @@
+//! The terminal: colour on stdout, progress on stderr.
+//!
+//! Colour only when stdout is a terminal and `NO_COLOR` is unset or empty (no-color.org), so
+//! that pipes, files and CI logs get plain text. Progress bars and spinners only when stderr
+//! is a terminal and `--quiet` is off; otherwise the same steps are announced as plain lines
+//! (which scripts and tests read), exactly as before bars existed.
+
+use std::cell::RefCell;
+use std::ffi::OsStr;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+
+/// Whether to colour a stream that `is_terminal`, given the value of `NO_COLOR`.
+pub fn colour_wanted(is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
+/// What a piece of text says, which decides its colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tone {
+    Good,
+    Bad,
+    Warn,
+    /// Unusual but not bad (an invalid input verdict).
+    Note,
+    Dim,
+}
+
+/// ANSI colouring, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paint {
+    pub enabled: bool,
+}
+
+impl Paint {
+    pub const PLAIN: Paint = Paint { enabled: false };
+
+    /// Colour for stdout, if it is a terminal and `NO_COLOR` allows.
+    pub fn stdout() -> Paint {
+        let no_color = std::env::var_os("NO_COLOR");
+        Paint { enabled: colour_wanted(std::io::stdout().is_terminal(), no_color.as_deref()) }
+    }
+
+    fn code(tone: Tone) -> &'static str {
+        match tone {
+            Tone::Good => "32",
+            Tone::Bad => "31",
+            Tone::Warn => "33",
+            Tone::Note => "35",
+            Tone::Dim => "2",
+        }
+    }
+
+    pub fn paint(&self, tone: Tone, text: &str) -> String {
+        if self.enabled {
+            format!("\x1b[{}m{text}\x1b[0m", Self::code(tone))
+        } else {
+            text.to_string()
+        }
+    }
+
+    /// `PASS` in bold green, `FAIL` in bold red, ...; plain upper case without colour.
+    pub fn verdict(&self, status: &str) -> String {
+        let word = status.to_uppercase();
+        if !self.enabled {
+            return word;
+        }
+        format!("\x1b[1;{}m{word}\x1b[0m", Self::code(verdict_tone(status)))
+    }
+
+    /// The same colour for a table cell (tabled measures widths without it).
+    pub fn cell(&self, tone: Tone) -> Option<tabled::settings::Color> {
+        self.enabled.then(|| tabled::settings::Color::new(format!("\x1b[{}m", Self::code(tone)), "\x1b[0m"))
+    }
+}
+
+pub fn verdict_tone(status: &str) -> Tone {
+    match status {
+        "pass" => Tone::Good,
+        "fail" => Tone::Bad,
+        "incomplete" => Tone::Warn,
+        _ => Tone::Note,
+    }
+}
+
+/// Progress of a long command on stderr: a spinner per step, a bar over positions.
+pub struct Progress {
+    quiet: bool,
+    /// Bars are drawn (stderr is a terminal, not `--quiet`).
+    visible: bool,
+    current: RefCell<Option<ProgressBar>>,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Progress {
+        Progress::with_visibility(quiet, !quiet && std::io::stderr().is_terminal())
+    }
+
+    /// For tests: bars drawn or not regardless of the terminal.
+    pub fn with_visibility(quiet: bool, visible: bool) -> Progress {
+        Progress { quiet, visible: visible && !quiet, current: RefCell::new(None) }
+    }
+
+    /// Whether bars are drawn; when not, callers print their own occasional progress lines.
+    pub fn visible(&self) -> bool {
+        self.visible
+    }
+
+    /// A line for the user (not with `--quiet`), above the bar when there is one.
+    pub fn say(&self, msg: &str) {
+        if self.quiet {
+            return;
+        }
+        match self.current.borrow().as_ref() {
+            Some(bar) if self.visible => bar.println(msg),
+            _ => eprintln!("{msg}"),
+        }
+    }
+
+    /// A spinner saying what is being done (model loading, starting the reference, ...) until
+    /// the next step, bar or [`Progress::done`].
+    pub fn step(&self, msg: &str) {
+        if !self.visible {
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        bar.set_style(style);
+        bar.set_message(msg.to_string());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        self.replace(bar);
+    }
+
+    /// A bar over `total` positions, with speed and time left.
+    pub fn positions(&self, total: u64) {
+        if !self.visible {
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template(
+            "{msg:>10} [{bar:32}] {pos}/{len} positions · {rate} · {elapsed} elapsed, ~{eta} left",
+        )
+        .map(|s| {
+            s.progress_chars("=> ").with_key("rate", |st: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", st.per_sec());
+            })
+        })
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.enable_steady_tick(Duration::from_millis(250));
+        self.replace(bar);
+    }
+
+    pub fn set_message(&self, msg: &str) {
+        if let Some(bar) = self.current.borrow().as_ref() {
+            bar.set_message(msg.to_string());
+        }
+    }
+
+    pub fn inc(&self, n: u64) {
+        if let Some(bar) = self.current.borrow().as_ref() {
+            bar.inc(n);
+        }
+    }
+
+    /// Clears whatever is drawn (before printing results on stdout).
+    pub fn done(&self) {
+        if let Some(bar) = self.current.borrow_mut().take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn replace(&self, bar: ProgressBar) {
+        if let Some(old) = self.current.borrow_mut().replace(bar) {
+            old.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Progress {
+    /// An early return (an error) must not leave a spinner on the screen above the message.
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour_wanted(true, None));
+        assert!(colour_wanted(true, Some(OsStr::new(""))));
+        assert!(!colour_wanted(true, Some(OsStr::new("1"))));
+        assert!(!colour_wanted(false, None));
+    }
+
+    #[test]
+    fn paint_plain_and_coloured() {
+        assert_eq!(Paint::PLAIN.verdict("pass"), "PASS");
+        assert_eq!(Paint::PLAIN.paint(Tone::Bad, "x"), "x");
+        assert!(Paint::PLAIN.cell(Tone::Bad).is_none());
+        let on = Paint { enabled: true };
+        assert_eq!(on.verdict("pass"), "\x1b[1;32mPASS\x1b[0m");
+        assert_eq!(on.verdict("fail"), "\x1b[1;31mFAIL\x1b[0m");
+        assert_eq!(on.verdict("incomplete"), "\x1b[1;33mINCOMPLETE\x1b[0m");
+        assert_eq!(on.paint(Tone::Dim, "x"), "\x1b[2mx\x1b[0m");
+    }
+
+    #[test]
+    fn hidden_progress_is_inert() {
+        let p = Progress::with_visibility(false, false);
+        p.step("loading");
+        p.positions(10);
+        p.inc(3);
+        p.set_message("case 1/1");
+        assert!(p.current.borrow().is_none());
+        p.done();
+        let q = Progress::with_visibility(true, true);
+        assert!(!q.visible());
+    }
+}

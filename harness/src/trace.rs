@@ -149,8 +149,7 @@ pub fn render(t: &Trace) -> String {
         t.reason.replace('_', " "),
         t.min_cosine
     );
-    let _ =
-        writeln!(s, "  {:<8} {:>14} {:>12}  {}", "layer", "min cosine", "max |Δ|", "first below threshold");
+    let _ = writeln!(s, "  {:<8} {:>14} {:>12}  first below threshold", "layer", "min cosine", "max |Δ|");
     let mut groups: Vec<(String, Vec<&TraceOp>)> = Vec::new();
     for op in &t.ops {
         let key = op.layer.map_or("output".to_string(), |l| l.to_string());

@@ -23,8 +23,14 @@ fn every_fixture_vocabulary_agrees_on_the_builtin_corpus() {
 fn a_corpus_file_is_read_with_its_escapes() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("c.txt");
-    std::fs::write(&corpus, "# a comment\nhello world\ntab\\tand newline\\n\n<|begin_of_text|>special\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_harness")).arg("tokenize-check").arg("--corpus").arg(&corpus).output().unwrap();
+    std::fs::write(&corpus, "# a comment\nhello world\ntab\\tand newline\\n\n<|begin_of_text|>special\n")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .arg("tokenize-check")
+        .arg("--corpus")
+        .arg(&corpus)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("(3 strings)") && text.contains("agreement: 100.00%"), "{text}");

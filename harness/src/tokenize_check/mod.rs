@@ -49,7 +49,9 @@ pub fn check(
             let rust_ids = tokenizer.encode(text, add_special, parse_special);
             let reference_ids: Vec<u32> = worker
                 .tokenize(text, add_special, parse_special)
-                .map_err(|e| Failure::new(Exit::ReferenceUnavailable, anyhow!("the reference's tokenizer failed: {e}")))?
+                .map_err(|e| {
+                    Failure::new(Exit::ReferenceUnavailable, anyhow!("the reference's tokenizer failed: {e}"))
+                })?
                 .into_iter()
                 .map(|t| t as u32)
                 .collect();
@@ -61,7 +63,13 @@ pub fn check(
                     .zip(&reference_ids)
                     .position(|(a, b)| a != b)
                     .unwrap_or(rust_ids.len().min(reference_ids.len()));
-                mode.mismatches.push(StringMismatch { index, text: text.clone(), first_index, rust_ids, reference_ids });
+                mode.mismatches.push(StringMismatch {
+                    index,
+                    text: text.clone(),
+                    first_index,
+                    rust_ids,
+                    reference_ids,
+                });
             }
         }
         agreeing_total += mode.agreeing;
@@ -90,11 +98,12 @@ pub fn run(args: &TokenizeCheckArgs) -> Result<Exit, Failure> {
         }
         None => (corpus::builtin_corpus(), "builtin".to_string()),
     };
-    let mut worker = spawn_worker(LibraryChoice::Default)
-        .map_err(|e| Failure::new(Exit::ReferenceUnavailable, anyhow!("cannot start the C++ reference: {e}")))?;
-    worker
-        .load_model(&src.path, ContextParams { n_ctx: 32, n_threads: 1 })
-        .map_err(|e| Failure::new(Exit::ReferenceUnavailable, anyhow!("the reference cannot load the model: {e}")))?;
+    let mut worker = spawn_worker(LibraryChoice::Default).map_err(|e| {
+        Failure::new(Exit::ReferenceUnavailable, anyhow!("cannot start the C++ reference: {e}"))
+    })?;
+    worker.load_model(&src.path, ContextParams { n_ctx: 32, n_threads: 1 }).map_err(|e| {
+        Failure::new(Exit::ReferenceUnavailable, anyhow!("the reference cannot load the model: {e}"))
+    })?;
     let report = check(&tokenizer, &mut worker, &strings, &name)?;
     let _ = worker.shutdown();
     if args.json {
@@ -122,7 +131,9 @@ fn render(r: &CorpusAgreement, tokenizer: &Tokenizer, show: usize) -> String {
                 break;
             }
             shown += 1;
-            let at = |ids: &[u32]| ids.get(x.first_index).map_or("(end)".to_string(), |&id| format!("{id} {}", piece(id)));
+            let at = |ids: &[u32]| {
+                ids.get(x.first_index).map_or("(end)".to_string(), |&id| format!("{id} {}", piece(id)))
+            };
             let _ = writeln!(
                 s,
                 "    string {} {:?}: first difference at token {}: rust {} vs reference {}",

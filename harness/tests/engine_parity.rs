@@ -42,7 +42,11 @@ fn compare(path: &std::path::Path, exact: bool) -> Figures {
     let tok = Tokenizer::from_gguf(&file).unwrap();
     let ids = tok.encode(PROMPT, true, false);
     assert!(ids.len() >= 32, "prompt has only {} tokens", ids.len());
-    let mut model = Model::load(&file, ModelOptions { n_ctx: 128, exact_reference_rounding: exact }).unwrap();
+    let mut model = Model::load(
+        &file,
+        ModelOptions { n_ctx: 128, exact_reference_rounding: exact, ..ModelOptions::default() },
+    )
+    .unwrap();
 
     let reference = Reference::open_default().unwrap();
     let cpp_model = reference.load_model(path).unwrap();

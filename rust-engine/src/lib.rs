@@ -9,5 +9,6 @@ pub mod gguf;
 mod mmap;
 pub mod model;
 pub mod ops;
+pub mod parallel;
 pub mod quant;
 pub mod tokenizer;

@@ -186,3 +186,71 @@ fn kernel_override_is_honoured() {
     // Whatever the environment says, the reported name is one of the known kernels or "invalid".
     assert!(["scalar", "avx2", "invalid"].contains(&bitnet_engine::quant::kernel_name()));
 }
+
+/// The AVX2 kernel's i16 accumulators at their bounds: every code 3 (the 4× lanes get
+/// 2·12·|q| per pair) with q all −128 or all 127, over lengths that end a group early and
+/// late: exact for one row or a batch of columns.
+#[test]
+fn worst_case_codes_and_activations_stay_exact() {
+    let Some(simd) = avx2() else { return };
+    for chunks in [1usize, 4, 5, 6, 10, 11, 54] {
+        let cols = chunks * 128;
+        let mut data = vec![0xffu8; cols / 4];
+        data.extend_from_slice(&1f32.to_le_bytes());
+        data.resize(cols / 4 + 32, 0);
+        for v in [-128i8, 127] {
+            let q = vec![v; cols];
+            let mut out = [0i32];
+            matrix(&data, 1, cols, simd).code_dots(&q, 0..1, &mut out);
+            assert_eq!(i64::from(out[0]), 3 * cols as i64 * i64::from(v), "chunks {chunks} q {v}");
+            let mut acts = QuantizedActs::with_kernel(cols, simd);
+            acts.quantize(&vec![f32::from(v); cols]);
+            let batch = vec![acts.clone(); 5];
+            let mut ym = vec![0f32; 5];
+            matrix(&data, 1, cols, simd).matmul_rows(&batch, 0..1, &mut ym);
+            let mut y = [0f32];
+            matrix(&data, 1, cols, Qk256Kernel::scalar()).matvec(&acts, &mut y);
+            assert!(ym.iter().all(|v| v.to_bits() == y[0].to_bits()), "chunks {chunks}: {ym:?} vs {y:?}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Batches of 1..=9 columns through `matmul_rows` (row-major) equal one matvec per
+    /// column, bit for bit, for both kernels and any row range.
+    #[test]
+    fn matmul_rows_equals_matvec_per_column(
+        chunks in 1usize..=24,
+        rows in 1usize..=24,
+        n in 1usize..=9,
+        seed in any::<u64>(),
+        range_seed in any::<(usize, usize)>(),
+    ) {
+        let cols = chunks * 128;
+        let mut rng = Rng::new(seed);
+        let data = random_x86_tensor(&mut rng, rows, cols, 0.25);
+        let lo = range_seed.0 % rows;
+        let hi = lo + range_seed.1 % (rows - lo + 1);
+        for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()].into_iter().flatten() {
+            let m = matrix(&data, rows, cols, k);
+            let batch: Vec<QuantizedActs> = (0..n)
+                .map(|_| {
+                    let mut a = QuantizedActs::with_kernel(cols, k);
+                    a.quantize(&rng.activations(cols));
+                    a
+                })
+                .collect();
+            let mut got = vec![0f32; (hi - lo) * n];
+            m.matmul_rows(&batch, lo..hi, &mut got);
+            for (c, x) in batch.iter().enumerate() {
+                let mut want = vec![0f32; rows];
+                matrix(&data, rows, cols, Qk256Kernel::scalar()).matvec(x, &mut want);
+                for (i, r) in (lo..hi).enumerate() {
+                    prop_assert_eq!(got[i * n + c].to_bits(), want[r].to_bits(), "kernel {} col {} row {}", k.name(), c, r);
+                }
+            }
+        }
+    }
+}

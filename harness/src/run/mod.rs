@@ -142,8 +142,11 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     // Hyper-parameters that contradict the tensors are the model's fault (exit 5): find them
     // before the reference does, which would refuse the same file less clearly (exit 4).
     drop(
-        Model::load(&file, ModelOptions { n_ctx: 1, exact_reference_rounding: false })
-            .map_err(model_failure)?,
+        Model::load(
+            &file,
+            ModelOptions { n_ctx: 1, exact_reference_rounding: false, ..ModelOptions::default() },
+        )
+        .map_err(model_failure)?,
     );
 
     // The reference: saved logits, or a live worker.
@@ -318,8 +321,11 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     let n_ctx = plans.iter().map(|p| p.n_positions).max().unwrap_or(1).next_multiple_of(32).min(limit.max(1));
     let exact = !args.no_exact_rounding;
     ui.step("loading the Rust engine");
-    let mut model =
-        Model::load(&file, ModelOptions { n_ctx, exact_reference_rounding: exact }).map_err(model_failure)?;
+    let mut model = Model::load(
+        &file,
+        ModelOptions { n_ctx, exact_reference_rounding: exact, ..ModelOptions::default() },
+    )
+    .map_err(model_failure)?;
     model.set_fault(args.inject_fault);
     if let Some(f) = args.inject_fault {
         say(&format!(

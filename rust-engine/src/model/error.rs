@@ -1,6 +1,7 @@
 //! Errors from loading or running a model; each names the tensor, key or value at fault.
 
 use crate::gguf::GgufError;
+use crate::parallel::PoolError;
 use crate::quant::QuantError;
 
 #[derive(Debug, thiserror::Error)]
@@ -9,6 +10,8 @@ pub enum ModelError {
     Gguf(#[from] GgufError),
     #[error(transparent)]
     Quant(#[from] QuantError),
+    #[error(transparent)]
+    Threads(#[from] PoolError),
     #[error("architecture {0:?} is not supported (bitnet-b1.58 and bitnet-25 are)")]
     UnsupportedArchitecture(String),
     #[error("hyper-parameter {key}: {reason}")]

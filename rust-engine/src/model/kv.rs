@@ -7,7 +7,7 @@
 //! zero-filled: the reference attends over a range padded to 32 cells whose unused cells
 //! are zero and masked, and its lane grouping depends on that padded length.
 
-use crate::ops::f32_to_f16;
+use crate::ops::{f32_to_f16, FloatKernel};
 
 /// The reference pads both the context and the attended range to this many cells
 /// (`llama_kv_cache_get_padding` without flash attention).
@@ -60,14 +60,13 @@ impl KvCache {
         self.filled = 0;
     }
 
-    /// Stores the key and value of layer `l` at `pos`.
-    pub fn store(&mut self, l: usize, pos: usize, key: &[f32], value: &[f32]) {
+    /// Stores the key and value of layer `l` at `pos` (rounded to f16 through `kernel` for
+    /// an f16 cache).
+    pub fn store(&mut self, l: usize, pos: usize, key: &[f32], value: &[f32], kernel: FloatKernel) {
         let (n_ctx, d) = (self.n_ctx, self.n_embd_kv);
         match &mut self.layers[l] {
             KvStore::F16 { k, v } => {
-                for (dst, &x) in k[pos * d..(pos + 1) * d].iter_mut().zip(key) {
-                    *dst = f32_to_f16(x);
-                }
+                kernel.f32_to_f16_row(key, &mut k[pos * d..(pos + 1) * d]);
                 for (i, &x) in value.iter().enumerate() {
                     v[i * n_ctx + pos] = f32_to_f16(x);
                 }

@@ -1,9 +1,11 @@
 //! Tensors of the model, borrowed from the map where they are large (I2_S and F16
 //! matrices) and copied to f32 where they are small vectors (norms, biases).
 
+use std::ops::Range;
+
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
-use crate::ops::{dot_f16, dot_f16_f32, dot_f32, f16_to_f32, f32_to_f16};
-use crate::quant::{detect_flavor, FlavorDetection, QuantizedActs, TernaryMatrix};
+use crate::ops::{f16_to_f32, FloatKernel};
+use crate::quant::{detect_flavor, FlavorDetection, Qk256Kernel, QuantizedActs, TernaryMatrix};
 
 use super::config::Config;
 use super::error::ModelError;
@@ -18,22 +20,27 @@ pub enum Linear<'a> {
     F32 { data: Vec<f32>, rows: usize, cols: usize },
 }
 
-/// Scratch the matrix products need, kept across tokens so nothing is allocated per token.
-pub struct LinearScratch {
+/// The input of a matrix product, prepared once and shared by every thread computing a
+/// part of the rows: int8 activations for ternary weights, the f16-rounded vector for F16
+/// weights under the reference rounding.
+pub struct LinearInput {
     pub acts: QuantizedActs,
-    pub f16_input: Vec<u16>,
-    pub row: Vec<u16>,
+    pub rounded: Vec<f32>,
 }
 
-impl LinearScratch {
-    pub fn new(max_cols: usize) -> LinearScratch {
-        LinearScratch {
-            acts: QuantizedActs::new(max_cols),
-            f16_input: Vec::with_capacity(max_cols),
-            row: Vec::with_capacity(max_cols),
+impl LinearInput {
+    pub fn new(max_cols: usize, kernel: Qk256Kernel) -> LinearInput {
+        LinearInput {
+            acts: QuantizedActs::with_kernel(max_cols, kernel),
+            rounded: Vec::with_capacity(max_cols),
         }
     }
 }
+
+/// Rows of F16 weights computed per pass (they would share each load of the input vector).
+/// One: the lm_head streams 657 MB from memory, and reading adjacent rows side by side
+/// measured 1.5–2× slower from DRAM here than one row after another.
+const F16_ROW_BLOCK: usize = 1;
 
 impl<'a> Linear<'a> {
     pub fn rows(&self) -> usize {
@@ -50,48 +57,68 @@ impl<'a> Linear<'a> {
         }
     }
 
-    /// `out = W · x`. `exact_rounding` rounds the input to f16 for F16 weights, as the
-    /// reference does; I2_S inputs are quantized to int8 (ternary weights only ever see
-    /// int8 activations in the reference). `quantized` says `scratch.acts` already holds x.
-    pub fn forward(
+    /// Prepares `x` for [`forward_rows`](Self::forward_rows): quantizes it to int8 for
+    /// ternary weights (ternary weights only ever see int8 activations in the reference),
+    /// rounds it through f16 for F16 weights when `exact_rounding` (the reference's
+    /// `vec_dot_type` for F16 is F16).
+    pub fn prepare(&self, x: &[f32], input: &mut LinearInput, kernel: FloatKernel, exact_rounding: bool) {
+        debug_assert_eq!(x.len(), self.cols());
+        match self {
+            Linear::Ternary(_) => input.acts.quantize(x),
+            Linear::F16 { .. } if exact_rounding => {
+                input.rounded.clear();
+                input.rounded.extend_from_slice(x);
+                kernel.round_through_f16(&mut input.rounded);
+            }
+            Linear::F16 { .. } | Linear::F32 { .. } => {}
+        }
+    }
+
+    /// `out[i] = (W · x)[rows.start + i]`, with `input` prepared from `x` by
+    /// [`prepare`](Self::prepare) with the same `exact_rounding`. Allocates nothing.
+    pub fn forward_rows(
         &self,
         x: &[f32],
+        input: &LinearInput,
+        rows: Range<usize>,
         out: &mut [f32],
-        scratch: &mut LinearScratch,
-        quantized: bool,
+        kernel: FloatKernel,
         exact_rounding: bool,
     ) {
-        debug_assert_eq!(x.len(), self.cols());
-        debug_assert_eq!(out.len(), self.rows());
+        debug_assert_eq!(out.len(), rows.len());
+        debug_assert!(rows.end <= self.rows());
         match self {
-            Linear::Ternary(m) => {
-                if !quantized {
-                    scratch.acts.quantize(x);
-                }
-                m.matvec(&scratch.acts, out);
-            }
+            Linear::Ternary(m) => m.matvec_rows(&input.acts, rows, out),
             Linear::F16 { data, cols, .. } => {
-                let row_bytes = cols * 2;
-                if exact_rounding {
-                    scratch.f16_input.clear();
-                    scratch.f16_input.extend(x.iter().map(|&v| f32_to_f16(v)));
+                // With the input rounded to f16, `dot_f16_f32` is exactly the reference's
+                // `dot_f16` (widening f16 to f32 is exact).
+                let y = if exact_rounding { &input.rounded[..] } else { x };
+                let rb = cols * 2;
+                let row = |r: usize| &data[r * rb..(r + 1) * rb];
+                let mut blocks = out.chunks_exact_mut(F16_ROW_BLOCK);
+                let mut r = rows.start;
+                for o in &mut blocks {
+                    let rs: [&[u8]; F16_ROW_BLOCK] = std::array::from_fn(|i| row(r + i));
+                    o.copy_from_slice(&kernel.dot_f16_bytes_rows(rs, y));
+                    r += F16_ROW_BLOCK;
                 }
-                for (r, o) in out.iter_mut().enumerate() {
-                    let bytes = &data[r * row_bytes..(r + 1) * row_bytes];
-                    scratch.row.clear();
-                    scratch.row.extend(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])));
-                    *o = if exact_rounding {
-                        dot_f16(&scratch.row, &scratch.f16_input)
-                    } else {
-                        dot_f16_f32(&scratch.row, x)
-                    };
+                for o in blocks.into_remainder() {
+                    *o = kernel.dot_f16_bytes_rows([row(r)], y)[0];
+                    r += 1;
                 }
             }
             Linear::F32 { data, cols, .. } => {
-                for (r, o) in out.iter_mut().enumerate() {
-                    *o = dot_f32(&data[r * cols..(r + 1) * cols], x);
+                for (o, r) in out.iter_mut().zip(rows) {
+                    *o = kernel.dot_f32(&data[r * cols..(r + 1) * cols], x);
                 }
             }
+        }
+    }
+
+    /// Switches a ternary matrix to another QK256 kernel (no effect on other kinds).
+    pub fn set_kernel(&mut self, kernel: Qk256Kernel) {
+        if let Linear::Ternary(m) = self {
+            m.set_kernel(kernel);
         }
     }
 
@@ -198,6 +225,21 @@ fn check_shape(t: &TensorInfo, expected: &[u64]) -> Result<(), ModelError> {
         });
     }
     Ok(())
+}
+
+impl<'a> Layer<'a> {
+    /// Every matrix of the block.
+    pub fn linears_mut(&mut self) -> [&mut Linear<'a>; 7] {
+        [
+            &mut self.wq,
+            &mut self.wk,
+            &mut self.wv,
+            &mut self.wo,
+            &mut self.ffn_gate,
+            &mut self.ffn_up,
+            &mut self.ffn_down,
+        ]
+    }
 }
 
 /// Every weight of one transformer block.

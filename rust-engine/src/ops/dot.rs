@@ -24,21 +24,27 @@ fn reduce(acc: [[f32; 8]; 4]) -> f32 {
     (t[0] + t[1]) + (t[2] + t[3])
 }
 
-/// `ggml_vec_dot_f16` on two f16 vectors (raw little-endian bits).
-pub fn dot_f16(x: &[u16], y: &[u16]) -> f32 {
-    assert_eq!(x.len(), y.len());
-    let n = x.len();
-    let np = n & !(STEP - 1);
+/// The four-accumulator FMA pass over the first `np` elements (a multiple of 32), reduced.
+#[inline]
+fn lanes(np: usize, x: impl Fn(usize) -> f32, y: impl Fn(usize) -> f32) -> f32 {
     let mut acc = [[0f32; 8]; 4];
     for i in (0..np).step_by(STEP) {
         for (j, a) in acc.iter_mut().enumerate() {
             for (l, lane) in a.iter_mut().enumerate() {
                 let k = i + j * 8 + l;
-                *lane = f16_to_f32(x[k]).mul_add(f16_to_f32(y[k]), *lane);
+                *lane = x(k).mul_add(y(k), *lane);
             }
         }
     }
-    let mut sum = f64::from(reduce(acc));
+    reduce(acc)
+}
+
+/// `ggml_vec_dot_f16` on two f16 vectors (raw little-endian bits).
+pub fn dot_f16(x: &[u16], y: &[u16]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let n = x.len();
+    let np = n & !(STEP - 1);
+    let mut sum = f64::from(lanes(np, |k| f16_to_f32(x[k]), |k| f16_to_f32(y[k])));
     for k in np..n {
         // The product of two f16 values is exact in f32.
         sum += f64::from(f16_to_f32(x[k]) * f16_to_f32(y[k]));
@@ -51,16 +57,7 @@ pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len());
     let n = x.len();
     let np = n & !(STEP - 1);
-    let mut acc = [[0f32; 8]; 4];
-    for i in (0..np).step_by(STEP) {
-        for (j, a) in acc.iter_mut().enumerate() {
-            for (l, lane) in a.iter_mut().enumerate() {
-                let k = i + j * 8 + l;
-                *lane = x[k].mul_add(y[k], *lane);
-            }
-        }
-    }
-    let mut sum = reduce(acc);
+    let mut sum = lanes(np, |k| x[k], |k| y[k]);
     for k in np..n {
         sum += x[k] * y[k];
     }
@@ -68,23 +65,26 @@ pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
 }
 
 /// Mixed dot of f16 weights with f32 activations, same lane structure as [`dot_f16`]
-/// (used when the reference rounding is switched off).
+/// (used when the reference rounding is switched off). When every `y` is an f16 value this
+/// equals `dot_f16` on the f16 bits, since widening an f16 to f32 is exact.
 pub fn dot_f16_f32(x: &[u16], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len());
-    let n = x.len();
+    dot_f16_f32_by(x.len(), |k| f16_to_f32(x[k]), y)
+}
+
+/// [`dot_f16_f32`] with the f16 operand given as little-endian bytes (a row of a mapped
+/// F16 tensor, any alignment).
+pub fn dot_f16_bytes_f32(x: &[u8], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), 2 * y.len());
+    dot_f16_f32_by(y.len(), |k| f16_to_f32(u16::from_le_bytes([x[2 * k], x[2 * k + 1]])), y)
+}
+
+#[inline]
+fn dot_f16_f32_by(n: usize, x: impl Fn(usize) -> f32, y: &[f32]) -> f32 {
     let np = n & !(STEP - 1);
-    let mut acc = [[0f32; 8]; 4];
-    for i in (0..np).step_by(STEP) {
-        for (j, a) in acc.iter_mut().enumerate() {
-            for (l, lane) in a.iter_mut().enumerate() {
-                let k = i + j * 8 + l;
-                *lane = f16_to_f32(x[k]).mul_add(y[k], *lane);
-            }
-        }
-    }
-    let mut sum = f64::from(reduce(acc));
-    for k in np..n {
-        sum += f64::from(f16_to_f32(x[k]) * y[k]);
+    let mut sum = f64::from(lanes(np, &x, |k| y[k]));
+    for (k, &yk) in y.iter().enumerate().take(n).skip(np) {
+        sum += f64::from(x(k) * yk);
     }
     sum as f32
 }

@@ -1,11 +1,18 @@
 //! The element-wise and reduction operations of the forward pass, one function each,
 //! rounding the way ggml's CPU backend does for a single token.
+//!
+//! The free functions are the scalar oracles; [`FloatKernel`] dispatches the hot ones
+//! (dots, f16 conversion, softmax) to AVX2 twins that compute identical bits.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 pub mod dot;
+mod kernel;
 pub mod rope;
 pub mod softmax;
 
-pub use dot::{dot_f16, dot_f16_f32, dot_f32, f16_to_f32, f32_to_f16, round_through_f16};
+pub use dot::{dot_f16, dot_f16_bytes_f32, dot_f16_f32, dot_f32, f16_to_f32, f32_to_f16, round_through_f16};
+pub use kernel::FloatKernel;
 pub use rope::Rope;
 pub use softmax::softmax_scaled;
 

@@ -46,21 +46,25 @@ pub fn exp_lane(x: f32) -> f32 {
 /// Entries past `n_valid` are treated as masked (−∞) and come out as 0; the slice length
 /// should be the padded range (a multiple of 8) for the lane grouping to match.
 pub fn softmax_scaled(scores: &mut [f32], n_valid: usize, scale: f32) {
+    softmax_with(scores, n_valid, scale, exp_groups_scalar);
+}
+
+/// The softmax around an exponentiation pass `exp_groups(whole_groups_of_8, max)`, which
+/// must set `x = exp_lane(x − max)` and return `Σ_groups f64(group sum)` (see below).
+pub(crate) fn softmax_with(
+    scores: &mut [f32],
+    n_valid: usize,
+    scale: f32,
+    exp_groups: impl FnOnce(&mut [f32], f32) -> f64,
+) {
     for (i, s) in scores.iter_mut().enumerate() {
         *s = if i < n_valid { *s * scale } else { f32::NEG_INFINITY };
     }
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
-    let mut chunks = scores.chunks_exact_mut(8);
-    for c in &mut chunks {
-        let v: [f32; 8] = std::array::from_fn(|l| exp_lane(c[l] - max));
-        c.copy_from_slice(&v);
-        // _mm256 hi+lo, then movehl, then movehdup: ((v0+v4)+(v2+v6)) + ((v1+v5)+(v3+v7)).
-        let h: [f32; 4] = std::array::from_fn(|l| v[l + 4] + v[l]);
-        let s = (h[0] + h[2]) + (h[1] + h[3]);
-        sum += f64::from(s);
-    }
-    for v in chunks.into_remainder() {
+    let whole = scores.len() & !7;
+    let (groups, tail) = scores.split_at_mut(whole);
+    let mut sum = exp_groups(groups, max);
+    for v in tail {
         // Tails use libm's expf in the reference.
         *v = (*v - max).exp();
         sum += f64::from(*v);
@@ -69,6 +73,21 @@ pub fn softmax_scaled(scores: &mut [f32], n_valid: usize, scale: f32) {
     for s in scores.iter_mut() {
         *s *= inv;
     }
+}
+
+/// Scalar exponentiation pass: eight lanes of [`exp_lane`] per group; each group's sum is
+/// formed as `_mm256` hi+lo, then movehl, then movehdup do it:
+/// `((v0+v4)+(v2+v6)) + ((v1+v5)+(v3+v7))`, and added to an f64 total.
+fn exp_groups_scalar(groups: &mut [f32], max: f32) -> f64 {
+    let mut sum = 0f64;
+    for c in groups.chunks_exact_mut(8) {
+        let v: [f32; 8] = std::array::from_fn(|l| exp_lane(c[l] - max));
+        c.copy_from_slice(&v);
+        let h: [f32; 4] = std::array::from_fn(|l| v[l + 4] + v[l]);
+        let s = (h[0] + h[2]) + (h[1] + h[3]);
+        sum += f64::from(s);
+    }
+    sum
 }
 
 #[cfg(test)]

@@ -6,19 +6,25 @@
 //! # The QK256 dot, and how it differs from the reference's
 //!
 //! One 32-byte chunk of weights holds 128 codes: byte `b` has elements `b`, `b+32`, `b+64`,
-//! `b+96` in bits 7–6, 5–4, 3–2, 1–0. Shifting the chunk right by 6/4/2/0 (16-bit lanes;
-//! the mask removes what crosses bytes) and masking with 3 gives four vectors of 32 codes
-//! that line up with four contiguous 32-byte runs of activations. `vpmaddubsw` multiplies
-//! codes (unsigned, 0..3) by activations (signed) and adds adjacent pairs into i16; that
-//! never saturates (|pair| ≤ 2·3·128 = 768).
+//! `b+96` in bits 7–6, 5–4, 3–2, 1–0, lining up with four contiguous 32-byte runs of
+//! activations `a0..a3`. The reference shifts the chunk right by 6/4/2/0 and masks each
+//! with 3 (seven operations). We use one shift and four masks: `w & 3` is `c3`,
+//! `w & 12` is `4·c2`, and with `s = w >> 4` (16-bit lanes), `s & 3` is `c1` and `s & 12`
+//! is `4·c0`. `vpmaddubsw` multiplies those (unsigned) by the activations (signed) and adds
+//! adjacent pairs into i16, never saturating (|pair| ≤ 2·12·128 = 3072). The unscaled
+//! products (`c1`, `c3`) and the 4× ones (`c0`, `c2`) go to two i16 accumulators, widened
+//! to i32 every [`GROUP_CHUNKS`] chunks (`vpmaddwd` by 1); the 4× sums are multiples of 4,
+//! so an arithmetic shift by 2 makes them exact before they join the i32 total.
 //!
-//! The reference (`ggml_vec_dot_i2_i8_s_1x1`) then adds those i16 lanes over up to 32 chunks
-//! before widening: each lane can reach 32·4·2·2·127 = 65024, which wraps. We widen to i32
-//! every [`GROUP_CHUNKS`] chunks (each lane then stays within ±8·4·768 = ±24576, even with the
-//! invalid code 3), so our sums are exact for every byte pattern.
+//! The reference (`ggml_vec_dot_i2_i8_s_1x1`) adds its i16 lanes over up to 32 chunks
+//! before widening: a lane can reach 32·4·2·2·127 = 65024, which wraps. Ours stay within
+//! ±5·2·3072 = ±30720 (4× accumulator) and ±5·2·768 (the other), even with the invalid
+//! code 3, so our sums are exact for every byte pattern.
 //!
 //! Several rows are processed per pass so the four activation loads of a chunk are shared;
 //! the caller takes them from separate long stretches of rows (see `matrix.rs`, `STREAMS`).
+//! For several activation rows (a batch of tokens), [`qk256_dots_cols`] extracts each
+//! weight chunk's codes once and multiplies them with every column.
 
 #![allow(unsafe_code)]
 
@@ -27,8 +33,8 @@ use std::arch::x86_64::*;
 use super::act::{nearest_int_from_biased, ACT_MAX_FLOOR, NEAREST_INT_MAGIC};
 
 /// Chunks (of 128 elements) accumulated in i16 lanes before widening to i32. Each chunk adds
-/// at most 4·768 = 3072 in magnitude to a lane; 8 chunks stay below 2¹⁵.
-pub(crate) const GROUP_CHUNKS: usize = 8;
+/// at most 2·3072 = 6144 in magnitude to a lane of the 4× accumulator; 5 chunks stay below 2¹⁵.
+pub(crate) const GROUP_CHUNKS: usize = 5;
 
 /// Proof that this CPU has AVX2 and FMA: only [`detect`](Self::detect) creates one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,52 +59,91 @@ pub(crate) fn qk256_dots<const R: usize>(_t: Avx2Token, rows: [&[u8]; R], q: &[i
     }
     // SAFETY: the token proves AVX2 is available; every row holds `q.len() / 4` bytes and `q`
     // holds `128 · (q.len() / 128)` values, which is all the kernel reads.
-    unsafe { qk256_dots_avx2::<R>(rows.map(|r| r.as_ptr()), q.as_ptr(), q.len() / 128) }
+    let sums = unsafe { qk256_dots_avx2::<R, 1>(rows.map(|r| r.as_ptr()), [q.as_ptr()], q.len() / 128) };
+    sums.map(|[v]| v)
 }
 
+/// `Σ c·q` of one weight row against `C` activation rows (columns): the codes of each chunk
+/// are extracted once for all columns.
+///
+/// # Panics
+/// If the row's byte length times 4 differs from a column's length, or that length is not a
+/// multiple of 128.
+#[inline]
+pub(crate) fn qk256_dots_cols<const C: usize>(_t: Avx2Token, row: &[u8], qs: [&[i8]; C]) -> [i32; C] {
+    for q in &qs {
+        assert!(q.len() % 128 == 0, "QK256 row length must be a multiple of 128");
+        assert_eq!(row.len() * 4, q.len(), "QK256 weight row and activations differ in length");
+    }
+    // SAFETY: the token proves AVX2 is available; the row holds `n / 4` bytes and every
+    // column `n` values, n = 128 · chunks, which is all the kernel reads.
+    let [sums] = unsafe { qk256_dots_avx2::<1, C>([row.as_ptr()], qs.map(|q| q.as_ptr()), row.len() / 32) };
+    sums
+}
+
+/// The kernel: `R` rows × `C` columns, each `chunks` chunks long.
+///
 /// # Safety
-/// AVX2 must be available; each `w[r]` must be valid for `32 · chunks` bytes and `q` for
-/// `128 · chunks` bytes.
+/// AVX2 must be available; each `w[r]` must be valid for `32 · chunks` bytes and each `q[c]`
+/// for `128 · chunks` bytes.
+#[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn qk256_dots_avx2<const R: usize>(w: [*const u8; R], q: *const i8, chunks: usize) -> [i32; R] {
-    let mask = _mm256_set1_epi8(3);
+unsafe fn qk256_dots_avx2<const R: usize, const C: usize>(
+    w: [*const u8; R],
+    q: [*const i8; C],
+    chunks: usize,
+) -> [[i32; C]; R] {
+    let m3 = _mm256_set1_epi8(3);
+    let m12 = _mm256_set1_epi8(12);
     let ones = _mm256_set1_epi16(1);
-    let mut acc32 = [_mm256_setzero_si256(); R];
+    let mut acc32 = [[_mm256_setzero_si256(); C]; R];
     let mut start = 0;
     while start < chunks {
         let end = (start + GROUP_CHUNKS).min(chunks);
-        let mut acc16 = [_mm256_setzero_si256(); R];
-        for c in start..end {
-            // SAFETY: c < chunks, so the 128 activations at 128·c and the 32 weight bytes at
-            // 32·c are in bounds (caller contract); unaligned loads have no other requirement.
-            let (a0, a1, a2, a3, wv) = unsafe {
-                let qp = q.add(128 * c) as *const __m256i;
-                let a = (
-                    _mm256_loadu_si256(qp),
-                    _mm256_loadu_si256(qp.add(1)),
-                    _mm256_loadu_si256(qp.add(2)),
-                    _mm256_loadu_si256(qp.add(3)),
-                );
-                let wv: [__m256i; R] =
-                    std::array::from_fn(|r| _mm256_loadu_si256(w[r].add(32 * c) as *const __m256i));
-                (a.0, a.1, a.2, a.3, wv)
-            };
+        // Per row and column: Σ of the unscaled products (c1, c3) and of the 4× ones (c0, c2).
+        let mut acc1 = [[_mm256_setzero_si256(); C]; R];
+        let mut acc4 = [[_mm256_setzero_si256(); C]; R];
+        for ch in start..end {
+            let a: [[__m256i; 4]; C] = std::array::from_fn(|c| {
+                // SAFETY: ch < chunks, so the 128 activations at 128·ch of every column are in
+                // bounds (caller contract): four unaligned 32-byte loads.
+                std::array::from_fn(|k| unsafe {
+                    _mm256_loadu_si256((q[c].add(128 * ch) as *const __m256i).add(k))
+                })
+            });
             for r in 0..R {
-                let c0 = _mm256_and_si256(_mm256_srli_epi16::<6>(wv[r]), mask);
-                let c1 = _mm256_and_si256(_mm256_srli_epi16::<4>(wv[r]), mask);
-                let c2 = _mm256_and_si256(_mm256_srli_epi16::<2>(wv[r]), mask);
-                let c3 = _mm256_and_si256(wv[r], mask);
-                let p01 = _mm256_add_epi16(_mm256_maddubs_epi16(c0, a0), _mm256_maddubs_epi16(c1, a1));
-                let p23 = _mm256_add_epi16(_mm256_maddubs_epi16(c2, a2), _mm256_maddubs_epi16(c3, a3));
-                acc16[r] = _mm256_add_epi16(acc16[r], _mm256_add_epi16(p01, p23));
+                // SAFETY: the 32 weight bytes at 32·ch of row r are in bounds (caller contract).
+                let wv = unsafe { _mm256_loadu_si256(w[r].add(32 * ch) as *const __m256i) };
+                let hi = _mm256_srli_epi16::<4>(wv);
+                let c3 = _mm256_and_si256(wv, m3);
+                let c2x4 = _mm256_and_si256(wv, m12);
+                let c1 = _mm256_and_si256(hi, m3);
+                let c0x4 = _mm256_and_si256(hi, m12);
+                for c in 0..C {
+                    let p1 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(c1, a[c][1]),
+                        _mm256_maddubs_epi16(c3, a[c][3]),
+                    );
+                    let p4 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(c0x4, a[c][0]),
+                        _mm256_maddubs_epi16(c2x4, a[c][2]),
+                    );
+                    acc1[r][c] = _mm256_add_epi16(acc1[r][c], p1);
+                    acc4[r][c] = _mm256_add_epi16(acc4[r][c], p4);
+                }
             }
         }
         for r in 0..R {
-            acc32[r] = _mm256_add_epi32(acc32[r], _mm256_madd_epi16(acc16[r], ones));
+            for c in 0..C {
+                // Every lane of acc4 is a multiple of 4, so are the pair sums: the shift is exact.
+                let s4 = _mm256_srai_epi32::<2>(_mm256_madd_epi16(acc4[r][c], ones));
+                let wide = _mm256_add_epi32(_mm256_madd_epi16(acc1[r][c], ones), s4);
+                acc32[r][c] = _mm256_add_epi32(acc32[r][c], wide);
+            }
         }
         start = end;
     }
-    acc32.map(|v| hsum_i32(v))
+    acc32.map(|row| row.map(|v| hsum_i32(v)))
 }
 
 #[inline]

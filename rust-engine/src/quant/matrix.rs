@@ -31,9 +31,10 @@ use super::scalar;
 /// 2560 columns), too short for the hardware prefetcher (measured from DRAM: 4.7 GB/s for
 /// adjacent rows, 11 GB/s for one row at a time, 16.5 GB/s for 4 long streams).
 const STREAMS: usize = 4;
-/// Rows per block in `matmul`: the block's weights stay in L2 across the columns, and each
-/// of the kernel's streams is still 64 rows long.
+/// Rows per block in `matmul` (bounds its temporary buffer).
 const MATMUL_ROW_BLOCK: usize = 256;
+/// Activation rows (columns) multiplied per unpacking of a weight chunk in `matmul_rows`.
+const MATMUL_COLS: usize = 4;
 
 /// Where the scales of a matrix come from.
 #[derive(Debug, Clone, Copy)]
@@ -132,6 +133,11 @@ impl<'a> TernaryMatrix<'a> {
     pub fn with_kernel(mut self, kernel: Qk256Kernel) -> Self {
         self.kernel = kernel;
         self
+    }
+
+    /// Switches this matrix to another kernel (results are identical; speed differs).
+    pub fn set_kernel(&mut self, kernel: Qk256Kernel) {
+        self.kernel = kernel;
     }
 
     /// Tensor name given at construction.
@@ -319,21 +325,68 @@ impl<'a> TernaryMatrix<'a> {
     }
 
     /// `out[c·rows + r] = (W · xs[c])[r]`: several activation rows (a batch of tokens), each
-    /// output row contiguous as in ggml. Rows are processed in blocks so the weights of a
-    /// block are read from memory once for all columns.
+    /// output row contiguous as in ggml. Each weight row is read once for all columns.
     ///
     /// # Panics
     /// If any `xs[c].len() != cols` or `out.len() != xs.len() · rows`.
     pub fn matmul(&self, xs: &[QuantizedActs], out: &mut [f32]) {
         assert_eq!(out.len(), xs.len() * self.rows, "output length must be columns × rows");
+        let n = xs.len();
+        let mut block = vec![0f32; MATMUL_ROW_BLOCK * n];
         let mut start = 0;
         while start < self.rows {
             let end = (start + MATMUL_ROW_BLOCK).min(self.rows);
-            for (c, x) in xs.iter().enumerate() {
-                let base = c * self.rows;
-                self.matvec_rows(x, start..end, &mut out[base + start..base + end]);
+            let block = &mut block[..(end - start) * n];
+            self.matmul_rows(xs, start..end, block);
+            for (i, r) in (start..end).enumerate() {
+                for c in 0..n {
+                    out[c * self.rows + r] = block[i * n + c];
+                }
             }
             start = end;
+        }
+    }
+
+    /// `out[i·n + c] = (W · xs[c])[rows.start + i]` for `n = xs.len()` columns: rows
+    /// `rows` of the product with a batch, **row-major** (all columns of a row together), so
+    /// that a range of rows is one contiguous slice for splitting across threads. The codes
+    /// of each weight chunk are unpacked once for every column. Allocates nothing.
+    ///
+    /// # Panics
+    /// If any `xs[c].len() != cols`, `rows` exceeds the matrix or `out.len() != rows.len() · n`.
+    pub fn matmul_rows(&self, xs: &[QuantizedActs], rows: Range<usize>, out: &mut [f32]) {
+        let n = xs.len();
+        assert!(rows.end <= self.rows, "row range {rows:?} exceeds {} rows", self.rows);
+        assert_eq!(out.len(), rows.len() * n, "output length must be rows × columns");
+        for x in xs {
+            assert_eq!(x.len(), self.cols, "activations have the wrong length for `{}`", self.name);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(t), I2sFlavor::X86Qk256, Scales::Tensor(w)) =
+            (self.kernel.avx2_token(), self.flavor, self.scales)
+        {
+            use super::avx2::qk256_dots_cols;
+            let epilogue = |d: i32, x: &QuantizedActs| (d as f32 - x.sum() as f32) / x.scale() * w;
+            for (r, o) in rows.zip(out.chunks_exact_mut(n.max(1))) {
+                let row = self.row(r);
+                let mut c = 0;
+                while c + MATMUL_COLS <= n {
+                    let qs: [&[i8]; MATMUL_COLS] = std::array::from_fn(|k| xs[c + k].q());
+                    for (k, d) in qk256_dots_cols(t, row, qs).into_iter().enumerate() {
+                        o[c + k] = epilogue(d, &xs[c + k]);
+                    }
+                    c += MATMUL_COLS;
+                }
+                for (k, x) in xs.iter().enumerate().skip(c) {
+                    o[k] = epilogue(qk256_dots_cols(t, row, [x.q()])[0], x);
+                }
+            }
+            return;
+        }
+        for (c, x) in xs.iter().enumerate() {
+            for (i, r) in rows.clone().enumerate() {
+                self.matvec_rows(x, r..r + 1, &mut out[i * n + c..i * n + c + 1]);
+            }
         }
     }
 

@@ -1,0 +1,285 @@
+//! AVX2 + FMA + F16C twins of the scalar float kernels in `dot.rs` and `softmax.rs`.
+//!
+//! They compute the same operations in the same order as the scalar emulation of ggml's
+//! lanes (which is itself what ggml's AVX2 build executes), so results are bit-identical;
+//! `tests` below and `tests/ops_kernels.rs` hold each pair together. Loading an f16 as f32
+//! (`vcvtph2ps`) is exact, so an f16 operand may be converted once up front and then read
+//! as f32 without changing any product.
+
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::*;
+
+use super::dot::f16_to_f32;
+
+/// Elements per step: 4 accumulators × 8 lanes (ggml's `GGML_F16_STEP`/`GGML_F32_STEP`).
+const STEP: usize = 32;
+
+/// Proof that this CPU has AVX2, FMA and F16C: only [`detect`](Self::detect) creates one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Avx2Fma(());
+
+impl Avx2Fma {
+    pub(crate) fn detect() -> Option<Self> {
+        (is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        .then_some(Avx2Fma(()))
+    }
+}
+
+/// ggml's `GGML_F32x8_REDUCE` of four accumulators: (0+2, 1+3), then 0+1, then the two
+/// 128-bit halves, then two horizontal adds: `(l0+l1) + (l2+l3)`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn reduce(acc: [__m256; 4]) -> f32 {
+    let a = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+    let t = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+    let t = _mm_hadd_ps(t, t);
+    _mm_cvtss_f32(_mm_hadd_ps(t, t))
+}
+
+/// Eight f16 (little-endian, any alignment) at `p`, as f32.
+///
+/// # Safety
+/// `p` must be valid for 16 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_f16(p: *const u8) -> __m256 {
+    // SAFETY: the caller guarantees 16 readable bytes; the load is unaligned.
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p as *const __m128i) })
+}
+
+/// Four-accumulator FMA sums over `np` (a multiple of 32) elements of `R` f16 rows against
+/// one f32 vector, reduced the ggml way. The vector is loaded once per step for all rows.
+///
+/// # Safety
+/// Each `w[r]` must be valid for `2·np` bytes and `y` for `np` f32s.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_rows_body<const R: usize>(w: [*const u8; R], y: *const f32, np: usize) -> [f32; R] {
+    let mut acc = [[_mm256_setzero_ps(); 4]; R];
+    let mut i = 0;
+    while i < np {
+        for j in 0..4 {
+            // SAFETY: i + 8j + 8 <= np, within both operands (caller contract).
+            let yv = unsafe { _mm256_loadu_ps(y.add(i + 8 * j)) };
+            for (acc_r, w_r) in acc.iter_mut().zip(w) {
+                // SAFETY: as above, bytes 2(i + 8j) .. 2(i + 8j) + 16 of row r.
+                let wv = unsafe { load_f16(w_r.add(2 * (i + 8 * j))) };
+                acc_r[j] = _mm256_fmadd_ps(wv, yv, acc_r[j]);
+            }
+        }
+        i += STEP;
+    }
+    acc.map(|a| reduce(a))
+}
+
+/// `dot_f16_f32` (see `dot.rs`) of `R` rows given as raw f16 bytes against `y`, at once.
+///
+/// # Panics
+/// If a row's byte length differs from `2·y.len()`.
+pub(crate) fn dot_f16_bytes_rows<const R: usize>(_t: Avx2Fma, rows: [&[u8]; R], y: &[f32]) -> [f32; R] {
+    let n = y.len();
+    for r in &rows {
+        assert_eq!(r.len(), 2 * n, "f16 row and vector differ in length");
+    }
+    let np = n & !(STEP - 1);
+    // SAFETY: the token proves the features; every row holds 2n >= 2np bytes and y holds n >= np.
+    let heads = unsafe { f16_rows_body::<R>(rows.map(|r| r.as_ptr()), y.as_ptr(), np) };
+    let mut out = [0f32; R];
+    for ((o, head), row) in out.iter_mut().zip(heads).zip(rows) {
+        let mut sum = f64::from(head);
+        for k in np..n {
+            let w = f16_to_f32(u16::from_le_bytes([row[2 * k], row[2 * k + 1]]));
+            sum += f64::from(w * y[k]);
+        }
+        *o = sum as f32;
+    }
+    out
+}
+
+/// `dot_f16_f32` (see `dot.rs`): f16 values against f32 values.
+pub(crate) fn dot_f16_f32(_t: Avx2Fma, x: &[u16], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let n = y.len();
+    let np = n & !(STEP - 1);
+    // SAFETY: the token proves the features; x holds 2n >= 2np bytes and y holds n >= np.
+    let [head] = unsafe { f16_rows_body::<1>([x.as_ptr() as *const u8], y.as_ptr(), np) };
+    let mut sum = f64::from(head);
+    for k in np..n {
+        sum += f64::from(f16_to_f32(x[k]) * y[k]);
+    }
+    sum as f32
+}
+
+/// `dot_f16` of two f16 vectors.
+pub(crate) fn dot_f16(_t: Avx2Fma, x: &[u16], y: &[u16]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let n = x.len();
+    let np = n & !(STEP - 1);
+    // SAFETY: the token proves the features; both vectors hold n >= np elements.
+    let head = unsafe { dot_f16_body(x.as_ptr() as *const u8, y.as_ptr() as *const u8, np) };
+    let mut sum = f64::from(head);
+    for k in np..n {
+        sum += f64::from(f16_to_f32(x[k]) * f16_to_f32(y[k]));
+    }
+    sum as f32
+}
+
+/// # Safety
+/// `x` and `y` must be valid for `2·np` bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_body(x: *const u8, y: *const u8, np: usize) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i < np {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let at = 2 * (i + 8 * j);
+            // SAFETY: at + 16 <= 2np (caller contract).
+            let (xv, yv) = unsafe { (load_f16(x.add(at)), load_f16(y.add(at))) };
+            *a = _mm256_fmadd_ps(xv, yv, *a);
+        }
+        i += STEP;
+    }
+    reduce(acc)
+}
+
+/// `dot_f32` of two f32 vectors.
+pub(crate) fn dot_f32(_t: Avx2Fma, x: &[f32], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let n = x.len();
+    let np = n & !(STEP - 1);
+    // SAFETY: the token proves the features; both vectors hold n >= np elements.
+    let mut sum = unsafe { dot_f32_body(x.as_ptr(), y.as_ptr(), np) };
+    for k in np..n {
+        sum += x[k] * y[k];
+    }
+    sum
+}
+
+/// # Safety
+/// `x` and `y` must be valid for `np` f32s.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f32_body(x: *const f32, y: *const f32, np: usize) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i < np {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 8j + 8 <= np (caller contract).
+            let (xv, yv) = unsafe { (_mm256_loadu_ps(x.add(i + 8 * j)), _mm256_loadu_ps(y.add(i + 8 * j))) };
+            *a = _mm256_fmadd_ps(xv, yv, *a);
+        }
+        i += STEP;
+    }
+    reduce(acc)
+}
+
+/// `out[i] = f16(x[i])`, rounding to nearest even (`vcvtps2ph` with immediate 0, as ggml's
+/// `GGML_FP32_TO_FP16` on F16C).
+pub(crate) fn f32_to_f16_row(_t: Avx2Fma, x: &[f32], out: &mut [u16]) {
+    assert_eq!(x.len(), out.len());
+    let mut xs = x.chunks_exact(8);
+    let mut os = out.chunks_exact_mut(8);
+    for (xc, oc) in (&mut xs).zip(&mut os) {
+        // SAFETY: the token proves F16C; both chunks hold 8 elements; loads/stores are unaligned.
+        unsafe {
+            let h = _mm256_cvtps_ph::<0>(_mm256_loadu_ps(xc.as_ptr()));
+            _mm_storeu_si128(oc.as_mut_ptr() as *mut __m128i, h);
+        }
+    }
+    for (o, &v) in os.into_remainder().iter_mut().zip(xs.remainder()) {
+        *o = super::dot::f32_to_f16(v);
+    }
+}
+
+/// Rounds every element through f16 (`f32_to_f16` then back), in place.
+pub(crate) fn round_through_f16(_t: Avx2Fma, x: &mut [f32]) {
+    let mut xs = x.chunks_exact_mut(8);
+    for c in &mut xs {
+        // SAFETY: the token proves F16C; the chunk holds 8 f32s; loads/stores are unaligned.
+        unsafe {
+            let h = _mm256_cvtps_ph::<0>(_mm256_loadu_ps(c.as_ptr()));
+            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+    for v in xs.into_remainder() {
+        *v = f16_to_f32(super::dot::f32_to_f16(*v));
+    }
+}
+
+/// ggml's `ggml_v_expf` (AVX2 + FMA), eight lanes; [`exp_lane`](super::softmax::exp_lane)
+/// is one lane of it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp8(x: __m256) -> __m256 {
+    let r = _mm256_set1_ps(12_582_912.0);
+    let z = _mm256_fmadd_ps(x, _mm256_set1_ps(f32::from_bits(0x3fb8_aa3b)), r);
+    let n = _mm256_sub_ps(z, r);
+    let b = _mm256_fnmadd_ps(
+        n,
+        _mm256_set1_ps(f32::from_bits(0x35bf_be8e)),
+        _mm256_fnmadd_ps(n, _mm256_set1_ps(f32::from_bits(0x3f31_7200)), x),
+    );
+    let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
+    let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0))));
+    let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+    let c = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(126.0));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(
+                _mm256_set1_ps(f32::from_bits(0x3c07_2010)),
+                b,
+                _mm256_set1_ps(f32::from_bits(0x3d2b_9f17)),
+            ),
+            u,
+            _mm256_fmadd_ps(
+                _mm256_set1_ps(f32::from_bits(0x3e2a_af33)),
+                b,
+                _mm256_set1_ps(f32::from_bits(0x3eff_fedb)),
+            ),
+        ),
+        u,
+        _mm256_mul_ps(_mm256_set1_ps(f32::from_bits(0x3f7f_fff6)), b),
+    );
+    if _mm256_movemask_ps(c) == 0 {
+        return _mm256_fmadd_ps(j, k, k);
+    }
+    let g = _mm256_and_si256(
+        _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps())),
+        _mm256_set1_epi32(0x8200_0000u32 as i32),
+    );
+    let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
+    let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    let d = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0));
+    _mm256_or_ps(
+        _mm256_and_ps(d, _mm256_mul_ps(s1, s1)),
+        _mm256_andnot_ps(
+            d,
+            _mm256_or_ps(
+                _mm256_and_ps(c, _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+                _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)),
+            ),
+        ),
+    )
+}
+
+/// The exponentiation pass of ggml's `ggml_vec_soft_max_f32` over whole groups of eight:
+/// `x[i] = exp(x[i] − max)`, returning the f64 sum of each group's horizontal f32 sum.
+/// Elements past the last whole group are left to the caller.
+pub(crate) fn exp_sub_sum(_t: Avx2Fma, x: &mut [f32], max: f32) -> f64 {
+    let mut sum = 0f64;
+    for c in x.chunks_exact_mut(8) {
+        // SAFETY: the token proves the features; the chunk holds 8 f32s; unaligned load/store.
+        let s = unsafe {
+            let v = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), _mm256_set1_ps(max)));
+            _mm256_storeu_ps(c.as_mut_ptr(), v);
+            let h = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+        };
+        sum += f64::from(s);
+    }
+    sum
+}

@@ -1,0 +1,169 @@
+//! Float kernels: the AVX2 twins equal the scalar emulation of ggml's lanes bit for bit, on
+//! every length (whole steps and leftovers), on hard values (ties, subnormals, infinities,
+//! values that overflow f16) and in softmax's special exponent ranges.
+
+use bitnet_engine::ops::{self, FloatKernel};
+use proptest::prelude::*;
+
+fn simd() -> Option<FloatKernel> {
+    let k = FloatKernel::avx2();
+    if k.is_none() {
+        eprintln!("AVX2/FMA/F16C not available: SIMD comparisons skipped");
+    }
+    k
+}
+
+/// A deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Values of every magnitude class, biased to the ranges activations live in.
+    fn f32(&mut self) -> f32 {
+        let r = self.next();
+        match r % 16 {
+            0 => f32::from_bits((r >> 8) as u32 & 0x807f_ffff), // subnormal or zero
+            1 => [0.0, -0.0, 65504.0, 65520.0, -1e9, 5.96e-8, 1.0, -1.0][(r >> 8) as usize % 8],
+            _ => ((r >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * 10f32.powi((r % 9) as i32 - 4),
+        }
+    }
+
+    /// Any finite f16 bit pattern (no NaN or infinity: their products are not interesting).
+    fn f16(&mut self) -> u16 {
+        loop {
+            let b = self.next() as u16;
+            if b & 0x7c00 != 0x7c00 {
+                return b;
+            }
+        }
+    }
+}
+
+fn same(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+#[test]
+fn dots_equal_scalar_for_every_length() {
+    let Some(k) = simd() else { return };
+    let mut rng = Rng(7);
+    for n in 0..=300 {
+        for _ in 0..4 {
+            let xf: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+            let yf: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+            let xh: Vec<u16> = (0..n).map(|_| rng.f16()).collect();
+            let yh: Vec<u16> = (0..n).map(|_| rng.f16()).collect();
+            let xb: Vec<u8> = xh.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert!(same(k.dot_f32(&xf, &yf), ops::dot_f32(&xf, &yf)), "dot_f32 n={n}");
+            assert!(same(k.dot_f16(&xh, &yh), ops::dot_f16(&xh, &yh)), "dot_f16 n={n}");
+            assert!(same(k.dot_f16_f32(&xh, &yf), ops::dot_f16_f32(&xh, &yf)), "dot_f16_f32 n={n}");
+            let want = ops::dot_f16_bytes_f32(&xb, &yf);
+            assert!(same(want, ops::dot_f16_f32(&xh, &yf)), "bytes and u16 forms differ n={n}");
+            let [a] = k.dot_f16_bytes_rows([&xb[..]], &yf);
+            assert!(same(a, want), "rows<1> n={n}");
+        }
+    }
+}
+
+/// The multi-row form gives each row exactly its single-row result, and an f16 `y`
+/// widened to f32 gives exactly `dot_f16` (the lm_head relies on both).
+#[test]
+fn row_blocks_equal_single_rows_and_dot_f16() {
+    let mut rng = Rng(11);
+    let kernels: Vec<FloatKernel> = [Some(FloatKernel::scalar()), simd()].into_iter().flatten().collect();
+    for n in [32usize, 96, 2560, 2560 + 17, 100] {
+        let rows: Vec<Vec<u16>> = (0..4).map(|_| (0..n).map(|_| rng.f16()).collect()).collect();
+        let bytes: Vec<Vec<u8>> =
+            rows.iter().map(|r| r.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+        let yh: Vec<u16> = (0..n).map(|_| ops::f32_to_f16(rng.f32())).collect();
+        let yf: Vec<f32> = yh.iter().map(|&h| ops::f16_to_f32(h)).collect();
+        for &k in &kernels {
+            let b: [&[u8]; 4] = std::array::from_fn(|i| &bytes[i][..]);
+            let four = k.dot_f16_bytes_rows(b, &yf);
+            let three = k.dot_f16_bytes_rows([b[0], b[1], b[2]], &yf);
+            let two = k.dot_f16_bytes_rows([b[0], b[1]], &yf);
+            for i in 0..4 {
+                let want = ops::dot_f16(&rows[i], &yh);
+                assert!(same(four[i], want), "{} n={n} row {i}", k.name());
+                if i < 3 {
+                    assert!(same(three[i], want));
+                }
+                if i < 2 {
+                    assert!(same(two[i], want));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_conversions_equal_scalar() {
+    let Some(k) = simd() else { return };
+    let mut rng = Rng(3);
+    // Every f16 value plus its neighbourhood (ties to even and just off them), and random values.
+    let mut xs: Vec<f32> = Vec::new();
+    for h in 0..=u16::MAX {
+        let v = ops::f16_to_f32(h);
+        if v.is_finite() {
+            let b = v.to_bits();
+            xs.extend([v, f32::from_bits(b.wrapping_add(1)), f32::from_bits(b.wrapping_sub(1))]);
+        }
+    }
+    xs.extend((0..100_000).map(|_| rng.f32()));
+    xs.extend([f32::INFINITY, f32::NEG_INFINITY, 65519.99, 65520.0, 1e-8, -1e-8]);
+    // Midpoints between neighbouring f16 values: exact ties.
+    for h in 0..0x7bffu16 {
+        let (a, b) = (ops::f16_to_f32(h), ops::f16_to_f32(h + 1));
+        xs.push(((f64::from(a) + f64::from(b)) / 2.0) as f32);
+    }
+    for len in [xs.len(), 13, 8, 7] {
+        let x = &xs[..len];
+        let mut got = vec![0u16; len];
+        k.f32_to_f16_row(x, &mut got);
+        let want: Vec<u16> = x.iter().map(|&v| ops::f32_to_f16(v)).collect();
+        assert_eq!(got, want);
+        let mut r1 = x.to_vec();
+        let mut r2 = x.to_vec();
+        k.round_through_f16(&mut r1);
+        ops::round_through_f16(&mut r2);
+        assert!(r1.iter().zip(&r2).all(|(a, b)| same(*a, *b)));
+    }
+}
+
+#[test]
+fn softmax_equals_scalar_including_extreme_exponents() {
+    let Some(k) = simd() else { return };
+    let mut rng = Rng(5);
+    for len in [8usize, 32, 64, 96, 256, 13, 1] {
+        for spread in [0.1f32, 10.0, 100.0, 150.0, 300.0, 1000.0, 1e5] {
+            for n_valid in [1, len / 2 + 1, len] {
+                let s: Vec<f32> = (0..len).map(|_| rng.f32().clamp(-1.0, 1.0) * spread).collect();
+                let mut a = s.clone();
+                let mut b = s.clone();
+                k.softmax_scaled(&mut a, n_valid.min(len), 0.088);
+                ops::softmax_scaled(&mut b, n_valid.min(len), 0.088);
+                assert!(a.iter().zip(&b).all(|(x, y)| same(*x, *y)), "len {len} spread {spread}");
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Random finite inputs of any length: the f32 dot agrees bit for bit.
+    #[test]
+    fn dot_f32_bit_identical(x in proptest::collection::vec(-1e6f32..1e6, 0..200), seed in any::<u64>()) {
+        if let Some(k) = FloatKernel::avx2() {
+            let mut rng = Rng(seed | 1);
+            let y: Vec<f32> = x.iter().map(|_| rng.f32()).collect();
+            prop_assert!(same(k.dot_f32(&x, &y), ops::dot_f32(&x, &y)));
+        }
+    }
+}

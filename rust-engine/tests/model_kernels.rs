@@ -61,3 +61,64 @@ fn kernels_and_threads_do_not_change_a_bit() {
         }
     }
 }
+
+/// `eval_batch` is `eval` token after token: the same logits after every batch and the same
+/// cache (checked by continuing token by token after it), for batches of 1 to 70 tokens
+/// (longer than one chunk of `BATCH_TOKENS`), starting at 0 or mid-sequence, on 1 and 2
+/// threads, both rounding modes, both kernels.
+#[test]
+fn eval_batch_equals_eval_token_by_token() {
+    let kernels: Vec<Qk256Kernel> =
+        [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()].into_iter().flatten().collect();
+    for name in FIXTURES {
+        let file = fixture(name);
+        for exact in [true, false] {
+            for threads in [1, 2] {
+                for &kernel in &kernels {
+                    let opts = ModelOptions { n_ctx: 96, exact_reference_rounding: exact, threads };
+                    let mut one = Model::load(&file, opts.clone()).unwrap();
+                    let mut batch = Model::load(&file, opts).unwrap();
+                    one.set_kernel(kernel);
+                    batch.set_kernel(kernel);
+                    let n_vocab = one.config().n_vocab;
+                    let ids: Vec<u32> = (0..90).map(|p| token(p, n_vocab)).collect();
+                    let step = |m: &mut Model<'_>, p: usize| m.eval(ids[p], p).unwrap().to_vec();
+                    let mut pos = 0;
+                    // Batches of varying length (1 and longer than BATCH_TOKENS included).
+                    for len in [1usize, 5, 70, 2, 3] {
+                        let mut want = Vec::new();
+                        for p in pos..pos + len {
+                            want = step(&mut one, p);
+                        }
+                        let got = batch.eval_batch(&ids[pos..pos + len], pos).unwrap().to_vec();
+                        assert!(
+                            got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{name} exact={exact} threads={threads} {} batch {pos}..{}",
+                            kernel.name(),
+                            pos + len
+                        );
+                        pos += len;
+                    }
+                    // The caches agree: the next token gives the same logits.
+                    let a = step(&mut one, pos);
+                    let b = step(&mut batch, pos);
+                    assert!(
+                        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{name}: cache differs"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn eval_batch_refuses_bad_input() {
+    let file = fixture(FIXTURES[0]);
+    let mut m = Model::load(&file, ModelOptions { n_ctx: 32, ..ModelOptions::default() }).unwrap();
+    assert!(m.eval_batch(&[], 0).is_err());
+    assert!(m.eval_batch(&[1, 2], 1).is_err(), "skips position 0");
+    assert!(m.eval_batch(&[1; 33], 0).is_err(), "runs past the context");
+    assert!(m.eval_batch(&[1, u32::MAX], 0).is_err(), "token outside the vocabulary");
+    assert!(m.eval_batch(&[1, 2, 3], 0).is_ok());
+}

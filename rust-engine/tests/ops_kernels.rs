@@ -88,9 +88,14 @@ fn row_blocks_equal_single_rows_and_dot_f16() {
             let four = k.dot_f16_bytes_rows(b, &yf);
             let three = k.dot_f16_bytes_rows([b[0], b[1], b[2]], &yf);
             let two = k.dot_f16_bytes_rows([b[0], b[1]], &yf);
+            let four_h = k.dot_f16_bytes_rows_f16(b, &yh);
+            let one_h = k.dot_f16_bytes_rows_f16([b[3]], &yh);
+            assert!(same(one_h[0], ops::dot_f16(&rows[3], &yh)));
             for i in 0..4 {
                 let want = ops::dot_f16(&rows[i], &yh);
                 assert!(same(four[i], want), "{} n={n} row {i}", k.name());
+                assert!(same(four_h[i], want), "{} n={n} row {i} (f16 vector)", k.name());
+                assert!(same(ops::dot_f16_bytes(b[i], &yh), want));
                 if i < 3 {
                     assert!(same(three[i], want));
                 }

@@ -22,6 +22,8 @@ pub enum ModelError {
     ShapeMismatch { tensor: String, expected: Vec<u64>, found: Vec<u64> },
     #[error("tensor {tensor:?} has type {ggml_type}, which the engine cannot use there")]
     UnsupportedType { tensor: String, ggml_type: String },
+    #[error("a batch needs at least one token")]
+    EmptyBatch,
     #[error("token id {token} is outside the vocabulary (size {n_vocab})")]
     TokenOutOfRange { token: u32, n_vocab: usize },
     #[error("position {pos} is outside the context of {n_ctx} tokens")]

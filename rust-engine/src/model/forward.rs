@@ -1,5 +1,7 @@
-//! One token through the network: the layer loop of the module docs, with every matrix
-//! product and the attention heads split across the pool's threads.
+//! Tokens through the network: the layer loop of the module docs, for `n` consecutive tokens
+//! at once. Every matrix product reads its weights once for all `n` tokens and is split by
+//! rows across the pool's threads; each token then attends in order (storing its key and
+//! value first), so the result is exactly that of evaluating the tokens one at a time.
 
 use crate::ops::{self, rope::RopeMode, FloatKernel, Rope};
 use crate::parallel::{Pool, Rows};
@@ -8,13 +10,16 @@ use super::attention::{attend, AttnScratch};
 use super::config::Config;
 use super::fault::{Fault, FaultKind};
 use super::kv::KvCache;
+use super::scratch::Scratch;
 use super::weights::{scale_idx, Layer, Linear, LinearInput};
-use super::Scratch;
+
+/// The FFN matrices have no bias in this architecture.
+const NO_BIAS: Option<Vec<f32>> = None;
 
 /// Output rows are split between threads at multiples of this (whole row blocks per kernel).
 const ROW_ALIGN: usize = 16;
 
-/// Receives `(name, layer, values)` for every traced tensor.
+/// Receives `(name, layer, values)` for every traced tensor (of the single token evaluated).
 pub(super) type Emit<'e> = &'e mut dyn FnMut(&str, Option<usize>, &[f32]);
 
 /// The model's parts, borrowed for one pass.
@@ -33,128 +38,217 @@ pub(super) struct Forward<'m, 'a> {
     pub pool: &'m Pool,
 }
 
+/// One product of a layer: the matrix and its optional per-tensor scale and bias.
+struct Product<'p, 'a> {
+    w: &'p Linear<'a>,
+    scale: Option<f32>,
+    bias: Option<&'p [f32]>,
+}
+
+impl<'p, 'a> Product<'p, 'a> {
+    fn new(w: &'p Linear<'a>, scale: Option<f32>, bias: &'p Option<Vec<f32>>) -> Self {
+        Product { w, scale, bias: bias.as_deref() }
+    }
+}
+
 impl Forward<'_, '_> {
-    /// Evaluates `token` at `pos` (already checked), leaving the logits in `s.logits`.
-    pub fn token(self, token: u32, pos: usize, emit: Emit<'_>) {
+    /// Evaluates `tokens` at positions `pos..pos + n` (already checked, `n <= s.cap`), leaving
+    /// the logits of the last one in `s.logits`. `emit` sees every traced tensor when
+    /// `n == 1` (with more tokens it is not called).
+    pub fn run(self, tokens: &[u32], pos: usize, emit: Emit<'_>) {
         let Forward { c, exact, token_embd, output_norm, layers, rope, cache, s, attn, fault, kernel, pool } =
             self;
-        token_embd.row(token as usize, &mut s.x);
-        emit("inp_embd", None, &s.x);
+        let n = tokens.len();
+        let mut noop = |_: &str, _: Option<usize>, _: &[f32]| {};
+        let emit: Emit<'_> = if n == 1 { emit } else { &mut noop };
+        let (e, kv, f) = (c.n_embd, c.n_embd_kv(), c.n_ff);
+        let mm = Mm { pool, kernel, exact, n };
+        for (t, &token) in tokens.iter().enumerate() {
+            token_embd.row(token as usize, &mut s.x[t * e..(t + 1) * e]);
+        }
+        emit("inp_embd", None, &s.x[..e]);
 
         for (l, layer) in layers.iter().enumerate() {
             let faulty = |kind: FaultKind| fault.is_some_and(|f| f.hits(kind, l));
-            let mm = |w: &Linear<'_>, x: &[f32], inp: &LinearInput, out: Rows<'_, f32>, scale, bias| {
-                project(w, x, inp, out, scale, bias, kernel, exact)
-            };
+            let product = |w, i: usize, bias| Product::new(w, layer.scales[i], bias);
 
             // Attention block.
-            ops::rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.h);
-            emit("attn_norm", Some(l), &s.h);
+            rms_norm_each(&s.x[..n * e], &layer.attn_norm, c.rms_eps, &mut s.h[..n * e]);
+            emit("attn_norm", Some(l), &s.h[..e]);
             // One quantization of attn_norm serves Q, K and V (the reference quantizes the
             // same input three times, with identical results).
-            layer.wq.prepare(&s.h, &mut s.input, kernel, exact);
-            let (h, inp) = (&s.h, &s.input);
-            pool.split(
-                (
-                    Rows::new(&mut s.q, 1, ROW_ALIGN),
-                    Rows::new(&mut s.k, 1, ROW_ALIGN),
-                    Rows::new(&mut s.v, 1, ROW_ALIGN),
-                ),
-                |(q, k, v)| {
-                    mm(&layer.wq, h, inp, q, layer.scales[scale_idx::Q], layer.bq.as_deref());
-                    mm(&layer.wk, h, inp, k, layer.scales[scale_idx::K], layer.bk.as_deref());
-                    mm(&layer.wv, h, inp, v, layer.scales[scale_idx::V], layer.bv.as_deref());
-                },
+            mm.three(
+                [
+                    product(&layer.wq, scale_idx::Q, &layer.bq),
+                    product(&layer.wk, scale_idx::K, &layer.bk),
+                    product(&layer.wv, scale_idx::V, &layer.bv),
+                ],
+                &s.h[..n * e],
+                &mut s.input,
+                [&mut s.tq[..n * e], &mut s.tk[..n * kv], &mut s.tv[..n * kv]],
             );
+            token_major(&s.tq, n, &mut s.q[..n * e]);
+            token_major(&s.tk, n, &mut s.k[..n * kv]);
+            token_major(&s.tv, n, &mut s.v[..n * kv]);
             let rope_mode = if faulty(FaultKind::RopeAdjacent) { RopeMode::Adjacent } else { RopeMode::Neox };
-            rope.apply(&mut s.q, pos, rope_mode);
-            rope.apply(&mut s.k, pos, rope_mode);
-            emit("Qcur", Some(l), &s.q);
-            emit("Kcur", Some(l), &s.k);
-            emit("Vcur", Some(l), &s.v);
-            cache.store(l, pos, &s.k, &s.v, kernel);
-            let (q, cache_ref) = (&s.q, &*cache);
-            pool.split((Rows::new(&mut s.attn, c.head_dim, 1), Rows::new(attn, 1, 1)), |(out, sc)| {
-                attend(c, cache_ref, l, pos, q, out.range, out.data, &mut sc.data[0], kernel)
-            });
-            emit("kqv_out", Some(l), &s.attn);
-            if faulty(FaultKind::SkipAttnSubNorm) {
-                s.h.copy_from_slice(&s.attn);
-            } else {
-                ops::rms_norm(&s.attn, &layer.attn_sub_norm, c.rms_eps, &mut s.h);
+            for t in 0..n {
+                let p = pos + t;
+                let (q, k, v) = (
+                    &mut s.q[t * e..(t + 1) * e],
+                    &mut s.k[t * kv..(t + 1) * kv],
+                    &s.v[t * kv..(t + 1) * kv],
+                );
+                rope.apply(q, p, rope_mode);
+                rope.apply(k, p, rope_mode);
+                emit("Qcur", Some(l), q);
+                emit("Kcur", Some(l), k);
+                emit("Vcur", Some(l), v);
+                cache.store(l, p, k, v, kernel);
+                let (q, cache) = (&*q, &*cache);
+                pool.split(
+                    (Rows::new(&mut s.attn[t * e..(t + 1) * e], c.head_dim, 1), Rows::new(&mut *attn, 1, 1)),
+                    |(out, sc)| attend(c, cache, l, p, q, out.range, out.data, &mut sc.data[0], kernel),
+                );
             }
-            emit("attn_sub_norm", Some(l), &s.h);
-            layer.wo.prepare(&s.h, &mut s.input, kernel, exact);
-            let (h, inp) = (&s.h, &s.input);
-            pool.split(Rows::new(&mut s.o, 1, ROW_ALIGN), |o| {
-                mm(&layer.wo, h, inp, o, layer.scales[scale_idx::O], layer.bo.as_deref())
-            });
-            emit("attn_o_out", Some(l), &s.o);
-            ops::add_assign(&mut s.x, &s.o);
-            emit("ffn_inp", Some(l), &s.x);
+            emit("kqv_out", Some(l), &s.attn[..e]);
+            if faulty(FaultKind::SkipAttnSubNorm) {
+                s.h[..n * e].copy_from_slice(&s.attn[..n * e]);
+            } else {
+                rms_norm_each(&s.attn[..n * e], &layer.attn_sub_norm, c.rms_eps, &mut s.h[..n * e]);
+            }
+            emit("attn_sub_norm", Some(l), &s.h[..e]);
+            mm.one(
+                product(&layer.wo, scale_idx::O, &layer.bo),
+                &s.h[..n * e],
+                &mut s.input,
+                &mut s.tq[..n * e],
+            );
+            token_major(&s.tq, n, &mut s.o[..n * e]);
+            emit("attn_o_out", Some(l), &s.o[..e]);
+            ops::add_assign(&mut s.x[..n * e], &s.o[..n * e]);
+            emit("ffn_inp", Some(l), &s.x[..e]);
 
             // Feed-forward block.
-            ops::rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.h);
-            emit("ffn_norm", Some(l), &s.h);
-            layer.ffn_gate.prepare(&s.h, &mut s.input, kernel, exact);
-            let (h, inp) = (&s.h, &s.input);
-            pool.split(
-                (Rows::new(&mut s.gate, 1, ROW_ALIGN), Rows::new(&mut s.up, 1, ROW_ALIGN)),
-                |(g, u)| {
-                    mm(&layer.ffn_gate, h, inp, g, layer.scales[scale_idx::GATE], None);
-                    mm(&layer.ffn_up, h, inp, u, layer.scales[scale_idx::UP], None);
-                },
+            rms_norm_each(&s.x[..n * e], &layer.ffn_norm, c.rms_eps, &mut s.h[..n * e]);
+            emit("ffn_norm", Some(l), &s.h[..e]);
+            mm.two(
+                [
+                    product(&layer.ffn_gate, scale_idx::GATE, &NO_BIAS),
+                    product(&layer.ffn_up, scale_idx::UP, &NO_BIAS),
+                ],
+                &s.h[..n * e],
+                &mut s.input,
+                [&mut s.tg[..n * f], &mut s.tu[..n * f]],
             );
-            emit("ffn_gate", Some(l), &s.gate);
-            emit("ffn_up", Some(l), &s.up);
-            ops::relu_sqr_mul(&mut s.gate, &s.up);
-            emit("ffn_out", Some(l), &s.gate);
+            token_major(&s.tg, n, &mut s.gate[..n * f]);
+            token_major(&s.tu, n, &mut s.up[..n * f]);
+            emit("ffn_gate", Some(l), &s.gate[..f]);
+            emit("ffn_up", Some(l), &s.up[..f]);
+            ops::relu_sqr_mul(&mut s.gate[..n * f], &s.up[..n * f]);
+            emit("ffn_out", Some(l), &s.gate[..f]);
             if faulty(FaultKind::SkipFfnSubNorm) {
-                s.ff.copy_from_slice(&s.gate);
+                s.ff[..n * f].copy_from_slice(&s.gate[..n * f]);
             } else {
-                ops::rms_norm(&s.gate, &layer.ffn_sub_norm, c.rms_eps, &mut s.ff);
+                rms_norm_each(&s.gate[..n * f], &layer.ffn_sub_norm, c.rms_eps, &mut s.ff[..n * f]);
             }
-            emit("ffn_sub_norm", Some(l), &s.ff);
-            layer.ffn_down.prepare(&s.ff, &mut s.input, kernel, exact);
-            let (ff, inp) = (&s.ff, &s.input);
-            pool.split(Rows::new(&mut s.o, 1, ROW_ALIGN), |o| {
-                mm(&layer.ffn_down, ff, inp, o, layer.scales[scale_idx::DOWN], None)
-            });
-            emit("ffn_down", Some(l), &s.o);
-            ops::add_assign(&mut s.x, &s.o);
-            emit("l_out", Some(l), &s.x);
+            emit("ffn_sub_norm", Some(l), &s.ff[..f]);
+            mm.one(
+                product(&layer.ffn_down, scale_idx::DOWN, &NO_BIAS),
+                &s.ff[..n * f],
+                &mut s.input,
+                &mut s.tq[..n * e],
+            );
+            token_major(&s.tq, n, &mut s.o[..n * e]);
+            emit("ffn_down", Some(l), &s.o[..e]);
+            ops::add_assign(&mut s.x[..n * e], &s.o[..n * e]);
+            emit("l_out", Some(l), &s.x[..e]);
         }
-        cache.filled = pos + 1;
+        cache.filled = pos + n;
 
-        ops::rms_norm(&s.x, output_norm, c.rms_eps, &mut s.h);
-        emit("result_norm", None, &s.h);
-        token_embd.prepare(&s.h, &mut s.input, kernel, exact);
-        let (h, inp) = (&s.h, &s.input);
-        pool.split(Rows::new(&mut s.logits, 1, ROW_ALIGN), |o| {
-            token_embd.forward_rows(h, inp, o.range, o.data, kernel, exact)
-        });
+        // Logits of the last token only.
+        let last = &s.x[(n - 1) * e..n * e];
+        ops::rms_norm(last, output_norm, c.rms_eps, &mut s.h[..e]);
+        emit("result_norm", None, &s.h[..e]);
+        let head = Mm { n: 1, ..mm };
+        head.one(Product { w: token_embd, scale: None, bias: None }, &s.h[..e], &mut s.input, &mut s.logits);
         emit("result_output", None, &s.logits);
     }
 }
 
-/// Rows `out.range` of `W·x` (input prepared), then the optional per-tensor scale and bias,
-/// in the reference's order.
-#[allow(clippy::too_many_arguments)]
-fn project(
-    w: &Linear<'_>,
-    x: &[f32],
-    inp: &LinearInput,
-    out: Rows<'_, f32>,
-    scale: Option<f32>,
-    bias: Option<&[f32]>,
+/// Runs products of `n` tokens split by rows across the pool.
+#[derive(Clone, Copy)]
+struct Mm<'p> {
+    pool: &'p Pool,
     kernel: FloatKernel,
     exact: bool,
-) {
-    w.forward_rows(x, inp, out.range.clone(), out.data, kernel, exact);
-    if let Some(s) = scale {
-        out.data.iter_mut().for_each(|v| *v *= s);
+    n: usize,
+}
+
+impl Mm<'_> {
+    fn one(&self, p: Product<'_, '_>, x: &[f32], inp: &mut LinearInput, out: &mut [f32]) {
+        p.w.prepare(x, self.n, inp, self.kernel, self.exact);
+        let inp = &*inp;
+        self.pool.split(Rows::new(out, self.n, ROW_ALIGN), |o| self.rows(&p, x, inp, o));
     }
-    if let Some(b) = bias {
-        ops::add_assign(out.data, &b[out.range]);
+
+    /// Two products of the same input (gate and up) in one parallel section.
+    fn two(&self, p: [Product<'_, '_>; 2], x: &[f32], inp: &mut LinearInput, out: [&mut [f32]; 2]) {
+        p[0].w.prepare(x, self.n, inp, self.kernel, self.exact);
+        let inp = &*inp;
+        let [o0, o1] = out;
+        self.pool.split((Rows::new(o0, self.n, ROW_ALIGN), Rows::new(o1, self.n, ROW_ALIGN)), |(a, b)| {
+            self.rows(&p[0], x, inp, a);
+            self.rows(&p[1], x, inp, b);
+        });
+    }
+
+    /// Three products of the same input (Q, K, V) in one parallel section.
+    fn three(&self, p: [Product<'_, '_>; 3], x: &[f32], inp: &mut LinearInput, out: [&mut [f32]; 3]) {
+        p[0].w.prepare(x, self.n, inp, self.kernel, self.exact);
+        let inp = &*inp;
+        let [o0, o1, o2] = out;
+        let rows = |o| Rows::new(o, self.n, ROW_ALIGN);
+        self.pool.split((rows(o0), rows(o1), rows(o2)), |(a, b, c)| {
+            self.rows(&p[0], x, inp, a);
+            self.rows(&p[1], x, inp, b);
+            self.rows(&p[2], x, inp, c);
+        });
+    }
+
+    /// One thread's rows of a product (row-major over the tokens), then the optional
+    /// per-tensor scale and bias, in the reference's order.
+    fn rows(&self, p: &Product<'_, '_>, x: &[f32], inp: &LinearInput, out: Rows<'_, f32>) {
+        p.w.forward_rows(x, self.n, inp, out.range.clone(), out.data, self.kernel, self.exact);
+        if let Some(s) = p.scale {
+            out.data.iter_mut().for_each(|v| *v *= s);
+        }
+        if let Some(b) = p.bias {
+            for (o, &bias) in out.data.chunks_exact_mut(self.n).zip(&b[out.range]) {
+                o.iter_mut().for_each(|v| *v += bias);
+            }
+        }
+    }
+}
+
+/// RMSNorm of each token of `x` (token-major, `weight.len()` values each).
+fn rms_norm_each(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    for (xt, ot) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        ops::rms_norm(xt, weight, eps, ot);
+    }
+}
+
+/// Copies a row-major product (`rows × n`, from the front of `src`) into token-major `dst`
+/// (`n × rows`).
+fn token_major(src: &[f32], n: usize, dst: &mut [f32]) {
+    if n == 1 {
+        dst.copy_from_slice(&src[..dst.len()]);
+        return;
+    }
+    let rows = dst.len() / n;
+    for (r, col) in src[..rows * n].chunks_exact(n).enumerate() {
+        for (t, &v) in col.iter().enumerate() {
+            dst[t * rows + r] = v;
+        }
     }
 }

@@ -21,6 +21,7 @@ mod error;
 mod fault;
 mod forward;
 mod kv;
+mod scratch;
 mod weights;
 
 use crate::gguf::GgufFile;
@@ -35,7 +36,11 @@ pub use fault::{Fault, FaultKind};
 use forward::Forward;
 use kv::KvCache;
 pub use kv::KV_PAD;
-use weights::{load_layer, load_linear, load_vector, Layer, Linear, LinearInput};
+use scratch::Scratch;
+use weights::{load_layer, load_linear, load_vector, Layer, Linear};
+
+/// Tokens evaluated together by [`Model::eval_batch`] (longer batches go in chunks of this).
+pub const BATCH_TOKENS: usize = 32;
 
 /// How to run the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,22 +87,6 @@ pub struct Model<'a> {
     pool: Pool,
 }
 
-/// Activations of one token, allocated once.
-struct Scratch {
-    x: Vec<f32>,
-    h: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    attn: Vec<f32>,
-    o: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    ff: Vec<f32>,
-    logits: Vec<f32>,
-    input: LinearInput,
-}
-
 /// Receives named intermediate tensors (`attn_norm-0`, ..., `result_norm`).
 pub type Hook<'h> = &'h mut dyn FnMut(&str, &[f32]);
 
@@ -115,20 +104,7 @@ impl<'a> Model<'a> {
             (0..c.n_layer).map(|l| load_layer(file, c, l, &mut flavors)).collect::<Result<Vec<_>, _>>()?;
         let n_ctx = options.n_ctx.max(1);
         let cache = KvCache::new(c.n_layer, n_ctx, c.n_embd_kv(), options.exact_reference_rounding);
-        let s = Scratch {
-            x: vec![0.0; c.n_embd],
-            h: vec![0.0; c.n_embd],
-            q: vec![0.0; c.n_embd],
-            k: vec![0.0; c.n_embd_kv()],
-            v: vec![0.0; c.n_embd_kv()],
-            attn: vec![0.0; c.n_embd],
-            o: vec![0.0; c.n_embd],
-            gate: vec![0.0; c.n_ff],
-            up: vec![0.0; c.n_ff],
-            ff: vec![0.0; c.n_ff],
-            logits: vec![0.0; c.n_vocab],
-            input: LinearInput::new(c.n_embd.max(c.n_ff), qk256),
-        };
+        let s = Scratch::new(c, 1, qk256);
         let pool = Pool::new(options.threads)?;
         let attn = (0..pool.threads()).map(|_| AttnScratch::new(cache.n_ctx, c.head_dim)).collect();
         let kernel = FloatKernel::matching(qk256);
@@ -190,8 +166,7 @@ impl<'a> Model<'a> {
                 m.set_kernel(qk256);
             }
         }
-        let c = &self.config;
-        self.s.input = LinearInput::new(c.n_embd.max(c.n_ff), qk256);
+        self.s = Scratch::new(&self.config, self.s.cap, qk256);
     }
 
     /// Threads computing each token.
@@ -217,7 +192,34 @@ impl<'a> Model<'a> {
         let (pass, pool) = self.pass();
         // The whole pass runs on a worker, so its row splits fan out without a hand-off
         // through this thread for every product.
-        pool.install(|| pass.token(token, pos, &mut |_, _, _| {}));
+        pool.install(|| pass.run(&[token], pos, &mut |_, _, _| {}));
+        Ok(&self.s.logits)
+    }
+
+    /// Evaluates `tokens` at positions `start_pos..` and returns the logits of the last one:
+    /// exactly what evaluating them one at a time with [`eval`](Self::eval) gives (every
+    /// cache entry and the logits, bit for bit), but reading each weight once per
+    /// [`BATCH_TOKENS`] tokens. The first batch longer than one token allocates the batch
+    /// buffers (kept for later batches).
+    pub fn eval_batch(&mut self, tokens: &[u32], start_pos: usize) -> Result<&[f32], ModelError> {
+        let Some(last) = tokens.len().checked_sub(1) else {
+            return Err(ModelError::EmptyBatch);
+        };
+        self.check(tokens[0], start_pos)?;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.n_vocab) {
+            return Err(ModelError::TokenOutOfRange { token: bad, n_vocab: self.config.n_vocab });
+        }
+        if start_pos + last >= self.cache.n_ctx {
+            return Err(ModelError::ContextFull { pos: start_pos + last, n_ctx: self.cache.n_ctx });
+        }
+        if tokens.len() > 1 && self.s.cap < BATCH_TOKENS {
+            self.s = Scratch::new(&self.config, BATCH_TOKENS, self.qk256);
+        }
+        let cap = self.s.cap;
+        for (i, chunk) in tokens.chunks(cap).enumerate() {
+            let (pass, pool) = self.pass();
+            pool.install(|| pass.run(chunk, start_pos + i * cap, &mut |_, _, _| {}));
+        }
         Ok(&self.s.logits)
     }
 
@@ -225,7 +227,7 @@ impl<'a> Model<'a> {
     pub fn eval_traced(&mut self, token: u32, pos: usize, hook: Hook<'_>) -> Result<&[f32], ModelError> {
         self.check(token, pos)?;
         let (pass, _) = self.pass();
-        pass.token(token, pos, &mut |name, layer, t| match layer {
+        pass.run(&[token], pos, &mut |name, layer, t| match layer {
             Some(l) => hook(&format!("{name}-{l}"), t),
             None => hook(name, t),
         });

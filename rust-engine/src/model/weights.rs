@@ -20,27 +20,23 @@ pub enum Linear<'a> {
     F32 { data: Vec<f32>, rows: usize, cols: usize },
 }
 
-/// The input of a matrix product, prepared once and shared by every thread computing a
-/// part of the rows: int8 activations for ternary weights, the f16-rounded vector for F16
-/// weights under the reference rounding.
+/// The input of a matrix product for `n` tokens, prepared once and shared by every thread
+/// computing a part of the rows: int8 activations for ternary weights, the f16 values for
+/// F16 weights under the reference rounding.
 pub struct LinearInput {
-    pub acts: QuantizedActs,
-    pub rounded: Vec<f32>,
+    pub acts: Vec<QuantizedActs>,
+    pub f16: Vec<u16>,
 }
 
 impl LinearInput {
-    pub fn new(max_cols: usize, kernel: Qk256Kernel) -> LinearInput {
+    /// Room for `cap` tokens of up to `max_cols` values.
+    pub fn new(cap: usize, max_cols: usize, kernel: Qk256Kernel) -> LinearInput {
         LinearInput {
-            acts: QuantizedActs::with_kernel(max_cols, kernel),
-            rounded: Vec::with_capacity(max_cols),
+            acts: (0..cap).map(|_| QuantizedActs::with_kernel(max_cols, kernel)).collect(),
+            f16: Vec::with_capacity(cap * max_cols),
         }
     }
 }
-
-/// Rows of F16 weights computed per pass (they would share each load of the input vector).
-/// One: the lm_head streams 657 MB from memory, and reading adjacent rows side by side
-/// measured 1.5–2× slower from DRAM here than one row after another.
-const F16_ROW_BLOCK: usize = 1;
 
 impl<'a> Linear<'a> {
     pub fn rows(&self) -> usize {
@@ -57,59 +53,99 @@ impl<'a> Linear<'a> {
         }
     }
 
-    /// Prepares `x` for [`forward_rows`](Self::forward_rows): quantizes it to int8 for
-    /// ternary weights (ternary weights only ever see int8 activations in the reference),
-    /// rounds it through f16 for F16 weights when `exact_rounding` (the reference's
-    /// `vec_dot_type` for F16 is F16).
-    pub fn prepare(&self, x: &[f32], input: &mut LinearInput, kernel: FloatKernel, exact_rounding: bool) {
-        debug_assert_eq!(x.len(), self.cols());
+    /// Prepares `x` (`n` tokens of `cols` values, one after the other) for
+    /// [`forward_rows`](Self::forward_rows): quantizes each token to int8 for ternary weights
+    /// (ternary weights only ever see int8 activations in the reference), rounds it through
+    /// f16 for F16 weights when `exact_rounding` (the reference's `vec_dot_type` for F16).
+    pub fn prepare(
+        &self,
+        x: &[f32],
+        n: usize,
+        input: &mut LinearInput,
+        kernel: FloatKernel,
+        exact_rounding: bool,
+    ) {
+        debug_assert_eq!(x.len(), n * self.cols());
         match self {
-            Linear::Ternary(_) => input.acts.quantize(x),
+            Linear::Ternary(_) => {
+                for (acts, xt) in input.acts[..n].iter_mut().zip(x.chunks_exact(self.cols())) {
+                    acts.quantize(xt);
+                }
+            }
             Linear::F16 { .. } if exact_rounding => {
-                input.rounded.clear();
-                input.rounded.extend_from_slice(x);
-                kernel.round_through_f16(&mut input.rounded);
+                input.f16.resize(x.len(), 0);
+                kernel.f32_to_f16_row(x, &mut input.f16);
             }
             Linear::F16 { .. } | Linear::F32 { .. } => {}
         }
     }
 
-    /// `out[i] = (W · x)[rows.start + i]`, with `input` prepared from `x` by
-    /// [`prepare`](Self::prepare) with the same `exact_rounding`. Allocates nothing.
+    /// Rows `rows` of `W · x_t` for the `n` tokens of `x`, **row-major**:
+    /// `out[i·n + t] = (W · x_t)[rows.start + i]` (for one token, simply the rows). `input`
+    /// must have been prepared from `x` by [`prepare`](Self::prepare) with the same
+    /// `exact_rounding`. Allocates nothing.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_rows(
         &self,
         x: &[f32],
+        n: usize,
         input: &LinearInput,
         rows: Range<usize>,
         out: &mut [f32],
         kernel: FloatKernel,
         exact_rounding: bool,
     ) {
-        debug_assert_eq!(out.len(), rows.len());
+        debug_assert_eq!(out.len(), rows.len() * n);
         debug_assert!(rows.end <= self.rows());
         match self {
-            Linear::Ternary(m) => m.matvec_rows(&input.acts, rows, out),
+            Linear::Ternary(m) if n == 1 => m.matvec_rows(&input.acts[0], rows, out),
+            Linear::Ternary(m) => m.matmul_rows(&input.acts[..n], rows, out),
             Linear::F16 { data, cols, .. } => {
-                // With the input rounded to f16, `dot_f16_f32` is exactly the reference's
-                // `dot_f16` (widening f16 to f32 is exact).
-                let y = if exact_rounding { &input.rounded[..] } else { x };
                 let rb = cols * 2;
                 let row = |r: usize| &data[r * rb..(r + 1) * rb];
-                let mut blocks = out.chunks_exact_mut(F16_ROW_BLOCK);
-                let mut r = rows.start;
-                for o in &mut blocks {
-                    let rs: [&[u8]; F16_ROW_BLOCK] = std::array::from_fn(|i| row(r + i));
-                    o.copy_from_slice(&kernel.dot_f16_bytes_rows(rs, y));
-                    r += F16_ROW_BLOCK;
-                }
-                for o in blocks.into_remainder() {
-                    *o = kernel.dot_f16_bytes_rows([row(r)], y)[0];
-                    r += 1;
+                // The reference rounds the input to f16 (`dot_f16`); without that rounding the
+                // f32 input is used as it is (`dot_f16_f32`, the same lanes).
+                let dots = |rs: [&[u8]; 2], t: usize| {
+                    if exact_rounding {
+                        kernel.dot_f16_bytes_rows_f16(rs, &input.f16[t * cols..(t + 1) * cols])
+                    } else {
+                        kernel.dot_f16_bytes_rows(rs, &x[t * cols..(t + 1) * cols])
+                    }
+                };
+                let dot = |r: usize, t: usize| {
+                    if exact_rounding {
+                        kernel.dot_f16_bytes_rows_f16([row(r)], &input.f16[t * cols..(t + 1) * cols])[0]
+                    } else {
+                        kernel.dot_f16_bytes_rows([row(r)], &x[t * cols..(t + 1) * cols])[0]
+                    }
+                };
+                if n == 1 {
+                    // Two rows per pass, from the two halves of the range: two long sequential
+                    // streams (the lm_head streams 657 MB per token). Measured from DRAM here:
+                    // ~29 GB/s, against ~25 GB/s for one row after another and ~12 GB/s for
+                    // adjacent rows side by side.
+                    let half = rows.len() / 2;
+                    let (lo, hi) = out.split_at_mut(half);
+                    for (i, (a, b)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+                        let r = rows.start + i;
+                        [*a, *b] = dots([row(r), row(r + half)], 0);
+                    }
+                    if rows.len() % 2 == 1 {
+                        out[rows.len() - 1] = dot(rows.end - 1, 0);
+                    }
+                } else {
+                    for (o, r) in out.chunks_exact_mut(n).zip(rows) {
+                        for (t, ot) in o.iter_mut().enumerate() {
+                            *ot = dot(r, t);
+                        }
+                    }
                 }
             }
             Linear::F32 { data, cols, .. } => {
-                for (o, r) in out.iter_mut().zip(rows) {
-                    *o = kernel.dot_f32(&data[r * cols..(r + 1) * cols], x);
+                for (o, r) in out.chunks_exact_mut(n).zip(rows) {
+                    for (ot, xt) in o.iter_mut().zip(x.chunks_exact(*cols)) {
+                        *ot = kernel.dot_f32(&data[r * cols..(r + 1) * cols], xt);
+                    }
                 }
             }
         }

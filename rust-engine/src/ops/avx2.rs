@@ -50,20 +50,43 @@ unsafe fn load_f16(p: *const u8) -> __m256 {
     _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p as *const __m128i) })
 }
 
-/// Four-accumulator FMA sums over `np` (a multiple of 32) elements of `R` f16 rows against
-/// one f32 vector, reduced the ggml way. The vector is loaded once per step for all rows.
+/// Where the vector operand of the row kernel comes from.
+#[derive(Clone, Copy)]
+enum Vector {
+    F32(*const f32),
+    /// f16 bits, widened on load (exact): half the bytes of f32 to read per step.
+    F16(*const u8),
+}
+
+/// Eight elements of the vector at `i`.
 ///
 /// # Safety
-/// Each `w[r]` must be valid for `2·np` bytes and `y` for `np` f32s.
+/// The vector must be valid for `i + 8` elements.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_rows_body<const R: usize>(w: [*const u8; R], y: *const f32, np: usize) -> [f32; R] {
+unsafe fn load_vector(y: Vector, i: usize) -> __m256 {
+    match y {
+        // SAFETY: i + 8 elements are valid (caller contract); unaligned loads.
+        Vector::F32(p) => unsafe { _mm256_loadu_ps(p.add(i)) },
+        // SAFETY: as above, 16 bytes at 2i.
+        Vector::F16(p) => unsafe { load_f16(p.add(2 * i)) },
+    }
+}
+
+/// Four-accumulator FMA sums over `np` (a multiple of 32) elements of `R` f16 rows against
+/// one vector, reduced the ggml way. The vector is loaded once per step for all rows.
+///
+/// # Safety
+/// Each `w[r]` must be valid for `2·np` bytes and `y` for `np` elements.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_rows_body<const R: usize>(w: [*const u8; R], y: Vector, np: usize) -> [f32; R] {
     let mut acc = [[_mm256_setzero_ps(); 4]; R];
     let mut i = 0;
     while i < np {
         for j in 0..4 {
             // SAFETY: i + 8j + 8 <= np, within both operands (caller contract).
-            let yv = unsafe { _mm256_loadu_ps(y.add(i + 8 * j)) };
+            let yv = unsafe { load_vector(y, i + 8 * j) };
             for (acc_r, w_r) in acc.iter_mut().zip(w) {
                 // SAFETY: as above, bytes 2(i + 8j) .. 2(i + 8j) + 16 of row r.
                 let wv = unsafe { load_f16(w_r.add(2 * (i + 8 * j))) };
@@ -86,7 +109,7 @@ pub(crate) fn dot_f16_bytes_rows<const R: usize>(_t: Avx2Fma, rows: [&[u8]; R], 
     }
     let np = n & !(STEP - 1);
     // SAFETY: the token proves the features; every row holds 2n >= 2np bytes and y holds n >= np.
-    let heads = unsafe { f16_rows_body::<R>(rows.map(|r| r.as_ptr()), y.as_ptr(), np) };
+    let heads = unsafe { f16_rows_body::<R>(rows.map(|r| r.as_ptr()), Vector::F32(y.as_ptr()), np) };
     let mut out = [0f32; R];
     for ((o, head), row) in out.iter_mut().zip(heads).zip(rows) {
         let mut sum = f64::from(head);
@@ -99,13 +122,38 @@ pub(crate) fn dot_f16_bytes_rows<const R: usize>(_t: Avx2Fma, rows: [&[u8]; R], 
     out
 }
 
+/// `dot_f16` (see `dot.rs`) of `R` rows given as raw f16 bytes against the f16 vector `y`.
+///
+/// # Panics
+/// If a row's byte length differs from `2·y.len()`.
+pub(crate) fn dot_f16_bytes_rows_f16<const R: usize>(_t: Avx2Fma, rows: [&[u8]; R], y: &[u16]) -> [f32; R] {
+    let n = y.len();
+    for r in &rows {
+        assert_eq!(r.len(), 2 * n, "f16 row and vector differ in length");
+    }
+    let np = n & !(STEP - 1);
+    // SAFETY: the token proves the features; every row holds 2n >= 2np bytes and y holds n >= np.
+    let heads =
+        unsafe { f16_rows_body::<R>(rows.map(|r| r.as_ptr()), Vector::F16(y.as_ptr() as *const u8), np) };
+    let mut out = [0f32; R];
+    for ((o, head), row) in out.iter_mut().zip(heads).zip(rows) {
+        let mut sum = f64::from(head);
+        for k in np..n {
+            let w = f16_to_f32(u16::from_le_bytes([row[2 * k], row[2 * k + 1]]));
+            sum += f64::from(w * f16_to_f32(y[k]));
+        }
+        *o = sum as f32;
+    }
+    out
+}
+
 /// `dot_f16_f32` (see `dot.rs`): f16 values against f32 values.
 pub(crate) fn dot_f16_f32(_t: Avx2Fma, x: &[u16], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len());
     let n = y.len();
     let np = n & !(STEP - 1);
     // SAFETY: the token proves the features; x holds 2n >= 2np bytes and y holds n >= np.
-    let [head] = unsafe { f16_rows_body::<1>([x.as_ptr() as *const u8], y.as_ptr(), np) };
+    let [head] = unsafe { f16_rows_body::<1>([x.as_ptr() as *const u8], Vector::F32(y.as_ptr()), np) };
     let mut sum = f64::from(head);
     for k in np..n {
         sum += f64::from(f16_to_f32(x[k]) * y[k]);

@@ -69,22 +69,34 @@ pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
 /// equals `dot_f16` on the f16 bits, since widening an f16 to f32 is exact.
 pub fn dot_f16_f32(x: &[u16], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len());
-    dot_f16_f32_by(x.len(), |k| f16_to_f32(x[k]), y)
+    dot_f16_f32_by(x.len(), |k| f16_to_f32(x[k]), |k| y[k])
 }
 
 /// [`dot_f16_f32`] with the f16 operand given as little-endian bytes (a row of a mapped
 /// F16 tensor, any alignment).
 pub fn dot_f16_bytes_f32(x: &[u8], y: &[f32]) -> f32 {
     assert_eq!(x.len(), 2 * y.len());
-    dot_f16_f32_by(y.len(), |k| f16_to_f32(u16::from_le_bytes([x[2 * k], x[2 * k + 1]])), y)
+    dot_f16_f32_by(y.len(), |k| f16_to_f32(u16::from_le_bytes([x[2 * k], x[2 * k + 1]])), |k| y[k])
 }
 
+/// [`dot_f16`] with the first operand given as little-endian bytes (a row of a mapped F16
+/// tensor, any alignment).
+pub fn dot_f16_bytes(x: &[u8], y: &[u16]) -> f32 {
+    assert_eq!(x.len(), 2 * y.len());
+    dot_f16_f32_by(
+        y.len(),
+        |k| f16_to_f32(u16::from_le_bytes([x[2 * k], x[2 * k + 1]])),
+        |k| f16_to_f32(y[k]),
+    )
+}
+
+/// The lanes, then leftovers as f32 products summed in f64 (the F16 dot's tail).
 #[inline]
-fn dot_f16_f32_by(n: usize, x: impl Fn(usize) -> f32, y: &[f32]) -> f32 {
+fn dot_f16_f32_by(n: usize, x: impl Fn(usize) -> f32, y: impl Fn(usize) -> f32) -> f32 {
     let np = n & !(STEP - 1);
-    let mut sum = f64::from(lanes(np, &x, |k| y[k]));
-    for (k, &yk) in y.iter().enumerate().take(n).skip(np) {
-        sum += f64::from(x(k) * yk);
+    let mut sum = f64::from(lanes(np, &x, &y));
+    for k in np..n {
+        sum += f64::from(x(k) * y(k));
     }
     sum as f32
 }

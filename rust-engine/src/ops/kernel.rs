@@ -97,6 +97,16 @@ impl FloatKernel {
         }
     }
 
+    /// [`dot::dot_f16_bytes`] of `R` rows at once (the rows share the loads of `y`).
+    #[inline]
+    pub fn dot_f16_bytes_rows_f16<const R: usize>(self, rows: [&[u8]; R], y: &[u16]) -> [f32; R] {
+        match self.0 {
+            Imp::Scalar => rows.map(|r| dot::dot_f16_bytes(r, y)),
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx2(t) => super::avx2::dot_f16_bytes_rows_f16(t, rows, y),
+        }
+    }
+
     /// `out[i] = f32_to_f16(x[i])`.
     pub fn f32_to_f16_row(self, x: &[f32], out: &mut [u16]) {
         match self.0 {

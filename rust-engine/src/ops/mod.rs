@@ -11,7 +11,10 @@ mod kernel;
 pub mod rope;
 pub mod softmax;
 
-pub use dot::{dot_f16, dot_f16_bytes_f32, dot_f16_f32, dot_f32, f16_to_f32, f32_to_f16, round_through_f16};
+pub use dot::{
+    dot_f16, dot_f16_bytes, dot_f16_bytes_f32, dot_f16_f32, dot_f32, f16_to_f32, f32_to_f16,
+    round_through_f16,
+};
 pub use kernel::FloatKernel;
 pub use rope::Rope;
 pub use softmax::softmax_scaled;

@@ -104,13 +104,14 @@ unsafe fn qk256_dots_avx2<const R: usize, const C: usize>(
         let mut acc1 = [[_mm256_setzero_si256(); C]; R];
         let mut acc4 = [[_mm256_setzero_si256(); C]; R];
         for ch in start..end {
-            let a: [[__m256i; 4]; C] = std::array::from_fn(|c| {
+            // (Plain loops, not closures: a closure would not inherit the target features
+            // and would pass every vector through memory.)
+            let mut a = [[_mm256_setzero_si256(); 4]; C];
+            for (a_c, q_c) in a.iter_mut().zip(q) {
                 // SAFETY: ch < chunks, so the 128 activations at 128·ch of every column are in
-                // bounds (caller contract): four unaligned 32-byte loads.
-                std::array::from_fn(|k| unsafe {
-                    _mm256_loadu_si256((q[c].add(128 * ch) as *const __m256i).add(k))
-                })
-            });
+                // bounds (caller contract).
+                *a_c = unsafe { load_128_i8(q_c.add(128 * ch)) };
+            }
             for r in 0..R {
                 // SAFETY: the 32 weight bytes at 32·ch of row r are in bounds (caller contract).
                 let wv = unsafe { _mm256_loadu_si256(w[r].add(32 * ch) as *const __m256i) };
@@ -143,7 +144,32 @@ unsafe fn qk256_dots_avx2<const R: usize, const C: usize>(
         }
         start = end;
     }
-    acc32.map(|row| row.map(|v| hsum_i32(v)))
+    let mut sums = [[0i32; C]; R];
+    for (s_r, acc_r) in sums.iter_mut().zip(&acc32) {
+        for (s, acc) in s_r.iter_mut().zip(acc_r) {
+            *s = hsum_i32(*acc);
+        }
+    }
+    sums
+}
+
+/// Four unaligned 32-byte loads: one chunk's 128 activations.
+///
+/// # Safety
+/// `p` must be valid for 128 bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load_128_i8(p: *const i8) -> [__m256i; 4] {
+    let p = p as *const __m256i;
+    // SAFETY: 4 × 32 = 128 bytes at p (caller contract); unaligned loads.
+    unsafe {
+        [
+            _mm256_loadu_si256(p),
+            _mm256_loadu_si256(p.add(1)),
+            _mm256_loadu_si256(p.add(2)),
+            _mm256_loadu_si256(p.add(3)),
+        ]
+    }
 }
 
 #[inline]

@@ -29,7 +29,8 @@ pub enum Exit {
     OutputFailed = 8,
     /// An internal error: a bug in the harness (please report it).
     Internal = 70,
-    /// Interrupted by Ctrl-C / SIGINT (a partial receipt may have been written).
+    /// Interrupted by Ctrl-C / SIGINT or SIGTERM: the receipt is complete but covers only the
+    /// positions evaluated before the signal (`run_state.interrupted`).
     Interrupted = 130,
 }
 

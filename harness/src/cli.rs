@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{diff, fixtures, gate, inspect, report, run, tokenize_check};
+use crate::{bench, diff, fixtures, gate, inspect, report, run, tokenize_check};
 
 /// bitnet-parity: does a Rust BitNet engine compute what bitnet.cpp computes?
 ///
@@ -31,7 +31,7 @@ pub enum Command {
     /// Describe a GGUF file: architecture, hyper-parameters, tokenizer, tensors.
     Inspect(inspect::InspectArgs),
     /// Measure decode/prefill speed and kernel throughput of both engines.
-    Bench,
+    Bench(bench::BenchArgs),
     /// Write the deterministic fixture models.
     Fixtures(fixtures::FixturesArgs),
     /// Compare the Rust tokenizer with the reference's on a corpus of strings.
@@ -39,4 +39,7 @@ pub enum Command {
     /// Internal: serve the C++ reference over stdin/stdout for the harness's parent process.
     #[command(hide = true)]
     CppWorker,
+    /// Internal: one engine of `bench`, timed in its own process.
+    #[command(hide = true)]
+    BenchWorker(bench::WorkerArgs),
 }

@@ -2,6 +2,7 @@
 //! tokens and reports, as versioned JSON receipts, where they agree and where they do not.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod compare;
 pub mod diff;

@@ -27,8 +27,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Report(args) => harness::report::run(&args),
         Command::TokenizeCheck(args) => harness::tokenize_check::run(&args),
         Command::CppWorker => std::process::exit(bitnet_cpp::worker::serve_stdio()),
-        Command::Bench => {
-            Err(Failure::new(Exit::Internal, anyhow::anyhow!("this subcommand is not built yet")))
-        }
+        Command::Bench(args) => harness::bench::run(&args),
+        Command::BenchWorker(args) => std::process::exit(harness::bench::serve_worker(&args)),
     }
 }

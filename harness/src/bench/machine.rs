@@ -1,0 +1,124 @@
+//! The machine: CPU, caches, memory, load, and its streaming-read bandwidth.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::report::{Bandwidth, Machine};
+
+/// What /proc and /sys say about this machine (fields it cannot read are left empty).
+pub fn describe() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()));
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_total_bytes = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024);
+    Machine {
+        cpu_model,
+        logical_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        caches: caches(),
+        memory_total_bytes,
+        load_average_start: load_average(),
+        load_average_end: None,
+    }
+}
+
+/// `L1d 64K`, `L2 2048K`, ... for cpu0 (sizes per instance, as /sys gives them).
+fn caches() -> Vec<String> {
+    let base = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    let mut out = Vec::new();
+    for i in 0..8 {
+        let dir = base.join(format!("index{i}"));
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).map(|s| s.trim().to_string()).ok();
+        let (Some(level), Some(ty), Some(size)) = (read("level"), read("type"), read("size")) else { break };
+        let ty = match ty.as_str() {
+            "Data" => "d",
+            "Instruction" => "i",
+            _ => "",
+        };
+        out.push(format!("L{level}{ty} {size}"));
+    }
+    out
+}
+
+/// /proc/loadavg's three averages.
+pub fn load_average() -> Option<[f64; 3]> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut it = s.split_whitespace().map(|v| v.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}
+
+/// Sums u64s with 8 independent accumulators: the compiler vectorises it, so one core issues
+/// loads as fast as memory delivers them.
+fn sum(xs: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_add(x);
+        }
+    }
+    acc.iter().chain(rest).fold(0u64, |s, &x| s.wrapping_add(x))
+}
+
+/// Streaming-read bandwidth: a buffer of `bytes` (much larger than the caches) summed by each
+/// thread count's threads, each over its own contiguous part; best of `passes` passes.
+pub fn bandwidth(bytes: u64, threads: &[usize], passes: usize) -> Vec<Bandwidth> {
+    let words = (bytes / 8).max(8) as usize;
+    // Written once, so every page is resident before timing (a fresh page would be a zero page).
+    let buf: Vec<u64> = (0..words as u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).collect();
+    let sink = AtomicU64::new(0);
+    threads
+        .iter()
+        .map(|&t| {
+            let t = t.max(1);
+            let part = words.div_ceil(t);
+            let mut best = f64::INFINITY;
+            for _ in 0..passes.max(1) {
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for chunk in buf.chunks(part) {
+                        let sink = &sink;
+                        s.spawn(move || sink.fetch_add(sum(chunk), Ordering::Relaxed));
+                    }
+                });
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+            Bandwidth { threads: t, gb_per_s: (words * 8) as f64 / best / 1e9, passes: passes.max(1) }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sum_wraps_and_counts_every_word() {
+        let xs: Vec<u64> = (1..=21).collect();
+        assert_eq!(sum(&xs), 231);
+        assert_eq!(sum(&[u64::MAX, 2]), 1);
+        assert_eq!(sum(&[]), 0);
+    }
+
+    #[test]
+    fn bandwidth_reports_each_thread_count() {
+        let b = bandwidth(1 << 20, &[1, 2], 1);
+        assert_eq!(b.iter().map(|b| b.threads).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(b.iter().all(|b| b.gb_per_s.is_finite() && b.gb_per_s > 0.0));
+    }
+
+    #[test]
+    fn machine_description_reads_proc() {
+        let m = describe();
+        assert!(m.logical_cpus >= 1);
+        if std::path::Path::new("/proc/loadavg").exists() {
+            assert!(m.load_average_start.is_some());
+        }
+    }
+}

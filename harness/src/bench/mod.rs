@@ -1,0 +1,411 @@
+//! `harness bench`: decode and prefill speed, peak memory and kernel throughput of both
+//! engines on the same model, in the same run, with the Rust ÷ reference ratios and the
+//! project's performance goals. See `docs/bench.md` for what is timed and the JSON shape.
+//!
+//! | file           | holds                                                            |
+//! |----------------|------------------------------------------------------------------|
+//! | `report.rs`    | the JSON report types (`bench-1.0.0`)                            |
+//! | `model.rs`     | the model: a file or a generated 2B-shaped one; bytes per token  |
+//! | `machine.rs`   | CPU, caches, load, streaming-read bandwidth                      |
+//! | `worker.rs`    | one engine per process (`harness bench-worker`), and its handle  |
+//! | `gemv.rs`      | QK256 GEMV micro-benchmarks against the reference's mul_mat      |
+//! | `run_check.rs` | a timed `harness run` of N tokens                                |
+//! | `goals.rs`     | the goals, checked against a report                              |
+//! | `table.rs`     | the human-readable output                                        |
+
+pub mod gemv;
+pub mod goals;
+pub mod machine;
+pub mod model;
+pub mod report;
+pub mod run_check;
+pub mod table;
+pub mod worker;
+
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use bitnet_cpp::Reference;
+use bitnet_engine::gguf::GgufFile;
+use bitnet_engine::model::Config;
+
+use crate::exit::{Exit, Failure, OrExit};
+use model::ModelChoice;
+use report::{
+    Bandwidth, BenchModel, BenchReport, BenchSettings, BytesPerToken, Decode, EngineIdentities, EngineResult,
+    Memory, Prefill, Ratios, ReferenceIdentity, RustIdentity, ThreadResult, BENCH_SCHEMA_VERSION,
+};
+pub use worker::{serve as serve_worker, WorkerArgs};
+use worker::{EngineKind, Reply, WorkerHandle};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// A model file to benchmark. Default: a generated model with the 2B-4T shapes (`--shape 2b`).
+    #[arg(long, value_name = "GGUF", conflicts_with = "shape")]
+    pub model: Option<PathBuf>,
+    /// Generate (once, into the cache folder) a model with real shapes: `2b` is BitNet b1.58
+    /// 2B-4T (n_embd 2560, n_ff 6912, 20/5 heads, vocab 128256).
+    #[arg(long, value_parser = ["2b"])]
+    pub shape: Option<String>,
+    /// Layers of the generated model.
+    #[arg(long, default_value_t = 4, conflicts_with = "model")]
+    pub layers: u64,
+    /// Folder of generated models [default: $XDG_CACHE_HOME or ~/.cache, /bitnet-parity/models].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Tokens per decode run (one at a time, with the KV cache, from position 0).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    pub tokens: u32,
+    /// A thread count to measure at (repeatable: `--threads 1 --threads 2`).
+    #[arg(long = "threads", default_values_t = [1u32], value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: Vec<u32>,
+    /// Timed decode runs per engine and thread count (after one warm-up run); the median counts.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub runs: u32,
+    /// Tokens of the prefill batch (0: skip prefill).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(0..=8192))]
+    pub prefill: u32,
+    /// Timed prefill runs per engine and thread count (after one warm-up).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub prefill_runs: u32,
+    /// GEMV products per timed batch.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub gemv_repeats: u32,
+    /// Timed GEMV batches per engine (the median counts).
+    #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub gemv_batches: u32,
+    /// Skip the GEMV micro-benchmarks.
+    #[arg(long)]
+    pub no_gemv: bool,
+    /// Size of the bandwidth benchmark's buffer, in MiB (use much more than the last cache).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub bandwidth_mib: u64,
+    /// Tokens of the `harness run` check (0: skip it).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=8192))]
+    pub run_tokens: u32,
+    /// Print the report as JSON (schema `bench-1.0.0`, see docs/bench.md) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+}
+
+/// The settings after defaults, as numbers.
+struct Plan {
+    threads: Vec<usize>,
+    tokens: usize,
+    runs: usize,
+    prefill: usize,
+    prefill_runs: usize,
+    n_ctx: usize,
+}
+
+pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
+    let mut threads: Vec<usize> = args.threads.iter().map(|&t| t as usize).collect();
+    threads.dedup();
+    let (tokens, prefill) = (args.tokens as usize, args.prefill as usize);
+    let plan = Plan {
+        threads,
+        tokens,
+        runs: args.runs as usize,
+        prefill,
+        prefill_runs: args.prefill_runs as usize,
+        n_ctx: tokens.max(prefill).next_multiple_of(32),
+    };
+
+    let mut machine = machine::describe();
+    let choice = match &args.model {
+        Some(p) => ModelChoice::File(p.clone()),
+        None => ModelChoice::Shape2b {
+            layers: args.layers,
+            cache_dir: match &args.cache_dir {
+                Some(d) => d.clone(),
+                None => crate::fixtures::default_cache_dir().or_exit(Exit::BadInput)?,
+            },
+        },
+    };
+    let model_file = model::resolve(&choice).or_exit(Exit::BadInput)?;
+    let file = GgufFile::open(&model_file.path).or_exit(Exit::BadInput)?;
+    let config = Config::from_gguf(&file).or_exit(Exit::ModelInvalid)?;
+    let bytes = model::bytes_per_token(&file, &config, plan.tokens);
+    let model_report = BenchModel {
+        path: model_file.path.display().to_string(),
+        kind: model_file.kind.into(),
+        file_bytes: file.file_len(),
+        n_layer: config.n_layer,
+        n_embd: config.n_embd,
+        n_ff: config.n_ff,
+        n_head: config.n_head,
+        n_head_kv: config.n_head_kv,
+        n_vocab: config.n_vocab,
+        bytes_per_token: bytes.clone(),
+    };
+    drop(file);
+
+    eprintln!("bandwidth: summing {} MiB …", args.bandwidth_mib);
+    let bandwidth = machine::bandwidth(args.bandwidth_mib << 20, &plan.threads, 3);
+
+    let reference = Reference::open_default().map_err(|e| {
+        Failure::new(Exit::ReferenceUnavailable, anyhow!("cannot load the C++ reference: {e}"))
+    })?;
+    let reference_identity = ReferenceIdentity {
+        build: reference.build_info().summary(),
+        kernels: reference.build_info().kernels.clone(),
+        library_path: reference.library_path().display().to_string(),
+        system_info: reference.system_info(),
+    };
+
+    let mut results = Vec::new();
+    let mut rust_identity = None;
+    for &t in &plan.threads {
+        eprintln!("engines at {t} thread(s) …");
+        let bw = bandwidth.iter().find(|b| b.threads == t);
+        let (result, rust_ready) = measure_engines(&model_file.path, t, &plan, &config, &bytes, bw)
+            .map_err(|e| Failure::new(Exit::Internal, e))?;
+        rust_identity.get_or_insert(rust_ready);
+        results.push(result);
+    }
+
+    let mut gemv_results = Vec::new();
+    if !args.no_gemv {
+        for (rows, cols) in gemv::SHAPES {
+            let data = gemv::GemvData::new(rows, cols).or_exit(Exit::Internal)?;
+            for &t in &plan.threads {
+                eprintln!("gemv {rows}×{cols} at {t} thread(s) …");
+                let g = gemv::bench_shape(
+                    &reference,
+                    &data,
+                    t,
+                    args.gemv_repeats as usize,
+                    args.gemv_batches as usize,
+                )
+                .or_exit(Exit::Internal)?;
+                gemv_results.push(g);
+            }
+        }
+    }
+
+    if args.run_tokens > 0 {
+        for r in &mut results {
+            eprintln!("harness run of {} tokens at {} thread(s) …", args.run_tokens, r.threads);
+            match run_check::run_check(&model_file.path, args.run_tokens as usize, r.threads) {
+                Ok(c) => r.run_check = Some(c),
+                Err(e) => eprintln!("warning: the `harness run` check failed: {e:#}"),
+            }
+        }
+    }
+
+    let (kernel, threading) = rust_identity.unwrap_or_default();
+    machine.load_average_end = machine::load_average();
+    let mut report = BenchReport {
+        schema_version: BENCH_SCHEMA_VERSION.into(),
+        created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        tool: crate::run::tool_info(),
+        machine,
+        settings: BenchSettings {
+            threads: plan.threads.clone(),
+            decode_tokens: plan.tokens,
+            decode_runs: plan.runs,
+            prefill_tokens: plan.prefill,
+            prefill_runs: if plan.prefill > 0 { plan.prefill_runs } else { 0 },
+            n_ctx: plan.n_ctx,
+            gemv_repeats: args.gemv_repeats as usize,
+            gemv_batches: args.gemv_batches as usize,
+            bandwidth_buffer_bytes: args.bandwidth_mib << 20,
+            run_check_tokens: args.run_tokens as usize,
+        },
+        model: model_report,
+        engines: EngineIdentities {
+            rust: RustIdentity {
+                name: "bitnet-engine".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                kernel,
+                exact_reference_rounding: true,
+                threading,
+            },
+            reference: reference_identity,
+        },
+        bandwidth,
+        results,
+        gemv: gemv_results,
+        goals: Vec::new(),
+        warnings: Vec::new(),
+    };
+    report.goals = goals::evaluate(&report);
+    report.warnings = warnings(&report);
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+
+    let json = serde_json::to_string_pretty(&report).or_exit(Exit::Internal)?;
+    if let Some(out) = &args.out {
+        write_atomic(out, json.as_bytes()).or_exit(Exit::BadInput)?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{}", table::render(&report));
+    }
+    Ok(Exit::Ok)
+}
+
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(format!(".bench.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Both engines at `threads` threads, each in its own worker process, alternating which one
+/// goes first in every round so that a change in the machine's load hits both alike.
+fn measure_engines(
+    model: &std::path::Path,
+    threads: usize,
+    plan: &Plan,
+    config: &Config,
+    bytes: &BytesPerToken,
+    bandwidth: Option<&Bandwidth>,
+) -> anyhow::Result<(ThreadResult, (String, Option<String>))> {
+    let mut cpp = WorkerHandle::spawn(EngineKind::Cpp, model, threads, plan.n_ctx)?;
+    let mut rust = WorkerHandle::spawn(EngineKind::Rust, model, threads, plan.n_ctx)?;
+    let mut decode: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
+    let mut prefill: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut methods = [String::new(), String::new()];
+    // Warm-up: pages in the model, grows every buffer.
+    for w in [&mut cpp, &mut rust] {
+        w.decode(plan.tokens)?;
+    }
+    for round in 0..plan.runs {
+        for i in order(round) {
+            let w = if i == 0 { &mut cpp } else { &mut rust };
+            decode[i].push(w.decode(plan.tokens)?);
+        }
+    }
+    if plan.prefill > 0 {
+        for w in [&mut cpp, &mut rust] {
+            w.prefill(plan.prefill)?;
+        }
+        for round in 0..plan.prefill_runs {
+            for i in order(round) {
+                let w = if i == 0 { &mut cpp } else { &mut rust };
+                let (s, method) = w.prefill(plan.prefill)?;
+                prefill[i].push(s);
+                methods[i] = method;
+            }
+        }
+    }
+    let memory = [cpp.memory()?, rust.memory()?];
+    let ready = [cpp.ready.clone(), rust.ready.clone()];
+    cpp.finish()?;
+    rust.finish()?;
+
+    let mut out = Vec::new();
+    let mut rust_identity = (String::new(), None);
+    for i in 0..2 {
+        let Reply::Ready { load_s, threads_used, n_ctx, kernel, threading } = &ready[i] else {
+            unreachable!("a spawned worker has answered Ready")
+        };
+        if i == 1 {
+            rust_identity = (kernel.clone(), threading.clone());
+        }
+        let runs_tokens_per_s: Vec<f64> =
+            decode[i].iter().map(|run| run.len() as f64 / run.iter().sum::<f64>()).collect();
+        let all: Vec<f64> = decode[i].iter().flatten().copied().collect();
+        let tokens_per_s_median = gemv::median(&runs_tokens_per_s);
+        let ms_per_token_median = 1e3 / tokens_per_s_median;
+        let bandwidth_fraction = bandwidth
+            .map(|b| bytes.total as f64 / (b.gb_per_s * 1e9) / (ms_per_token_median / 1e3))
+            .filter(|f| f.is_finite());
+        out.push(EngineResult {
+            threads_used: *threads_used,
+            load_s: *load_s,
+            decode: Decode {
+                tokens: plan.tokens,
+                tokens_per_s_median,
+                tokens_per_s_best: runs_tokens_per_s.iter().copied().fold(0.0, f64::max),
+                ms_per_token_median,
+                ms_per_token_p50: gemv::median(&all) * 1e3,
+                ms_per_token_min: all.iter().copied().fold(f64::INFINITY, f64::min) * 1e3,
+                runs_tokens_per_s,
+                bandwidth_fraction,
+            },
+            prefill: (plan.prefill > 0).then(|| Prefill {
+                tokens: plan.prefill,
+                method: methods[i].clone(),
+                tokens_per_s_median: plan.prefill as f64 / gemv::median(&prefill[i]),
+                runs_s: prefill[i].clone(),
+            }),
+            memory: Memory {
+                peak_rss_bytes: memory[i].vm_hwm,
+                rss_anon_bytes: memory[i].rss_anon,
+                rss_file_bytes: memory[i].rss_file,
+                kv_cache_bytes: model::kv_cache_bytes(config, *n_ctx),
+            },
+        });
+    }
+    let rust_result = out.pop().expect("two engines");
+    let reference_result = out.pop().expect("two engines");
+    let ratios = Ratios {
+        decode_tokens_per_s: rust_result.decode.tokens_per_s_median
+            / reference_result.decode.tokens_per_s_median,
+        decode_tokens_per_s_best: rust_result.decode.tokens_per_s_best
+            / reference_result.decode.tokens_per_s_best,
+        prefill_tokens_per_s: match (&rust_result.prefill, &reference_result.prefill) {
+            (Some(r), Some(c)) => Some(r.tokens_per_s_median / c.tokens_per_s_median),
+            _ => None,
+        },
+        peak_rss: rust_result.memory.peak_rss_bytes as f64
+            / reference_result.memory.peak_rss_bytes.max(1) as f64,
+    };
+    Ok((
+        ThreadResult { threads, rust: rust_result, reference: reference_result, ratios, run_check: None },
+        rust_identity,
+    ))
+}
+
+/// What a reader of the numbers should know: a busy machine (other processes take turns on
+/// the CPUs, which hurts spinning multi-threaded code most) or an engine that did not use the
+/// threads asked for.
+fn warnings(r: &BenchReport) -> Vec<String> {
+    let mut out = Vec::new();
+    let cpus = r.machine.logical_cpus as f64;
+    let busiest = [r.machine.load_average_start, r.machine.load_average_end]
+        .iter()
+        .flatten()
+        .map(|l| l[0])
+        .fold(0.0f64, f64::max);
+    if busiest > cpus * 0.75 {
+        out.push(format!(
+            "the machine was busy (1-minute load average up to {busiest:.1} on {} CPUs): timings are noisy, \
+             multi-threaded ones most",
+            r.machine.logical_cpus
+        ));
+    }
+    if let Some(&max) = r.settings.threads.iter().max() {
+        if max > r.machine.logical_cpus {
+            out.push(format!("{max} threads asked on {} CPUs", r.machine.logical_cpus));
+        }
+    }
+    for t in &r.results {
+        if t.rust.threads_used != t.threads {
+            out.push(format!(
+                "the Rust engine ran on {} thread(s) where {} were asked (this build's engine takes no \
+                 thread count)",
+                t.rust.threads_used, t.threads
+            ));
+        }
+    }
+    out
+}
+
+/// Engine order in a round: reference first in even rounds, Rust first in odd ones.
+fn order(round: usize) -> [usize; 2] {
+    if round % 2 == 0 {
+        [0, 1]
+    } else {
+        [1, 0]
+    }
+}

@@ -1,0 +1,260 @@
+//! The bench report: what `harness bench --json` prints (and `--out` writes).
+//!
+//! Its shape is stable and documented field by field in `docs/bench.md`. Every field is always
+//! present: a value that was not measured is `null`, never a missing key, so a reader can rely on
+//! the shape. `schema_version` is semver with a `bench-` prefix; minor versions only add fields.
+
+use serde::{Deserialize, Serialize};
+
+use crate::receipt::ToolInfo;
+
+/// Version written by this build.
+pub const BENCH_SCHEMA_VERSION: &str = "bench-1.0.0";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub schema_version: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub tool: ToolInfo,
+    pub machine: Machine,
+    pub settings: BenchSettings,
+    pub model: BenchModel,
+    pub engines: EngineIdentities,
+    /// Streaming-read bandwidth, one entry per thread count.
+    pub bandwidth: Vec<Bandwidth>,
+    /// Decode, prefill and memory of both engines, one entry per thread count.
+    pub results: Vec<ThreadResult>,
+    /// QK256 GEMV micro-benchmarks, one entry per shape and thread count.
+    pub gemv: Vec<GemvResult>,
+    pub goals: Vec<Goal>,
+    /// Why some numbers may mislead (a busy machine, an engine that used fewer threads).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// `model name` from /proc/cpuinfo.
+    pub cpu_model: Option<String>,
+    /// CPUs this process may run on.
+    pub logical_cpus: usize,
+    /// Cache levels from /sys (`L1d 64K`, ...).
+    pub caches: Vec<String>,
+    pub memory_total_bytes: Option<u64>,
+    /// /proc/loadavg (1, 5, 15 min) before and after the benchmark: a busy machine shows here.
+    pub load_average_start: Option<[f64; 3]>,
+    pub load_average_end: Option<[f64; 3]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchSettings {
+    pub threads: Vec<usize>,
+    /// Tokens per timed decode run.
+    pub decode_tokens: usize,
+    /// Timed decode runs per engine (after one warm-up run); the median is reported.
+    pub decode_runs: usize,
+    /// Tokens of the prefill batch (0: not measured).
+    pub prefill_tokens: usize,
+    pub prefill_runs: usize,
+    /// Context both engines allocate.
+    pub n_ctx: usize,
+    /// Products per timed GEMV batch.
+    pub gemv_repeats: usize,
+    /// Timed GEMV batches per engine; the median is reported.
+    pub gemv_batches: usize,
+    pub bandwidth_buffer_bytes: u64,
+    /// Tokens of the `harness run` check (0: not run).
+    pub run_check_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchModel {
+    pub path: String,
+    /// `2b-shape` for a generated model with the real 2B-4T shapes, `file` otherwise.
+    pub kind: String,
+    pub file_bytes: u64,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub n_vocab: usize,
+    pub bytes_per_token: BytesPerToken,
+}
+
+/// Bytes one decode step must read from memory (each counted once per token).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BytesPerToken {
+    /// Every I2_S tensor (packed codes and scale).
+    pub ternary_weights: u64,
+    /// The lm_head (the tied F16 `token_embd`, read whole for the logits).
+    pub lm_head: u64,
+    /// Other tensors read whole every step (norm vectors, biases).
+    pub other_weights: u64,
+    /// One embedding row.
+    pub embedding_row: u64,
+    /// K and V cache reads, averaged over the decode run's positions (the attended range is
+    /// padded to 32 cells, as the reference reads it).
+    pub kv_cache_mean: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineIdentities {
+    pub rust: RustIdentity,
+    pub reference: ReferenceIdentity,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RustIdentity {
+    pub name: String,
+    pub version: String,
+    /// QK256 kernel (`avx2`, `scalar`).
+    pub kernel: String,
+    pub exact_reference_rounding: bool,
+    /// How the Rust engine takes more than one thread (`ModelOptions::threads`), or `null` when
+    /// this build's engine runs on one thread whatever is asked.
+    pub threading: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceIdentity {
+    /// `BuildInfo::summary()`: source, version, compiler, ISA, kernels.
+    pub build: String,
+    /// I2_S kernels compiled in.
+    pub kernels: String,
+    pub library_path: String,
+    /// llama.cpp's CPU feature line.
+    pub system_info: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bandwidth {
+    pub threads: usize,
+    /// Best pass: bytes summed ÷ seconds, in 1e9 bytes per second.
+    pub gb_per_s: f64,
+    pub passes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThreadResult {
+    pub threads: usize,
+    pub rust: EngineResult,
+    pub reference: EngineResult,
+    /// Rust ÷ reference, from this same run.
+    pub ratios: Ratios,
+    pub run_check: Option<RunCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineResult {
+    /// Threads the engine actually used.
+    pub threads_used: usize,
+    /// Seconds to load the model and create the context.
+    pub load_s: f64,
+    pub decode: Decode,
+    pub prefill: Option<Prefill>,
+    pub memory: Memory,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decode {
+    pub tokens: usize,
+    /// Tokens per second of each timed run (tokens ÷ the run's summed per-token times).
+    pub runs_tokens_per_s: Vec<f64>,
+    pub tokens_per_s_median: f64,
+    /// The fastest run: on a shared machine, the least disturbed one.
+    pub tokens_per_s_best: f64,
+    pub ms_per_token_median: f64,
+    /// Median per-token time over every token of every timed run.
+    pub ms_per_token_p50: f64,
+    pub ms_per_token_min: f64,
+    /// The bandwidth limit (bytes per token ÷ bandwidth at these threads) ÷ the median
+    /// time per token: 1.0 means as fast as reading the bytes can be.
+    pub bandwidth_fraction: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prefill {
+    pub tokens: usize,
+    /// `batch`: all tokens in one call, logits of the last (the reference: one llama_decode;
+    /// the Rust engine: `Model::eval_batch`).
+    pub method: String,
+    pub runs_s: Vec<f64>,
+    pub tokens_per_s_median: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    /// VmHWM of the engine's own process (peak resident set, mapped model pages included).
+    pub peak_rss_bytes: u64,
+    /// RssAnon and RssFile at the end: allocated memory vs pages of mapped files.
+    pub rss_anon_bytes: u64,
+    pub rss_file_bytes: u64,
+    /// Bytes of the engine's KV cache (computed from the shape: f16 K and V for n_ctx cells).
+    pub kv_cache_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ratios {
+    pub decode_tokens_per_s: f64,
+    /// Of the fastest runs (less sensitive to other processes than the medians).
+    pub decode_tokens_per_s_best: f64,
+    pub prefill_tokens_per_s: Option<f64>,
+    pub peak_rss: f64,
+}
+
+/// A `harness run` of N tokens, timed by its own receipt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunCheck {
+    pub tokens: usize,
+    pub wall_s: f64,
+    pub rust_s: f64,
+    pub reference_s: f64,
+    /// wall ÷ max(rust_s, reference_s), each engine's load + eval time.
+    pub wall_over_slower: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GemvResult {
+    /// Output length (ggml `ne[1]`).
+    pub rows: usize,
+    /// Input length (ggml `ne[0]`).
+    pub cols: usize,
+    pub threads: usize,
+    /// Packed weight bytes one product reads (rows·cols/4).
+    pub packed_bytes: u64,
+    pub rust: GemvSpeed,
+    pub reference: GemvSpeed,
+    /// Reference time ÷ Rust time.
+    pub speedup: f64,
+    /// Both outputs equal bit for bit.
+    pub outputs_identical: bool,
+    pub max_abs_diff: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GemvSpeed {
+    /// Median over batches of (batch time ÷ products).
+    pub us_per_product: f64,
+    pub gb_per_s: f64,
+    /// 2·rows·cols operations per product, in 1e9 per second.
+    pub gop_per_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Goal {
+    /// Stable identifier, e.g. `decode_ratio`.
+    pub id: String,
+    pub description: String,
+    /// The thread count it was measured at, or `null`.
+    pub threads: Option<usize>,
+    /// `required` or `target`.
+    pub level: String,
+    /// The bound, in the unit of `measured`.
+    pub threshold: Option<f64>,
+    pub measured: Option<f64>,
+    /// `pass`, `fail` or `not_measured`.
+    pub status: String,
+    pub note: Option<String>,
+}

@@ -1,0 +1,206 @@
+//! The human-readable form of a bench report.
+
+use std::fmt::Write;
+
+use tabled::settings::Style;
+use tabled::{Table, Tabled};
+
+use super::report::{BenchReport, EngineResult};
+
+#[derive(Tabled)]
+struct EngineRow {
+    #[tabled(rename = "threads")]
+    threads: String,
+    #[tabled(rename = "engine")]
+    engine: String,
+    #[tabled(rename = "decode tok/s")]
+    decode: String,
+    #[tabled(rename = "ms/token")]
+    ms: String,
+    #[tabled(rename = "of bandwidth limit")]
+    fraction: String,
+    #[tabled(rename = "prefill tok/s")]
+    prefill: String,
+    #[tabled(rename = "peak RSS")]
+    peak: String,
+    #[tabled(rename = "load")]
+    load: String,
+}
+
+#[derive(Tabled)]
+struct GemvRow {
+    #[tabled(rename = "rows×cols")]
+    shape: String,
+    #[tabled(rename = "threads")]
+    threads: usize,
+    #[tabled(rename = "rust µs")]
+    rust_us: String,
+    #[tabled(rename = "rust GB/s")]
+    rust_gb: String,
+    #[tabled(rename = "rust GOP/s")]
+    rust_gop: String,
+    #[tabled(rename = "ref µs")]
+    ref_us: String,
+    #[tabled(rename = "ref GB/s")]
+    ref_gb: String,
+    #[tabled(rename = "speed-up")]
+    speedup: String,
+    #[tabled(rename = "same output")]
+    same: String,
+}
+
+#[derive(Tabled)]
+struct GoalRow {
+    #[tabled(rename = "goal")]
+    description: String,
+    #[tabled(rename = "measured")]
+    measured: String,
+    #[tabled(rename = "status")]
+    status: String,
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{} MB", bytes >> 20)
+}
+
+fn engine_row(threads: usize, name: &str, e: &EngineResult) -> EngineRow {
+    EngineRow {
+        threads: if e.threads_used == threads {
+            threads.to_string()
+        } else {
+            format!("{threads} (used {})", e.threads_used)
+        },
+        engine: name.into(),
+        decode: format!("{:.2}", e.decode.tokens_per_s_median),
+        ms: format!("{:.2}", e.decode.ms_per_token_median),
+        fraction: e.decode.bandwidth_fraction.map_or("-".into(), |f| format!("{:.1} %", f * 100.0)),
+        prefill: e
+            .prefill
+            .as_ref()
+            .map_or("-".into(), |p| format!("{:.1} ({})", p.tokens_per_s_median, p.method)),
+        peak: mb(e.memory.peak_rss_bytes),
+        load: format!("{:.2} s", e.load_s),
+    }
+}
+
+fn measured(v: Option<f64>, id: &str) -> String {
+    match (v, id) {
+        (None, _) => "-".into(),
+        (Some(v), "rust_peak_memory") => format!("{} MB", (v as u64) >> 20),
+        (Some(v), "decode_bandwidth_fraction") => format!("{:.1} %", v * 100.0),
+        (Some(v), _) => format!("{v:.3}"),
+    }
+}
+
+pub fn render(r: &BenchReport) -> String {
+    let mut s = String::new();
+    let m = &r.machine;
+    let _ = writeln!(
+        s,
+        "machine: {} ({} CPUs; {}), load average {}",
+        m.cpu_model.as_deref().unwrap_or("unknown CPU"),
+        m.logical_cpus,
+        m.caches.join(", "),
+        m.load_average_start.map_or("-".into(), |l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]))
+    );
+    let bw: Vec<String> =
+        r.bandwidth.iter().map(|b| format!("{:.1} GB/s at {} thread(s)", b.gb_per_s, b.threads)).collect();
+    let _ = writeln!(s, "read bandwidth: {}", bw.join(", "));
+    let b = &r.model.bytes_per_token;
+    let _ = writeln!(
+        s,
+        "model: {} ({}, {} layers, {}); bytes per decode step {} (ternary {}, lm_head {}, KV {})",
+        r.model.path,
+        r.model.kind,
+        r.model.n_layer,
+        mb(r.model.file_bytes),
+        mb(b.total),
+        mb(b.ternary_weights),
+        mb(b.lm_head),
+        mb(b.kv_cache_mean)
+    );
+    let _ = writeln!(
+        s,
+        "engines: rust {} (kernel {}); reference {}",
+        r.engines.rust.version, r.engines.rust.kernel, r.engines.reference.build
+    );
+    let _ = writeln!(
+        s,
+        "decode: {} tokens × {} runs (median, after a warm-up run); prefill: {} tokens × {} runs",
+        r.settings.decode_tokens, r.settings.decode_runs, r.settings.prefill_tokens, r.settings.prefill_runs
+    );
+
+    let mut rows = Vec::new();
+    for t in &r.results {
+        rows.push(engine_row(t.threads, "bitnet.cpp", &t.reference));
+        rows.push(engine_row(t.threads, "rust", &t.rust));
+        rows.push(EngineRow {
+            threads: t.threads.to_string(),
+            engine: "rust ÷ ref".into(),
+            decode: format!(
+                "{:.3} (best runs {:.3})",
+                t.ratios.decode_tokens_per_s, t.ratios.decode_tokens_per_s_best
+            ),
+            ms: String::new(),
+            fraction: String::new(),
+            prefill: t.ratios.prefill_tokens_per_s.map_or("-".into(), |v| format!("{v:.3}")),
+            peak: format!("{:.3}", t.ratios.peak_rss),
+            load: String::new(),
+        });
+    }
+    let _ = writeln!(s, "{}", Table::new(rows).with(Style::rounded()));
+
+    for t in &r.results {
+        if let Some(c) = &t.run_check {
+            let _ = writeln!(
+                s,
+                "harness run, {} tokens, {} thread(s): wall {:.2} s; rust {:.2} s, reference {:.2} s \
+                 (wall ÷ slower {:.2})",
+                c.tokens, t.threads, c.wall_s, c.rust_s, c.reference_s, c.wall_over_slower
+            );
+        }
+    }
+
+    if !r.gemv.is_empty() {
+        let rows: Vec<GemvRow> = r
+            .gemv
+            .iter()
+            .map(|g| GemvRow {
+                shape: format!("{}×{}", g.rows, g.cols),
+                threads: g.threads,
+                rust_us: format!("{:.1}", g.rust.us_per_product),
+                rust_gb: format!("{:.1}", g.rust.gb_per_s),
+                rust_gop: format!("{:.1}", g.rust.gop_per_s),
+                ref_us: format!("{:.1}", g.reference.us_per_product),
+                ref_gb: format!("{:.1}", g.reference.gb_per_s),
+                speedup: format!("{:.2}×", g.speedup),
+                same: if g.outputs_identical {
+                    "bit-exact".into()
+                } else {
+                    format!("max |Δ| {:.1e}", g.max_abs_diff)
+                },
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "QK256 GEMV, matrix in cache ({} products per batch, median of {} batches):",
+            r.settings.gemv_repeats, r.settings.gemv_batches
+        );
+        let _ = writeln!(s, "{}", Table::new(rows).with(Style::rounded()));
+    }
+
+    let rows: Vec<GoalRow> = r
+        .goals
+        .iter()
+        .map(|g| GoalRow {
+            description: format!("[{}] {}", g.level, g.description),
+            measured: measured(g.measured, &g.id),
+            status: g.status.clone(),
+        })
+        .collect();
+    let _ = writeln!(s, "{}", Table::new(rows).with(Style::rounded()));
+    for w in &r.warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
+    s
+}

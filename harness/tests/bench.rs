@@ -1,0 +1,383 @@
+//! `harness bench`: the JSON report keeps its documented shape, and the reference's own I2_S
+//! mul_mat gives exactly our numbers on the same data. Nothing here asserts a speed.
+
+use std::process::Command;
+
+use bitnet_engine::quant::{pack_i2s_x86, I2sFlavor, QuantizedActs, TernaryMatrix};
+use bitnet_fixtures::rng::Rng;
+use bitnet_fixtures::{spec, WeightForm};
+use serde::Deserialize;
+
+// A private mirror of the report (docs/bench.md): any field added, removed or renamed
+// without updating the documentation and this mirror fails the test.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Report {
+    schema_version: String,
+    created_at: String,
+    tool: Tool,
+    machine: Machine,
+    settings: Settings,
+    model: Model,
+    engines: Engines,
+    bandwidth: Vec<Bandwidth>,
+    results: Vec<ThreadResult>,
+    gemv: Vec<Gemv>,
+    goals: Vec<Goal>,
+    warnings: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Tool {
+    name: String,
+    version: String,
+    git_commit: Option<String>,
+    git_dirty: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Machine {
+    cpu_model: Option<String>,
+    logical_cpus: usize,
+    caches: Vec<String>,
+    memory_total_bytes: Option<u64>,
+    load_average_start: Option<[f64; 3]>,
+    load_average_end: Option<[f64; 3]>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Settings {
+    threads: Vec<usize>,
+    decode_tokens: usize,
+    decode_runs: usize,
+    prefill_tokens: usize,
+    prefill_runs: usize,
+    n_ctx: usize,
+    gemv_repeats: usize,
+    gemv_batches: usize,
+    bandwidth_buffer_bytes: u64,
+    run_check_tokens: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Model {
+    path: String,
+    kind: String,
+    file_bytes: u64,
+    n_layer: usize,
+    n_embd: usize,
+    n_ff: usize,
+    n_head: usize,
+    n_head_kv: usize,
+    n_vocab: usize,
+    bytes_per_token: BytesPerToken,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct BytesPerToken {
+    ternary_weights: u64,
+    lm_head: u64,
+    other_weights: u64,
+    embedding_row: u64,
+    kv_cache_mean: u64,
+    total: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Engines {
+    rust: RustIdentity,
+    reference: ReferenceIdentity,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RustIdentity {
+    name: String,
+    version: String,
+    kernel: String,
+    exact_reference_rounding: bool,
+    threading: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ReferenceIdentity {
+    build: String,
+    kernels: String,
+    library_path: String,
+    system_info: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Bandwidth {
+    threads: usize,
+    gb_per_s: f64,
+    passes: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ThreadResult {
+    threads: usize,
+    rust: EngineResult,
+    reference: EngineResult,
+    ratios: Ratios,
+    run_check: Option<RunCheck>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct EngineResult {
+    threads_used: usize,
+    load_s: f64,
+    decode: Decode,
+    prefill: Option<Prefill>,
+    memory: Memory,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Decode {
+    tokens: usize,
+    runs_tokens_per_s: Vec<f64>,
+    tokens_per_s_median: f64,
+    tokens_per_s_best: f64,
+    ms_per_token_median: f64,
+    ms_per_token_p50: f64,
+    ms_per_token_min: f64,
+    bandwidth_fraction: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Prefill {
+    tokens: usize,
+    method: String,
+    runs_s: Vec<f64>,
+    tokens_per_s_median: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Memory {
+    peak_rss_bytes: u64,
+    rss_anon_bytes: u64,
+    rss_file_bytes: u64,
+    kv_cache_bytes: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Ratios {
+    decode_tokens_per_s: f64,
+    decode_tokens_per_s_best: f64,
+    prefill_tokens_per_s: Option<f64>,
+    peak_rss: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RunCheck {
+    tokens: usize,
+    wall_s: f64,
+    rust_s: f64,
+    reference_s: f64,
+    wall_over_slower: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Gemv {
+    rows: usize,
+    cols: usize,
+    threads: usize,
+    packed_bytes: u64,
+    rust: GemvSpeed,
+    reference: GemvSpeed,
+    speedup: f64,
+    outputs_identical: bool,
+    max_abs_diff: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct GemvSpeed {
+    us_per_product: f64,
+    gb_per_s: f64,
+    gop_per_s: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Goal {
+    id: String,
+    description: String,
+    threads: Option<usize>,
+    level: String,
+    threshold: Option<f64>,
+    measured: Option<f64>,
+    status: String,
+    note: Option<String>,
+}
+
+fn harness(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(args)
+        .env_remove("CROSSVAL_GGUF")
+        .env_remove("BITNET_CPP_DIR")
+        .output()
+        .expect("the harness binary starts")
+}
+
+#[test]
+fn bench_on_a_fixture_prints_the_documented_json() {
+    let model = bitnet_fixtures::ensure(&spec::committed()[0], WeightForm::I2S);
+    let model = model.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("bench.json");
+    #[rustfmt::skip]
+    let args = [
+        "bench", "--model", model, "--tokens", "4", "--runs", "2", "--prefill", "8", "--prefill-runs", "1",
+        "--threads", "1", "--threads", "2", "--gemv-repeats", "2", "--gemv-batches", "1",
+        "--bandwidth-mib", "8", "--run-tokens", "6", "--json", "--out", out_file.to_str().unwrap(),
+    ];
+    let o = harness(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "harness bench failed: {stderr}");
+    let r: Report = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!("not the documented report ({e}): {}", String::from_utf8_lossy(&o.stdout))
+    });
+    let from_file: Report = serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
+    assert_eq!(from_file.created_at, r.created_at);
+
+    assert_eq!(r.schema_version, "bench-1.0.0");
+    assert_eq!(r.settings.threads, vec![1, 2]);
+    assert_eq!((r.settings.decode_tokens, r.settings.decode_runs, r.settings.prefill_tokens), (4, 2, 8));
+    assert_eq!(r.model.kind, "file");
+    assert_eq!((r.model.n_embd, r.model.n_layer), (256, 2));
+    let b = &r.model.bytes_per_token;
+    assert_eq!(b.total, b.ternary_weights + b.lm_head + b.other_weights + b.embedding_row + b.kv_cache_mean);
+    assert_eq!(r.bandwidth.iter().map(|b| b.threads).collect::<Vec<_>>(), vec![1, 2]);
+
+    assert_eq!(r.results.len(), 2);
+    for (t, res) in r.results.iter().enumerate() {
+        assert_eq!(res.threads, t + 1);
+        for (name, e) in [("rust", &res.rust), ("reference", &res.reference)] {
+            assert_eq!(e.decode.tokens, 4, "{name}");
+            assert_eq!(e.decode.runs_tokens_per_s.len(), 2, "{name}");
+            assert!(e.decode.tokens_per_s_median > 0.0, "{name}");
+            let p = e.prefill.as_ref().expect("prefill measured");
+            assert_eq!((p.tokens, p.runs_s.len()), (8, 1));
+            assert!(e.memory.peak_rss_bytes > 0 && e.memory.kv_cache_bytes > 0, "{name}");
+        }
+        assert_eq!(res.reference.threads_used, t + 1);
+        assert_eq!(res.reference.prefill.as_ref().unwrap().method, "batch");
+        assert_eq!(res.rust.prefill.as_ref().unwrap().method, "batch");
+        assert_eq!(res.rust.threads_used, t + 1);
+        let check = res.run_check.as_ref().expect("the harness run check ran");
+        assert_eq!(check.tokens, 6);
+    }
+
+    // Three shapes × two thread counts, and the reference's numbers are ours.
+    assert_eq!(r.gemv.len(), 6);
+    for g in &r.gemv {
+        assert!(
+            g.outputs_identical,
+            "{}×{} at {} threads: max |Δ| {}",
+            g.rows, g.cols, g.threads, g.max_abs_diff
+        );
+        assert_eq!(g.packed_bytes, (g.rows * g.cols / 4) as u64);
+    }
+
+    let ids: Vec<&str> = r.goals.iter().map(|g| g.id.as_str()).collect();
+    for id in [
+        "decode_ratio",
+        "decode_bandwidth_fraction",
+        "rust_peak_memory",
+        "run_wall_over_slower_engine",
+        "gemv_hot_speedup",
+        "no_timed_test_assertions",
+    ] {
+        assert!(ids.contains(&id), "goal {id} missing from {ids:?}");
+    }
+    for g in &r.goals {
+        assert!(["pass", "fail", "not_measured"].contains(&g.status.as_str()), "{}: {}", g.id, g.status);
+        assert!(["required", "target"].contains(&g.level.as_str()), "{}: {}", g.id, g.level);
+    }
+}
+
+#[test]
+fn a_missing_model_is_bad_input_in_one_line() {
+    let o = harness(&["bench", "--model", "/nonexistent/model.gguf", "--json"]);
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/model.gguf"), "{stderr}");
+}
+
+/// Random ternary weights in x86 I2_S (as a file stores them) and activations.
+fn data(rows: usize, cols: usize, n_vectors: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+    let mut rng = Rng::new(seed);
+    let codes: Vec<i8> = (0..rows * cols).map(|_| rng.ternary()).collect();
+    let mut bytes = pack_i2s_x86(&codes, rng.uniform(0.01, 2.0)).unwrap();
+    bytes.resize(rows * cols / 4 + 32, 0);
+    // Mixed magnitudes, so the activation scale and rounding are exercised.
+    let x = (0..cols * n_vectors).map(|i| rng.normalish(if i % 7 == 0 { 5.0 } else { 0.3 })).collect();
+    (bytes, x)
+}
+
+#[test]
+fn reference_mul_mat_equals_ours_bit_for_bit() {
+    let reference = bitnet_cpp::Reference::open_built().unwrap();
+    let shapes = [(4, 128), (8, 256), (36, 384), (128, 640), (2560, 2560), (6912, 2560), (2560, 6912)];
+    for (k, &(rows, cols)) in shapes.iter().enumerate() {
+        for (n_vectors, threads) in [(1, 1), (1, 2), (3, 2), (5, 1)] {
+            let (bytes, x) = data(rows, cols, n_vectors, 1000 + k as u64);
+            let mut mm = reference.i2s_matmul(&bytes, rows, cols, n_vectors, 1, threads).unwrap();
+            mm.set_input(&x).unwrap();
+            mm.compute().unwrap();
+            let theirs = mm.output();
+
+            let w = TernaryMatrix::new("w", I2sFlavor::X86Qk256, &bytes, rows, cols, None).unwrap();
+            let mut ours = vec![0f32; rows * n_vectors];
+            let mut acts = QuantizedActs::new(cols);
+            for (xv, yv) in x.chunks_exact(cols).zip(ours.chunks_exact_mut(rows)) {
+                acts.quantize(xv);
+                w.matvec(&acts, yv);
+            }
+            let differ = theirs.iter().zip(&ours).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(
+                differ, 0,
+                "{rows}×{cols}, {n_vectors} vector(s), {threads} thread(s): {differ} outputs differ"
+            );
+        }
+    }
+}

@@ -94,6 +94,20 @@ pub fn bandwidth(bytes: u64, threads: &[usize], passes: usize) -> Vec<Bandwidth>
         .collect()
 }
 
+/// Per thread count, the better of two measurements (passes added up).
+pub fn best_of(a: &[Bandwidth], b: &[Bandwidth]) -> Vec<Bandwidth> {
+    a.iter()
+        .map(|x| match b.iter().find(|y| y.threads == x.threads) {
+            Some(y) => Bandwidth {
+                threads: x.threads,
+                gb_per_s: x.gb_per_s.max(y.gb_per_s),
+                passes: x.passes + y.passes,
+            },
+            None => x.clone(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +125,16 @@ mod tests {
         let b = bandwidth(1 << 20, &[1, 2], 1);
         assert_eq!(b.iter().map(|b| b.threads).collect::<Vec<_>>(), vec![1, 2]);
         assert!(b.iter().all(|b| b.gb_per_s.is_finite() && b.gb_per_s > 0.0));
+    }
+
+    #[test]
+    fn best_of_two_measurements() {
+        let bw = |threads, gb_per_s| Bandwidth { threads, gb_per_s, passes: 3 };
+        let best = best_of(&[bw(1, 20.0), bw(2, 30.0)], &[bw(2, 31.0), bw(1, 19.0)]);
+        assert_eq!(
+            best,
+            vec![Bandwidth { passes: 6, ..bw(1, 20.0) }, Bandwidth { passes: 6, ..bw(2, 31.0) }]
+        );
     }
 
     #[test]

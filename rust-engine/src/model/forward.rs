@@ -52,10 +52,10 @@ impl<'p, 'a> Product<'p, 'a> {
 }
 
 impl Forward<'_, '_> {
-    /// Evaluates `tokens` at positions `pos..pos + n` (already checked, `n <= s.cap`), leaving
-    /// the logits of the last one in `s.logits`. `emit` sees every traced tensor when
-    /// `n == 1` (with more tokens it is not called).
-    pub fn run(self, tokens: &[u32], pos: usize, emit: Emit<'_>) {
+    /// Evaluates `tokens` at positions `pos..pos + n` (already checked, `n <= s.cap`), then,
+    /// if `logits`, leaves the logits of the last one in `s.logits`. `emit` sees every traced
+    /// tensor when `n == 1` (with more tokens it is not called).
+    pub fn run(self, tokens: &[u32], pos: usize, logits: bool, emit: Emit<'_>) {
         let Forward { c, exact, token_embd, output_norm, layers, rope, cache, s, attn, fault, kernel, pool } =
             self;
         let n = tokens.len();
@@ -164,6 +164,9 @@ impl Forward<'_, '_> {
             emit("l_out", Some(l), &s.x[..e]);
         }
         cache.filled = pos + n;
+        if !logits {
+            return;
+        }
 
         // Logits of the last token only.
         let last = &s.x[(n - 1) * e..n * e];

@@ -192,7 +192,7 @@ impl<'a> Model<'a> {
         let (pass, pool) = self.pass();
         // The whole pass runs on a worker, so its row splits fan out without a hand-off
         // through this thread for every product.
-        pool.install(|| pass.run(&[token], pos, &mut |_, _, _| {}));
+        pool.install(|| pass.run(&[token], pos, true, &mut |_, _, _| {}));
         Ok(&self.s.logits)
     }
 
@@ -216,9 +216,11 @@ impl<'a> Model<'a> {
             self.s = Scratch::new(&self.config, BATCH_TOKENS, self.qk256);
         }
         let cap = self.s.cap;
+        let chunks = tokens.len().div_ceil(cap);
         for (i, chunk) in tokens.chunks(cap).enumerate() {
             let (pass, pool) = self.pass();
-            pool.install(|| pass.run(chunk, start_pos + i * cap, &mut |_, _, _| {}));
+            let logits = i + 1 == chunks;
+            pool.install(|| pass.run(chunk, start_pos + i * cap, logits, &mut |_, _, _| {}));
         }
         Ok(&self.s.logits)
     }
@@ -227,7 +229,7 @@ impl<'a> Model<'a> {
     pub fn eval_traced(&mut self, token: u32, pos: usize, hook: Hook<'_>) -> Result<&[f32], ModelError> {
         self.check(token, pos)?;
         let (pass, _) = self.pass();
-        pass.run(&[token], pos, &mut |name, layer, t| match layer {
+        pass.run(&[token], pos, true, &mut |name, layer, t| match layer {
             Some(l) => hook(&format!("{name}-{l}"), t),
             None => hook(name, t),
         });

@@ -24,7 +24,9 @@
 //! Several rows are processed per pass so the four activation loads of a chunk are shared;
 //! the caller takes them from separate long stretches of rows (see `matrix.rs`, `STREAMS`).
 //! For several activation rows (a batch of tokens), [`qk256_dots_cols`] extracts each
-//! weight chunk's codes once and multiplies them with every column.
+//! weight chunk's codes once and multiplies them with every column; there the extraction is
+//! cheap next to the products, and registers are short, so it uses the reference's
+//! extraction with one accumulator per column (widened every [`COLS_GROUP_CHUNKS`] chunks).
 
 #![allow(unsafe_code)]
 
@@ -32,9 +34,12 @@ use std::arch::x86_64::*;
 
 use super::act::{nearest_int_from_biased, ACT_MAX_FLOOR, NEAREST_INT_MAGIC};
 
-/// Chunks (of 128 elements) accumulated in i16 lanes before widening to i32. Each chunk adds
-/// at most 2·3072 = 6144 in magnitude to a lane of the 4× accumulator; 5 chunks stay below 2¹⁵.
+/// Chunks (of 128 elements) accumulated in i16 lanes before widening to i32 by the row
+/// kernel. Each chunk adds at most 2·3072 = 6144 in magnitude to a lane of the 4×
+/// accumulator; 5 chunks stay below 2¹⁵.
 pub(crate) const GROUP_CHUNKS: usize = 5;
+/// The same for the column kernel: at most 4·768 = 3072 per chunk; 10 chunks stay below 2¹⁵.
+pub(crate) const COLS_GROUP_CHUNKS: usize = 10;
 
 /// Proof that this CPU has AVX2 and FMA: only [`detect`](Self::detect) creates one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +64,7 @@ pub(crate) fn qk256_dots<const R: usize>(_t: Avx2Token, rows: [&[u8]; R], q: &[i
     }
     // SAFETY: the token proves AVX2 is available; every row holds `q.len() / 4` bytes and `q`
     // holds `128 · (q.len() / 128)` values, which is all the kernel reads.
-    let sums = unsafe { qk256_dots_avx2::<R, 1>(rows.map(|r| r.as_ptr()), [q.as_ptr()], q.len() / 128) };
-    sums.map(|[v]| v)
+    unsafe { rows_kernel::<R>(rows.map(|r| r.as_ptr()), q.as_ptr(), q.len() / 128) }
 }
 
 /// `Σ c·q` of one weight row against `C` activation rows (columns): the codes of each chunk
@@ -77,41 +81,30 @@ pub(crate) fn qk256_dots_cols<const C: usize>(_t: Avx2Token, row: &[u8], qs: [&[
     }
     // SAFETY: the token proves AVX2 is available; the row holds `n / 4` bytes and every
     // column `n` values, n = 128 · chunks, which is all the kernel reads.
-    let [sums] = unsafe { qk256_dots_avx2::<1, C>([row.as_ptr()], qs.map(|q| q.as_ptr()), row.len() / 32) };
-    sums
+    unsafe { cols_kernel::<C>(row.as_ptr(), qs.map(|q| q.as_ptr()), row.len() / 32) }
 }
 
-/// The kernel: `R` rows × `C` columns, each `chunks` chunks long.
+/// `R` rows × one column, one shift and four masks per chunk (see the module docs).
 ///
 /// # Safety
-/// AVX2 must be available; each `w[r]` must be valid for `32 · chunks` bytes and each `q[c]`
-/// for `128 · chunks` bytes.
+/// AVX2 must be available; each `w[r]` must be valid for `32 · chunks` bytes and `q` for
+/// `128 · chunks` bytes.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn qk256_dots_avx2<const R: usize, const C: usize>(
-    w: [*const u8; R],
-    q: [*const i8; C],
-    chunks: usize,
-) -> [[i32; C]; R] {
+unsafe fn rows_kernel<const R: usize>(w: [*const u8; R], q: *const i8, chunks: usize) -> [i32; R] {
     let m3 = _mm256_set1_epi8(3);
     let m12 = _mm256_set1_epi8(12);
     let ones = _mm256_set1_epi16(1);
-    let mut acc32 = [[_mm256_setzero_si256(); C]; R];
+    let mut acc32 = [_mm256_setzero_si256(); R];
     let mut start = 0;
     while start < chunks {
         let end = (start + GROUP_CHUNKS).min(chunks);
-        // Per row and column: Σ of the unscaled products (c1, c3) and of the 4× ones (c0, c2).
-        let mut acc1 = [[_mm256_setzero_si256(); C]; R];
-        let mut acc4 = [[_mm256_setzero_si256(); C]; R];
+        // Per row: Σ of the unscaled products (c1, c3) and of the 4× ones (c0, c2).
+        let mut acc1 = [_mm256_setzero_si256(); R];
+        let mut acc4 = [_mm256_setzero_si256(); R];
         for ch in start..end {
-            // (Plain loops, not closures: a closure would not inherit the target features
-            // and would pass every vector through memory.)
-            let mut a = [[_mm256_setzero_si256(); 4]; C];
-            for (a_c, q_c) in a.iter_mut().zip(q) {
-                // SAFETY: ch < chunks, so the 128 activations at 128·ch of every column are in
-                // bounds (caller contract).
-                *a_c = unsafe { load_128_i8(q_c.add(128 * ch)) };
-            }
+            // SAFETY: ch < chunks: the chunk's 128 activations are in bounds (caller contract).
+            let a = unsafe { load_128_i8(q.add(128 * ch)) };
             for r in 0..R {
                 // SAFETY: the 32 weight bytes at 32·ch of row r are in bounds (caller contract).
                 let wv = unsafe { _mm256_loadu_si256(w[r].add(32 * ch) as *const __m256i) };
@@ -120,35 +113,70 @@ unsafe fn qk256_dots_avx2<const R: usize, const C: usize>(
                 let c2x4 = _mm256_and_si256(wv, m12);
                 let c1 = _mm256_and_si256(hi, m3);
                 let c0x4 = _mm256_and_si256(hi, m12);
-                for c in 0..C {
-                    let p1 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(c1, a[c][1]),
-                        _mm256_maddubs_epi16(c3, a[c][3]),
-                    );
-                    let p4 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(c0x4, a[c][0]),
-                        _mm256_maddubs_epi16(c2x4, a[c][2]),
-                    );
-                    acc1[r][c] = _mm256_add_epi16(acc1[r][c], p1);
-                    acc4[r][c] = _mm256_add_epi16(acc4[r][c], p4);
-                }
+                let p1 = _mm256_add_epi16(_mm256_maddubs_epi16(c1, a[1]), _mm256_maddubs_epi16(c3, a[3]));
+                let p4 = _mm256_add_epi16(_mm256_maddubs_epi16(c0x4, a[0]), _mm256_maddubs_epi16(c2x4, a[2]));
+                acc1[r] = _mm256_add_epi16(acc1[r], p1);
+                acc4[r] = _mm256_add_epi16(acc4[r], p4);
             }
         }
         for r in 0..R {
-            for c in 0..C {
-                // Every lane of acc4 is a multiple of 4, so are the pair sums: the shift is exact.
-                let s4 = _mm256_srai_epi32::<2>(_mm256_madd_epi16(acc4[r][c], ones));
-                let wide = _mm256_add_epi32(_mm256_madd_epi16(acc1[r][c], ones), s4);
-                acc32[r][c] = _mm256_add_epi32(acc32[r][c], wide);
-            }
+            // Every lane of acc4 is a multiple of 4, so are the pair sums: the shift is exact.
+            let s4 = _mm256_srai_epi32::<2>(_mm256_madd_epi16(acc4[r], ones));
+            let wide = _mm256_add_epi32(_mm256_madd_epi16(acc1[r], ones), s4);
+            acc32[r] = _mm256_add_epi32(acc32[r], wide);
         }
         start = end;
     }
-    let mut sums = [[0i32; C]; R];
-    for (s_r, acc_r) in sums.iter_mut().zip(&acc32) {
-        for (s, acc) in s_r.iter_mut().zip(acc_r) {
-            *s = hsum_i32(*acc);
+    let mut sums = [0i32; R];
+    for (s, acc) in sums.iter_mut().zip(&acc32) {
+        *s = hsum_i32(*acc);
+    }
+    sums
+}
+
+/// One row × `C` columns. The extraction is paid once for all columns, so it uses the plain
+/// three shifts and four masks and keeps a single i16 accumulator per column (registers are
+/// what limits this kernel): each chunk adds at most 4·768 = 3072 to a lane, so it widens
+/// every [`COLS_GROUP_CHUNKS`] chunks.
+///
+/// # Safety
+/// AVX2 must be available; `w` must be valid for `32 · chunks` bytes and each `q[c]` for
+/// `128 · chunks` bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn cols_kernel<const C: usize>(w: *const u8, q: [*const i8; C], chunks: usize) -> [i32; C] {
+    let m3 = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc32 = [_mm256_setzero_si256(); C];
+    let mut start = 0;
+    while start < chunks {
+        let end = (start + COLS_GROUP_CHUNKS).min(chunks);
+        let mut acc16 = [_mm256_setzero_si256(); C];
+        for ch in start..end {
+            // SAFETY: the 32 weight bytes at 32·ch are in bounds (caller contract).
+            let wv = unsafe { _mm256_loadu_si256(w.add(32 * ch) as *const __m256i) };
+            let c0 = _mm256_and_si256(_mm256_srli_epi16::<6>(wv), m3);
+            let c1 = _mm256_and_si256(_mm256_srli_epi16::<4>(wv), m3);
+            let c2 = _mm256_and_si256(_mm256_srli_epi16::<2>(wv), m3);
+            let c3 = _mm256_and_si256(wv, m3);
+            for c in 0..C {
+                // Loaded where used, so the loads become memory operands of vpmaddubsw (a plain
+                // loop, not a closure: a closure would not inherit the target features).
+                // SAFETY: ch < chunks: column c's 128 activations at 128·ch are in bounds.
+                let a = unsafe { load_128_i8(q[c].add(128 * ch)) };
+                let p01 = _mm256_add_epi16(_mm256_maddubs_epi16(c0, a[0]), _mm256_maddubs_epi16(c1, a[1]));
+                let p23 = _mm256_add_epi16(_mm256_maddubs_epi16(c2, a[2]), _mm256_maddubs_epi16(c3, a[3]));
+                acc16[c] = _mm256_add_epi16(acc16[c], _mm256_add_epi16(p01, p23));
+            }
         }
+        for c in 0..C {
+            acc32[c] = _mm256_add_epi32(acc32[c], _mm256_madd_epi16(acc16[c], ones));
+        }
+        start = end;
+    }
+    let mut sums = [0i32; C];
+    for (s, acc) in sums.iter_mut().zip(&acc32) {
+        *s = hsum_i32(*acc);
     }
     sums
 }

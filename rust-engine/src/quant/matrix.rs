@@ -35,6 +35,8 @@ const STREAMS: usize = 4;
 const MATMUL_ROW_BLOCK: usize = 256;
 /// Activation rows (columns) multiplied per unpacking of a weight chunk in `matmul_rows`.
 const MATMUL_COLS: usize = 4;
+/// Rows per block in `matmul_rows`: 32 rows of 6912 columns are 55 KB of weights (in L2).
+const MATMUL_BLOCK_ROWS: usize = 32;
 
 /// Where the scales of a matrix come from.
 #[derive(Debug, Clone, Copy)]
@@ -366,20 +368,45 @@ impl<'a> TernaryMatrix<'a> {
             (self.kernel.avx2_token(), self.flavor, self.scales)
         {
             use super::avx2::qk256_dots_cols;
-            let epilogue = |d: i32, x: &QuantizedActs| (d as f32 - x.sum() as f32) / x.scale() * w;
-            for (r, o) in rows.zip(out.chunks_exact_mut(n.max(1))) {
-                let row = self.row(r);
+            // Blocks of rows, and within a block one group of columns at a time: the group's
+            // activations (4 × cols bytes) stay in L1 across the block's rows, whose weights
+            // stay in L2 across the groups. The integer sums are stored first and the float
+            // epilogue applied to the block afterwards, in a loop the compiler vectorizes.
+            let mut start = rows.start;
+            while start < rows.end {
+                let end = (start + MATMUL_BLOCK_ROWS).min(rows.end);
+                let block = &mut out[(start - rows.start) * n..(end - rows.start) * n];
                 let mut c = 0;
-                while c + MATMUL_COLS <= n {
-                    let qs: [&[i8]; MATMUL_COLS] = std::array::from_fn(|k| xs[c + k].q());
-                    for (k, d) in qk256_dots_cols(t, row, qs).into_iter().enumerate() {
-                        o[c + k] = epilogue(d, &xs[c + k]);
+                while c < n {
+                    let width = (n - c).min(MATMUL_COLS);
+                    for (r, o) in (start..end).zip(block.chunks_exact_mut(n)) {
+                        let row = self.row(r);
+                        let o = &mut o[c..c + width];
+                        if width == MATMUL_COLS {
+                            let qs: [&[i8]; MATMUL_COLS] = std::array::from_fn(|k| xs[c + k].q());
+                            for (o, d) in o.iter_mut().zip(qk256_dots_cols(t, row, qs)) {
+                                *o = d as f32;
+                            }
+                        } else {
+                            for (o, x) in o.iter_mut().zip(&xs[c..c + width]) {
+                                *o = qk256_dots_cols(t, row, [x.q()])[0] as f32;
+                            }
+                        }
                     }
-                    c += MATMUL_COLS;
+                    let mut sums = [0f32; MATMUL_COLS];
+                    let mut scales = [1f32; MATMUL_COLS];
+                    for (k, x) in xs[c..c + width].iter().enumerate() {
+                        sums[k] = x.sum() as f32;
+                        scales[k] = x.scale();
+                    }
+                    for o in block.chunks_exact_mut(n) {
+                        for ((y, &sum), &s) in o[c..c + width].iter_mut().zip(&sums).zip(&scales) {
+                            *y = (*y - sum) / s * w;
+                        }
+                    }
+                    c += width;
                 }
-                for (k, x) in xs.iter().enumerate().skip(c) {
-                    o[k] = epilogue(qk256_dots_cols(t, row, [x.q()])[0], x);
-                }
+                start = end;
             }
             return;
         }

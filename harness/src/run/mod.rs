@@ -323,7 +323,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     ui.step("loading the Rust engine");
     let mut model = Model::load(
         &file,
-        ModelOptions { n_ctx, exact_reference_rounding: exact, ..ModelOptions::default() },
+        ModelOptions { n_ctx, exact_reference_rounding: exact, threads },
     )
     .map_err(model_failure)?;
     model.set_fault(args.inject_fault);

@@ -67,8 +67,19 @@ impl KvCache {
         match &mut self.layers[l] {
             KvStore::F16 { k, v } => {
                 kernel.f32_to_f16_row(key, &mut k[pos * d..(pos + 1) * d]);
-                for (i, &x) in value.iter().enumerate() {
-                    v[i * n_ctx + pos] = f32_to_f16(x);
+                // The value column goes to a transposed layout: convert in groups of eight
+                // with the row kernel, then scatter.
+                let mut buf = [0u16; 8];
+                let mut chunks = value.chunks_exact(8);
+                for (g, c) in (&mut chunks).enumerate() {
+                    kernel.f32_to_f16_row(c, &mut buf);
+                    for (i, &h) in buf.iter().enumerate() {
+                        v[(8 * g + i) * n_ctx + pos] = h;
+                    }
+                }
+                let done = value.len() - chunks.remainder().len();
+                for (i, &x) in chunks.remainder().iter().enumerate() {
+                    v[(done + i) * n_ctx + pos] = f32_to_f16(x);
                 }
             }
             KvStore::F32 { k, v } => {

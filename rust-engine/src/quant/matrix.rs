@@ -248,9 +248,14 @@ impl<'a> TernaryMatrix<'a> {
                 if let Some(t) = self.kernel.avx2_token() {
                     use super::avx2::qk256_dots;
                     let per = rows.len() / STREAMS;
+                    let rb = self.row_bytes();
                     for i in 0..per {
                         let at: [usize; STREAMS] = std::array::from_fn(|k| k * per + i);
-                        let sums = qk256_dots(t, at.map(|j| self.row(start + j)), q);
+                        let rs: [&[u8]; STREAMS] = std::array::from_fn(|k| {
+                            let r = start + at[k];
+                            &self.codes[r * rb..(r + 1) * rb]
+                        });
+                        let sums = qk256_dots(t, rs, q);
                         for (j, d) in at.into_iter().zip(sums) {
                             emit(j, d);
                         }
@@ -304,10 +309,14 @@ impl<'a> TernaryMatrix<'a> {
         let s = x.scale();
         match self.scales {
             Scales::Tensor(w) => {
+                // The integer sums first (exact in f32 below 2²⁴, rounded like the reference's
+                // `(float)sumi` above), then the float epilogue over the whole slice in a loop
+                // the compiler vectorizes: the same operations, eight rows per division.
+                self.for_each_code_dot(x.q(), rows, |i, d| out[i] = d as f32);
                 let act_sum = x.sum() as f32;
-                self.for_each_code_dot(x.q(), rows, |i, d| {
-                    out[i] = (d as f32 - act_sum) / s * w;
-                });
+                for y in out.iter_mut() {
+                    *y = (*y - act_sum) / s * w;
+                }
             }
             Scales::InlineF16 | Scales::Sibling(..) => {
                 let q = x.q();

@@ -1,0 +1,69 @@
+//! Evaluating a token allocates nothing once the model is loaded (every buffer, and the
+//! thread pool, is made at load); a batch allocates its buffers on first use only.
+//!
+//! One exception, with several threads: each evaluation hands the pass to the pool through
+//! rayon's job queue, whose blocks hold 63 jobs, so one small block is allocated every 63
+//! tokens (and freed when used up). Nothing else.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bitnet_engine::gguf::GgufFile;
+use bitnet_engine::model::{Model, ModelOptions};
+
+/// Counts every allocation made by any thread of this test process.
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours, passed through.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours, passed through.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours, passed through.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn decoding_allocates_nothing_per_token() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny-256-gqa-i2_s.gguf");
+    let file = GgufFile::open(&path).unwrap();
+    for threads in [1, 2] {
+        let mut m =
+            Model::load(&file, ModelOptions { n_ctx: 128, threads, ..ModelOptions::default() }).unwrap();
+        // Warm up: the first evaluations may touch lazily made thread-local state.
+        for pos in 0..4 {
+            m.eval(3 + pos as u32, pos).unwrap();
+        }
+        m.eval_batch(&[5; 40], 4).unwrap();
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for pos in 44..124 {
+            m.eval(7 + pos as u32, pos).unwrap();
+        }
+        let tokens = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        m.reset();
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        m.eval_batch(&[9; 70], 0).unwrap();
+        let batch = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        eprintln!("threads {threads}: {tokens} allocations over 80 tokens, {batch} in a 70-token batch");
+        // rayon's queue block: at most one per 63 hand-offs (see the module docs).
+        let allowed = if threads == 1 { 0 } else { 80usize.div_ceil(63) };
+        assert!(tokens <= allowed, "threads {threads}: decoding allocated {tokens} times");
+        assert!(batch <= allowed, "threads {threads}: a batch allocated {batch} times after the first");
+    }
+}

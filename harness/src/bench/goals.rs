@@ -100,12 +100,13 @@ pub fn evaluate(r: &BenchReport) -> Vec<Goal> {
             )),
         ));
         let run = t.run_check.as_ref().map(|c| c.wall_over_slower);
+        let tokens = t.run_check.as_ref().map_or(r.settings.run_check_tokens, |c| c.tokens);
         goals.push(goal(
             "run_wall_over_slower_engine",
             format!(
                 "`harness run` of {} tokens: wall time ≤ {RUN_WALL_OVER_SLOWER_MAX} × the slower engine's own \
                  time, {} thread(s)",
-                t.run_check.as_ref().map_or(r.settings.run_check_tokens, |c| c.tokens),
+                if tokens == 0 { "64 (not run here)".to_string() } else { tokens.to_string() },
                 t.threads
             ),
             Some(t.threads),

@@ -1,4 +1,5 @@
-//! The bitnet-b1.58 forward pass, one token at a time, with a KV cache.
+//! The bitnet-b1.58 forward pass with a KV cache: one token at a time ([`Model::eval`]), or
+//! several through each weight at once ([`Model::eval_batch`], same bits).
 //!
 //! Per layer, as the reference's `build_bitnet_158` (names are what the hook reports):
 //! `attn_norm` → `Qcur`/`Kcur`/`Vcur` (I2_S matmuls, optional biases, NEOX RoPE on Q and K)
@@ -14,6 +15,23 @@
 //! rounded to f16 before `K·Q`, the softmax output rounded to f16 before `V·softmax`, and
 //! the input of an F16 matrix (the lm_head) rounded to f16. Switched off, all of those
 //! stay f32, which shows how much of any difference the roundings explain.
+//!
+//! # Speed without changing a bit
+//!
+//! | file          | holds                                                                  |
+//! |---------------|------------------------------------------------------------------------|
+//! | `forward.rs`  | the layer loop for `n` tokens; products split by rows over the pool     |
+//! | `attention.rs`| one query's attention over the cache, for a range of heads              |
+//! | `weights.rs`  | `Linear`: prepare an input once, then any rows of `W·x`                 |
+//! | `scratch.rs`  | every activation buffer, made at load (and once more for the first batch) |
+//! | `kv.rs`       | the cache, laid out like the reference's                                |
+//!
+//! The kernels come from [`crate::ops::FloatKernel`] and [`crate::quant::Qk256Kernel`]
+//! (scalar oracles or AVX2, chosen by `BITNET_QK256_IMPL` or [`Model::set_kernel`]); the
+//! threads from [`crate::parallel::Pool`] ([`ModelOptions::threads`]). Every output row is
+//! computed by one thread with the same operations whatever the kernel, thread count or
+//! batch, so logits are bit-identical across all of them (`tests/model_kernels.rs`), and
+//! nothing is allocated per token (`tests/model_alloc.rs`).
 
 mod attention;
 mod config;

@@ -9,9 +9,9 @@
 //! | `pack.rs`       | packing helpers for writers and fixtures; the reference quantizer  |
 //! | `act.rs`        | [`quantize_row_i8_s`] and [`QuantizedActs`] (reference mirror)      |
 //! | `scalar.rs`     | scalar kernels (the oracle)                                        |
-//! | `avx2.rs`       | AVX2 kernels (QK256 dot, activation quantization)                  |
+//! | `avx2.rs`       | AVX2 kernels (QK256 rows and columns kernels, activation quantization) |
 //! | `kernel.rs`     | [`Qk256Kernel`]: run-time choice, `BITNET_QK256_IMPL`, [`kernel_name`] |
-//! | `matrix.rs`     | [`TernaryMatrix`]: matvec, row ranges, matmul, dequantize          |
+//! | `matrix.rs`     | [`TernaryMatrix`]: matvec, row ranges, batched `matmul_rows`, dequantize |
 //! | `integrity.rs`  | [`check_i2s_integrity`]: invalid codes, bad scale, bad length      |
 //!
 //! # Using it

@@ -40,7 +40,7 @@
 //! (the reference's AVX2 kernel can wrap its int16 lanes on extreme inputs; ours widens in
 //! time, see `avx2.rs`), so results depend on neither the kernel nor row splitting nor
 //! batching. Activation quantization mirrors the reference including its FMA contraction
-//! (see [`act`](self::act) docs, and [`ActRounding`]).
+//! (see the `act.rs` docs, and [`ActRounding`]).
 //!
 //! Code 3 never comes out of a quantizer. Kernels use it as the value it stores (like the
 //! reference's dot product: weight +2); dequantization maps it to 0 (like the reference's

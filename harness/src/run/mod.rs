@@ -134,11 +134,9 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     let t0 = Instant::now();
     let file = GgufFile::open(&src.path).or_exit(Exit::BadInput)?;
     let config = Config::from_gguf(&file).map_err(model_failure)?;
+    let threads = args.threads as usize;
+    let limit = args.n_ctx.unwrap_or(config.n_ctx_train);
     let tokenizer = Tokenizer::from_gguf(&file).or_exit(Exit::ModelInvalid)?;
-    let model_info = model_info(&file, &src.label);
-    for p in &model_info.integrity_problems {
-        say(&format!("warning: {}: {}", p.tensor, p.problem));
-    }
     // Hyper-parameters that contradict the tensors are the model's fault (exit 5): find them
     // before the reference does, which would refuse the same file less clearly (exit 4).
     drop(
@@ -148,6 +146,26 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
         )
         .map_err(model_failure)?,
     );
+
+    // Start the reference now: it loads the model in its own process while this one hashes
+    // the file and loads the Rust engine. (If something below fails first,
+    // the worker sees its pipe close and exits.)
+    let starting_reference = args.reference.is_none().then(|| {
+        ui.step("starting the C++ reference (it loads the model)");
+        let (path, n_ctx) = (src.path.clone(), provisional_ctx(limit));
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let live = LiveReference::start(LibraryChoice::Default, &path, n_ctx, threads);
+            (live, t.elapsed().as_secs_f64())
+        })
+    });
+
+    let model_info = model_info(&file, &src.label);
+    for p in &model_info.integrity_problems {
+        say(&format!("warning: {}: {}", p.tensor, p.problem));
+    }
+    // The Rust side's own setup so far (the reference loads at the same time).
+    let mut rust_load_s = t0.elapsed().as_secs_f64();
 
     // The reference: saved logits, or a live worker.
     let mut saved = match &args.reference {
@@ -189,12 +207,10 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
         _ => inputs::resolve_prompts(&args.prompt, args.prompts_file.as_deref())?,
     };
 
-    let threads = args.threads as usize;
     let mut reference_identity: ReferenceEngine;
     let mut plans = Vec::new();
     let mut mismatches = Vec::new();
-    let live_load = Instant::now();
-    let limit = args.n_ctx.unwrap_or(config.n_ctx_train);
+    let mut ref_load_s = 0.0;
     let mut side = match saved.take() {
         Some(s) => {
             reference_identity = s.footer.reference.clone();
@@ -202,19 +218,20 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
             RefSide::Saved(Box::new(s))
         }
         None => {
-            // Start with a context for the longest case; sized below once ids are known.
-            let n_ctx = provisional_ctx(limit);
-            ui.step("starting the C++ reference (it loads the model)");
-            let live =
-                LiveReference::start(LibraryChoice::Default, &src.path, n_ctx, threads).map_err(|e| {
-                    Failure::new(Exit::ReferenceUnavailable, anyhow!("cannot start the C++ reference: {e}"))
-                })?;
+            ui.step("waiting for the C++ reference to load the model");
+            let handle = starting_reference.expect("started when there is no saved reference");
+            let (live, load_s) = handle.join().map_err(|_| {
+                Failure::new(Exit::Internal, anyhow!("the thread starting the reference panicked"))
+            })?;
+            let live = live.map_err(|e| {
+                Failure::new(Exit::ReferenceUnavailable, anyhow!("cannot start the C++ reference: {e}"))
+            })?;
+            ref_load_s = load_s;
             reference_identity =
                 engine_identity(live.worker.build_info(), Some(live.worker.library_path()), threads);
             RefSide::Live(Box::new(live))
         }
     };
-    let ref_load_s = live_load.elapsed().as_secs_f64();
 
     // Tokenize with both, and decide the ids.
     for (i, prompt) in prompts.iter().enumerate() {
@@ -321,11 +338,9 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     let n_ctx = plans.iter().map(|p| p.n_positions).max().unwrap_or(1).next_multiple_of(32).min(limit.max(1));
     let exact = !args.no_exact_rounding;
     ui.step("loading the Rust engine");
-    let mut model = Model::load(
-        &file,
-        ModelOptions { n_ctx, exact_reference_rounding: exact, threads },
-    )
-    .map_err(model_failure)?;
+    let t_load = Instant::now();
+    let mut model = Model::load(&file, ModelOptions { n_ctx, exact_reference_rounding: exact, threads })
+        .map_err(model_failure)?;
     model.set_fault(args.inject_fault);
     if let Some(f) = args.inject_fault {
         say(&format!(
@@ -333,7 +348,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
             f.first_affected_op()
         ));
     }
-    let rust_load_s = t0.elapsed().as_secs_f64() - ref_load_s;
+    rust_load_s += t_load.elapsed().as_secs_f64();
 
     let mut saver = match &args.save_reference {
         Some(p) => Some(SavedWriter::create(p).or_exit(Exit::OutputFailed)?),

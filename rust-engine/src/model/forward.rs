@@ -242,16 +242,22 @@ fn rms_norm_each(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// Copies a row-major product (`rows × n`, from the front of `src`) into token-major `dst`
-/// (`n × rows`).
+/// (`n × rows`), in tiles of 16 rows so that both sides are read and written a cache line
+/// at a time.
 fn token_major(src: &[f32], n: usize, dst: &mut [f32]) {
     if n == 1 {
         dst.copy_from_slice(&src[..dst.len()]);
         return;
     }
+    const TILE: usize = 16;
     let rows = dst.len() / n;
-    for (r, col) in src[..rows * n].chunks_exact(n).enumerate() {
-        for (t, &v) in col.iter().enumerate() {
-            dst[t * rows + r] = v;
+    for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
+        for t in 0..n {
+            let d = &mut dst[t * rows + r0..t * rows + r1];
+            for (i, v) in d.iter_mut().enumerate() {
+                *v = src[(r0 + i) * n + t];
+            }
         }
     }
 }

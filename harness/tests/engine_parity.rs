@@ -10,24 +10,10 @@ use bitnet_engine::gguf::GgufFile;
 use bitnet_engine::model::{Model, ModelOptions};
 use bitnet_engine::tokenizer::Tokenizer;
 use bitnet_fixtures::{spec, write_spec, WeightForm};
+use harness::compare::{argmax, cosine};
 
 const PROMPT: &str = "The quick brown fox jumps over the lazy dog, then 42 cats sat on 7 mats; \
                       naïve café owners counted 1234567 coins while the river ran north.";
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(x), f64::from(y));
-        ab += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    ab / (aa.sqrt() * bb.sqrt())
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
-}
 
 struct Figures {
     cos_min: f64,

@@ -52,28 +52,8 @@ impl Spec {
     }
 }
 
-/// splitmix64: deterministic, no dependency.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    pub fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    pub fn ternary(&mut self) -> f32 {
-        (self.next_u64() % 3) as f32 - 1.0
-    }
-}
+/// The fixtures' deterministic generator.
+pub use bitnet_fixtures::rng::Rng;
 
 /// GPT-2's byte → printable character table (what byte-level BPE vocabularies store).
 pub fn byte_to_char() -> Vec<char> {
@@ -131,12 +111,12 @@ pub struct Tensor {
 fn ternary_tensor(rng: &mut Rng, name: String, cols: usize, rows: usize) -> Tensor {
     // A scale exactly representable in f32 and in f16 keeps every conversion exact.
     let scale = 0.0625f32;
-    let data = (0..cols * rows).map(|_| rng.ternary() * scale).collect();
+    let data = (0..cols * rows).map(|_| f32::from(rng.ternary()) * scale).collect();
     Tensor { name, dims: vec![cols as u64, rows as u64], data }
 }
 
 fn norm_tensor(rng: &mut Rng, name: String, n: usize) -> Tensor {
-    let data = (0..n).map(|_| 1.0 + 0.25 * rng.uniform()).collect();
+    let data = (0..n).map(|_| 1.0 + 0.25 * rng.uniform(-1.0, 1.0)).collect();
     Tensor { name, dims: vec![n as u64], data }
 }
 
@@ -149,7 +129,7 @@ pub fn tensors(spec: &Spec, n_vocab: usize) -> Vec<Tensor> {
     let mut out = vec![Tensor {
         name: "token_embd.weight".into(),
         dims: vec![e as u64, n_vocab as u64],
-        data: (0..e * n_vocab).map(|_| rng.uniform()).collect(),
+        data: (0..e * n_vocab).map(|_| rng.uniform(-1.0, 1.0)).collect(),
     }];
     out.push(norm_tensor(&mut rng, "output_norm.weight".into(), e));
     for l in 0..spec.n_layer {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::exit::{Exit, Failure, OrExit};
+use crate::tokenize_check::corpus::parse_corpus;
 
 /// The fixture built into the binary, used when no model is given.
 pub const DEFAULT_FIXTURE_NAME: &str = "tiny-256-gqa-i2_s.gguf";
@@ -47,37 +48,13 @@ pub fn resolve_model(model: Option<&Path>) -> Result<ModelSource, Failure> {
     Ok(ModelSource { path, label: format!("embedded:{DEFAULT_FIXTURE_NAME}"), embedded: true })
 }
 
-/// Undoes the prompt-file escapes: `\n` newline, `\t` tab, `\r` carriage return, `\\` backslash;
-/// any other backslash is kept as is.
-pub fn unescape(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('t') => out.push('\t'),
-            Some('r') => out.push('\r'),
-            Some('\\') => out.push('\\'),
-            Some(other) => {
-                out.push('\\');
-                out.push(other);
-            }
-            None => out.push('\\'),
-        }
-    }
-    out
-}
-
-/// Prompts from a file: one per line, escapes undone, blank lines skipped.
+/// Prompts from a file in the corpus format of `tokenize-check` (one per line; `#` starts a
+/// comment line; escapes `\n \t \r \s \\ \# \u{HEX} \e`; see `tokenize_check::corpus`).
 pub fn read_prompts(path: &Path) -> Result<Vec<String>, Failure> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read prompts from {}", path.display()))
         .or_exit(Exit::BadInput)?;
-    Ok(text.lines().filter(|l| !l.trim().is_empty()).map(unescape).collect())
+    parse_corpus(&text).map_err(|e| Failure::new(Exit::BadInput, anyhow::anyhow!("{}: {e}", path.display())))
 }
 
 /// `--prompt`s, else `--prompts FILE`, else the fixture prompts.
@@ -87,7 +64,7 @@ pub fn resolve_prompts(prompts: &[String], file: Option<&Path>) -> Result<Vec<St
     } else if let Some(f) = file {
         read_prompts(f)?
     } else {
-        bitnet_fixtures::prompts().iter().map(|l| unescape(l)).collect()
+        parse_corpus(bitnet_fixtures::PROMPTS).expect("the fixture prompts are well-formed")
     };
     if list.is_empty() {
         return Err(Failure::new(Exit::PromptInvalid, anyhow::anyhow!("no prompts to run")));
@@ -101,11 +78,6 @@ pub fn resolve_prompts(prompts: &[String], file: Option<&Path>) -> Result<Vec<St
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escapes() {
-        assert_eq!(unescape(r"a\nb\tc\\d\q\"), "a\nb\tc\\d\\q\\");
-    }
 
     #[test]
     fn fixture_prompts_are_not_empty() {

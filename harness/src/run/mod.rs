@@ -26,7 +26,7 @@ use crate::receipt::{
 };
 use crate::report::term::{Paint, Progress};
 pub use identity::{model_info, sha256_hex, tool_info};
-pub use inputs::{resolve_model, unescape, DEFAULT_FIXTURE_NAME};
+pub use inputs::{resolve_model, DEFAULT_FIXTURE_NAME};
 pub use reference::spawn_worker;
 use reference::{engine_identity, LiveReference, SavedCase, SavedFooter, SavedReference, SavedWriter};
 pub use verdict::judge;
@@ -46,7 +46,8 @@ pub struct RunArgs {
     /// A prompt (repeatable). Default: the fixture prompts.
     #[arg(long = "prompt", value_name = "TEXT")]
     pub prompt: Vec<String>,
-    /// A file of prompts, one per line (`\n`, `\t`, `\\` are escapes).
+    /// A file of prompts, one per line, in the corpus format of `tokenize-check` (`#` starts a
+    /// comment line; `\n`, `\t`, `\s`, `\\`, `\#`, `\u{HEX}` are escapes).
     #[arg(long = "prompts", value_name = "FILE", conflicts_with = "prompt")]
     pub prompts_file: Option<PathBuf>,
     /// Threads for each engine.

@@ -73,7 +73,7 @@ impl Forward<'_, '_> {
             let product = |w, i: usize, bias| Product::new(w, layer.scales[i], bias);
 
             // Attention block.
-            rms_norm_each(&s.x[..n * e], &layer.attn_norm, c.rms_eps, &mut s.h[..n * e]);
+            mm.rms_norm_each(&s.x[..n * e], &layer.attn_norm, c.rms_eps, &mut s.h[..n * e]);
             emit("attn_norm", Some(l), &s.h[..e]);
             // One quantization of attn_norm serves Q, K and V (the reference quantizes the
             // same input three times, with identical results).
@@ -87,9 +87,9 @@ impl Forward<'_, '_> {
                 &mut s.input,
                 [&mut s.tq[..n * e], &mut s.tk[..n * kv], &mut s.tv[..n * kv]],
             );
-            token_major(&s.tq, n, &mut s.q[..n * e]);
-            token_major(&s.tk, n, &mut s.k[..n * kv]);
-            token_major(&s.tv, n, &mut s.v[..n * kv]);
+            mm.token_major(&s.tq, &mut s.q[..n * e]);
+            mm.token_major(&s.tk, &mut s.k[..n * kv]);
+            mm.token_major(&s.tv, &mut s.v[..n * kv]);
             let rope_mode = if faulty(FaultKind::RopeAdjacent) { RopeMode::Adjacent } else { RopeMode::Neox };
             for t in 0..n {
                 let p = pos + t;
@@ -114,7 +114,7 @@ impl Forward<'_, '_> {
             if faulty(FaultKind::SkipAttnSubNorm) {
                 s.h[..n * e].copy_from_slice(&s.attn[..n * e]);
             } else {
-                rms_norm_each(&s.attn[..n * e], &layer.attn_sub_norm, c.rms_eps, &mut s.h[..n * e]);
+                mm.rms_norm_each(&s.attn[..n * e], &layer.attn_sub_norm, c.rms_eps, &mut s.h[..n * e]);
             }
             emit("attn_sub_norm", Some(l), &s.h[..e]);
             mm.one(
@@ -123,13 +123,13 @@ impl Forward<'_, '_> {
                 &mut s.input,
                 &mut s.tq[..n * e],
             );
-            token_major(&s.tq, n, &mut s.o[..n * e]);
+            mm.token_major(&s.tq, &mut s.o[..n * e]);
             emit("attn_o_out", Some(l), &s.o[..e]);
             ops::add_assign(&mut s.x[..n * e], &s.o[..n * e]);
             emit("ffn_inp", Some(l), &s.x[..e]);
 
             // Feed-forward block.
-            rms_norm_each(&s.x[..n * e], &layer.ffn_norm, c.rms_eps, &mut s.h[..n * e]);
+            mm.rms_norm_each(&s.x[..n * e], &layer.ffn_norm, c.rms_eps, &mut s.h[..n * e]);
             emit("ffn_norm", Some(l), &s.h[..e]);
             mm.two(
                 [
@@ -140,8 +140,8 @@ impl Forward<'_, '_> {
                 &mut s.input,
                 [&mut s.tg[..n * f], &mut s.tu[..n * f]],
             );
-            token_major(&s.tg, n, &mut s.gate[..n * f]);
-            token_major(&s.tu, n, &mut s.up[..n * f]);
+            mm.token_major(&s.tg, &mut s.gate[..n * f]);
+            mm.token_major(&s.tu, &mut s.up[..n * f]);
             emit("ffn_gate", Some(l), &s.gate[..f]);
             emit("ffn_up", Some(l), &s.up[..f]);
             ops::relu_sqr_mul(&mut s.gate[..n * f], &s.up[..n * f]);
@@ -149,7 +149,7 @@ impl Forward<'_, '_> {
             if faulty(FaultKind::SkipFfnSubNorm) {
                 s.ff[..n * f].copy_from_slice(&s.gate[..n * f]);
             } else {
-                rms_norm_each(&s.gate[..n * f], &layer.ffn_sub_norm, c.rms_eps, &mut s.ff[..n * f]);
+                mm.rms_norm_each(&s.gate[..n * f], &layer.ffn_sub_norm, c.rms_eps, &mut s.ff[..n * f]);
             }
             emit("ffn_sub_norm", Some(l), &s.ff[..f]);
             mm.one(
@@ -158,7 +158,7 @@ impl Forward<'_, '_> {
                 &mut s.input,
                 &mut s.tq[..n * e],
             );
-            token_major(&s.tq, n, &mut s.o[..n * e]);
+            mm.token_major(&s.tq, &mut s.o[..n * e]);
             emit("ffn_down", Some(l), &s.o[..e]);
             ops::add_assign(&mut s.x[..n * e], &s.o[..n * e]);
             emit("l_out", Some(l), &s.x[..e]);
@@ -188,15 +188,69 @@ struct Mm<'p> {
 }
 
 impl Mm<'_> {
+    /// Prepares `x` for `w` (int8 quantization per token for ternary weights), the tokens
+    /// split across threads when there are several.
+    fn prepare(&self, w: &Linear<'_>, x: &[f32], inp: &mut LinearInput) {
+        if self.n == 1 || !matches!(w, Linear::Ternary(_)) {
+            w.prepare(x, self.n, inp, self.kernel, self.exact);
+            return;
+        }
+        let d = w.cols();
+        self.pool.split(Rows::new(&mut inp.acts[..self.n], 1, 1), |a| {
+            for (acts, t) in a.data.iter_mut().zip(a.range) {
+                acts.quantize(&x[t * d..(t + 1) * d]);
+            }
+        });
+    }
+
+    /// RMSNorm of each token of `x` (token-major, `weight.len()` values each), the tokens
+    /// split across threads when there are several.
+    fn rms_norm_each(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+        let d = weight.len();
+        let norm = |o: Rows<'_, f32>| {
+            for (ot, t) in o.data.chunks_exact_mut(d).zip(o.range) {
+                ops::rms_norm(&x[t * d..(t + 1) * d], weight, eps, ot);
+            }
+        };
+        if self.n == 1 {
+            norm(Rows::new(out, d, 1));
+        } else {
+            self.pool.split(Rows::new(out, d, 1), norm);
+        }
+    }
+
+    /// Copies a row-major product (`rows × n`, from the front of `src`) into token-major
+    /// `dst` (`n × rows`), the tokens split across threads, in tiles of 16 rows so that both
+    /// sides are read and written a cache line at a time.
+    fn token_major(&self, src: &[f32], dst: &mut [f32]) {
+        let n = self.n;
+        if n == 1 {
+            dst.copy_from_slice(&src[..dst.len()]);
+            return;
+        }
+        const TILE: usize = 16;
+        let rows = dst.len() / n;
+        self.pool.split(Rows::new(dst, rows, 1), |d| {
+            for r0 in (0..rows).step_by(TILE) {
+                let r1 = (r0 + TILE).min(rows);
+                for (dt, t) in d.data.chunks_exact_mut(rows).zip(d.range.clone()) {
+                    for (r, v) in (r0..r1).zip(&mut dt[r0..r1]) {
+                        *v = src[r * n + t];
+                    }
+                }
+            }
+        });
+    }
+
     fn one(&self, p: Product<'_, '_>, x: &[f32], inp: &mut LinearInput, out: &mut [f32]) {
-        p.w.prepare(x, self.n, inp, self.kernel, self.exact);
+        self.prepare(p.w, x, inp);
         let inp = &*inp;
         self.pool.split(Rows::new(out, self.n, ROW_ALIGN), |o| self.rows(&p, x, inp, o));
     }
 
     /// Two products of the same input (gate and up) in one parallel section.
     fn two(&self, p: [Product<'_, '_>; 2], x: &[f32], inp: &mut LinearInput, out: [&mut [f32]; 2]) {
-        p[0].w.prepare(x, self.n, inp, self.kernel, self.exact);
+        self.prepare(p[0].w, x, inp);
         let inp = &*inp;
         let [o0, o1] = out;
         self.pool.split((Rows::new(o0, self.n, ROW_ALIGN), Rows::new(o1, self.n, ROW_ALIGN)), |(a, b)| {
@@ -207,7 +261,7 @@ impl Mm<'_> {
 
     /// Three products of the same input (Q, K, V) in one parallel section.
     fn three(&self, p: [Product<'_, '_>; 3], x: &[f32], inp: &mut LinearInput, out: [&mut [f32]; 3]) {
-        p[0].w.prepare(x, self.n, inp, self.kernel, self.exact);
+        self.prepare(p[0].w, x, inp);
         let inp = &*inp;
         let [o0, o1, o2] = out;
         let rows = |o| Rows::new(o, self.n, ROW_ALIGN);
@@ -228,35 +282,6 @@ impl Mm<'_> {
         if let Some(b) = p.bias {
             for (o, &bias) in out.data.chunks_exact_mut(self.n).zip(&b[out.range]) {
                 o.iter_mut().for_each(|v| *v += bias);
-            }
-        }
-    }
-}
-
-/// RMSNorm of each token of `x` (token-major, `weight.len()` values each).
-fn rms_norm_each(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let d = weight.len();
-    for (xt, ot) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        ops::rms_norm(xt, weight, eps, ot);
-    }
-}
-
-/// Copies a row-major product (`rows × n`, from the front of `src`) into token-major `dst`
-/// (`n × rows`), in tiles of 16 rows so that both sides are read and written a cache line
-/// at a time.
-fn token_major(src: &[f32], n: usize, dst: &mut [f32]) {
-    if n == 1 {
-        dst.copy_from_slice(&src[..dst.len()]);
-        return;
-    }
-    const TILE: usize = 16;
-    let rows = dst.len() / n;
-    for r0 in (0..rows).step_by(TILE) {
-        let r1 = (r0 + TILE).min(rows);
-        for t in 0..n {
-            let d = &mut dst[t * rows + r0..t * rows + r1];
-            for (i, v) in d.iter_mut().enumerate() {
-                *v = src[(r0 + i) * n + t];
             }
         }
     }

@@ -337,6 +337,7 @@ impl<'a> TernaryMatrix<'a> {
 
     /// `out[c·rows + r] = (W · xs[c])[r]`: several activation rows (a batch of tokens), each
     /// output row contiguous as in ggml. Each weight row is read once for all columns.
+    /// Allocates a block buffer per call; [`matmul_rows`](Self::matmul_rows) allocates nothing.
     ///
     /// # Panics
     /// If any `xs[c].len() != cols` or `out.len() != xs.len() · rows`.

@@ -49,11 +49,16 @@ pub fn resolve_model(model: Option<&Path>) -> Result<ModelSource, Failure> {
 }
 
 /// Prompts from a file in the corpus format of `tokenize-check` (one per line; `#` starts a
-/// comment line; escapes `\n \t \r \s \\ \# \u{HEX} \e`; see `tokenize_check::corpus`).
+/// comment line; blank lines are skipped; escapes `\n \t \r \s \\ \# \u{HEX} \e`; see
+/// `tokenize_check::corpus`).
 pub fn read_prompts(path: &Path) -> Result<Vec<String>, Failure> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read prompts from {}", path.display()))
         .or_exit(Exit::BadInput)?;
+    // Lines of only whitespace are skipped like empty ones (a prompt of spaces is written
+    // `\s\s`); blanking them keeps the line numbers of error messages right.
+    let lines: Vec<&str> = text.split('\n').map(|l| if l.trim().is_empty() { "" } else { l }).collect();
+    let text = lines.join("\n");
     parse_corpus(&text).map_err(|e| Failure::new(Exit::BadInput, anyhow::anyhow!("{}: {e}", path.display())))
 }
 

@@ -264,6 +264,25 @@ impl RefWorker {
         Dec::new(&body).i32s("tokens").map_err(|m| proto(&during, m))
     }
 
+    /// [`RefWorker::tokenize`] of every string, in one round trip.
+    pub fn tokenize_many(
+        &mut self,
+        texts: &[String],
+        add_special: bool,
+        parse_special: bool,
+    ) -> R<Vec<Vec<i32>>> {
+        let during = format!("tokenizing {} strings", texts.len());
+        let count = u32::try_from(texts.len()).map_err(|_| proto(&during, "too many strings"))?;
+        let mut req = Enc::new().bool(add_special).bool(parse_special).u32(count);
+        for t in texts {
+            req = req.str(t);
+        }
+        let body = self.call(tag::TOKENIZE_MANY, req, &during)?;
+        let mut d = Dec::new(&body);
+        let n = d.u32("count").map_err(|m| proto(&during, m))?;
+        (0..n).map(|_| d.i32s("tokens").map_err(|m| proto(&during, m))).collect()
+    }
+
     pub fn detokenize(&mut self, tokens: &[i32], remove_special: bool, unparse_special: bool) -> R<Vec<u8>> {
         let during = format!("detokenizing {} tokens", tokens.len());
         let p = Enc::new().i32s(tokens).bool(remove_special).bool(unparse_special);

@@ -9,7 +9,7 @@
 use std::io::{self, Read, Write};
 
 /// Bumped on any change of the format; both sides check it in `Hello`.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Frames larger than this are refused (a corrupt length would otherwise allocate wildly).
 /// 1 GiB covers a batch of 2048 positions × 128256 logits.
@@ -34,6 +34,8 @@ pub mod tag {
     pub const DEQUANTIZE: u8 = 12;
     pub const QUANTIZE: u8 = 13;
     pub const SHUTDOWN: u8 = 14;
+    /// Several strings in one round trip (a corpus check is hundreds of them).
+    pub const TOKENIZE_MANY: u8 = 15;
 }
 
 /// Write one frame and flush.

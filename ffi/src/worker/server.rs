@@ -151,6 +151,16 @@ fn handle(state: &mut State, t: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
             let m = state.model.as_ref().ok_or("no model loaded")?;
             Enc::new().i32s(&m.tokenize(&text, add, parse).map_err(e)?)
         }
+        tag::TOKENIZE_MANY => {
+            let (add, parse) = (d.bool("add_special")?, d.bool("parse_special")?);
+            let n = d.u32("count")?;
+            let m = state.model.as_ref().ok_or("no model loaded")?;
+            let mut out = Enc::new().u32(n);
+            for _ in 0..n {
+                out = out.i32s(&m.tokenize(&d.str("text")?, add, parse).map_err(e)?);
+            }
+            out
+        }
         tag::DETOKENIZE => {
             let tokens = d.i32s("tokens")?;
             let (remove, unparse) = (d.bool("remove_special")?, d.bool("unparse_special")?);

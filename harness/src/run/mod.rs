@@ -112,6 +112,10 @@ struct Plan {
     n_positions: usize,
 }
 
+/// A position evaluated by both engines whose metrics are still to be computed:
+/// `(pos, token, next teacher token, rust logits, reference logits)`.
+type Unmeasured = (usize, u32, Option<u32>, Vec<f32>, Vec<f32>);
+
 /// The reference in use.
 enum RefSide {
     Live(Box<LiveReference>),
@@ -368,6 +372,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     let mut saved_cases: Vec<SavedCase> = Vec::new();
 
     ui.positions(plans.iter().map(|p| p.n_positions as u64).sum());
+    let mut hash_bytes: Vec<u8> = Vec::new();
     'cases: for (ci, plan) in plans.iter().enumerate() {
         say(&format!(
             "case {}/{}: {} prompt tokens, {} positions",
@@ -388,7 +393,10 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
         let mut ids = plan.ids.clone();
         let mut positions = Vec::with_capacity(plan.n_positions);
         let (mut rust_hash, mut ref_hash) = (Sha256::new(), Sha256::new());
-        let mut prev_ref: Option<Vec<f32>> = None;
+        // The reference's greedy choice at the previous position (continuation tokens).
+        let mut prev_ref_argmax: Option<u32> = None;
+        // The last evaluated position, whose metrics are computed during the next evaluation.
+        let mut unmeasured: Option<Unmeasured> = None;
         for pos in 0..plan.n_positions {
             if interrupted.load(Ordering::Relaxed) {
                 state.interrupted = true;
@@ -398,10 +406,9 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
             }
             // Continuation tokens: the reference's greedy choice at the previous position.
             if pos >= ids.len() {
-                let next = match (&side, &prev_ref) {
-                    (RefSide::Saved(s), _) => s.footer.cases[ci].token_ids.get(pos).copied(),
-                    (RefSide::Live(_), Some(l)) => Some(argmax(l) as u32),
-                    (RefSide::Live(_), None) => None,
+                let next = match &side {
+                    RefSide::Saved(s) => s.footer.cases[ci].token_ids.get(pos).copied(),
+                    RefSide::Live(_) => prev_ref_argmax,
                 };
                 match next {
                     Some(t) => ids.push(t),
@@ -422,8 +429,13 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
                 RefSide::Saved(_) => None,
             };
             let t = Instant::now();
-            let rust_result = model.eval(token, pos);
+            let rust_result = model.eval(token, pos).map(<[f32]>::to_vec);
             rust_s += t.elapsed().as_secs_f64();
+            // The previous position's metrics, while the reference may still be computing this
+            // one: on a 128k vocabulary they cost milliseconds, often hidden this way.
+            if let Some((p, tok, next, rust, reference)) = unmeasured.take() {
+                positions.push(compare_position(p, tok, next, &rust, &reference));
+            }
             let reference_logits = match (&mut side, pending) {
                 (RefSide::Live(l), Some(p)) => {
                     let r = l.worker.finish_eval(p).map_err(|e| e.to_string());
@@ -453,11 +465,12 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
                 }
             };
             evaluated += 1;
-            for v in rust_logits {
-                rust_hash.update(v.to_le_bytes());
-            }
-            for v in &reference_logits {
-                ref_hash.update(v.to_le_bytes());
+            for (hash, logits) in [(&mut rust_hash, &rust_logits[..]), (&mut ref_hash, &reference_logits[..])]
+            {
+                // Digest of the f32 logits, little-endian, hashed in one piece.
+                hash_bytes.clear();
+                hash_bytes.extend(logits.iter().flat_map(|v| v.to_le_bytes()));
+                hash.update(&hash_bytes);
             }
             if let Some(Err(e)) = saver.as_mut().map(|w| w.push_logits(&reference_logits)) {
                 // Leave no half-written file behind (a full disk, typically).
@@ -485,12 +498,15 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
                 }
                 None => None,
             };
-            positions.push(compare_position(pos, token, next, rust_logits, &reference_logits));
-            prev_ref = Some(reference_logits);
+            prev_ref_argmax = Some(argmax(&reference_logits) as u32);
+            unmeasured = Some((pos, token, next, rust_logits, reference_logits));
             ui.inc(1);
             if !args.quiet && !ui.visible() && (pos + 1) % 64 == 0 {
                 eprintln!("  {}/{} positions", pos + 1, plan.n_positions);
             }
+        }
+        if let Some((p, tok, next, rust, reference)) = unmeasured.take() {
+            positions.push(compare_position(p, tok, next, &rust, &reference));
         }
         let summary = summarize(positions.iter().map(|p| (ci, p)), thresholds.min_cosine, &text);
         saved_cases.push(SavedCase {

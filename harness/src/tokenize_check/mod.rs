@@ -45,16 +45,12 @@ pub fn check(
     let mut agreeing_total = 0;
     for (add_special, parse_special) in MODES {
         let mut mode = ModeAgreement { add_special, parse_special, agreeing: 0, mismatches: Vec::new() };
-        for (index, text) in strings.iter().enumerate() {
+        let all_reference_ids = worker.tokenize_many(strings, add_special, parse_special).map_err(|e| {
+            Failure::new(Exit::ReferenceUnavailable, anyhow!("the reference's tokenizer failed: {e}"))
+        })?;
+        for (index, (text, reference_ids)) in strings.iter().zip(all_reference_ids).enumerate() {
             let rust_ids = tokenizer.encode(text, add_special, parse_special);
-            let reference_ids: Vec<u32> = worker
-                .tokenize(text, add_special, parse_special)
-                .map_err(|e| {
-                    Failure::new(Exit::ReferenceUnavailable, anyhow!("the reference's tokenizer failed: {e}"))
-                })?
-                .into_iter()
-                .map(|t| t as u32)
-                .collect();
+            let reference_ids: Vec<u32> = reference_ids.into_iter().map(|t| t as u32).collect();
             if rust_ids == reference_ids {
                 mode.agreeing += 1;
             } else {

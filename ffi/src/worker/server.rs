@@ -73,6 +73,11 @@ pub fn serve_stdio() -> i32 {
             Err(msg) => write_frame(&mut output, ERR, msg.as_bytes()),
         };
         if let Err(e) = written {
+            // The parent closed its end: it stopped early (an invalid input found while this
+            // worker was still loading, say) and wants no answer. Nothing to report.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return 0;
+            }
             eprintln!("cpp-worker: cannot write a response: {e}");
             return 2;
         }

@@ -152,6 +152,14 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
         .map_err(model_failure)?,
     );
 
+    // The prompts the user gave (or the fixture's), checked before any reference starts; with a
+    // saved reference and no prompt arguments, its own prompts are used instead (below).
+    let given_prompts = if args.reference.is_some() && args.prompt.is_empty() && args.prompts_file.is_none() {
+        None
+    } else {
+        Some(inputs::resolve_prompts(&args.prompt, args.prompts_file.as_deref())?)
+    };
+
     // Start the reference now: it loads the model in its own process while this one hashes
     // the file and loads the Rust engine. (If something below fails first,
     // the worker sees its pipe close and exits.)
@@ -205,11 +213,10 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     };
 
     // Prompts: from the saved reference when comparing against one, else from the arguments.
-    let prompts: Vec<String> = match &saved {
-        Some(s) if args.prompt.is_empty() && args.prompts_file.is_none() => {
-            s.footer.cases.iter().map(|c| c.prompt.clone()).collect()
-        }
-        _ => inputs::resolve_prompts(&args.prompt, args.prompts_file.as_deref())?,
+    let prompts: Vec<String> = match (&saved, given_prompts) {
+        (_, Some(p)) => p,
+        (Some(s), None) => s.footer.cases.iter().map(|c| c.prompt.clone()).collect(),
+        (None, None) => unreachable!("prompts are resolved up front unless a saved reference holds them"),
     };
 
     let mut reference_identity: ReferenceEngine;

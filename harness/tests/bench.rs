@@ -65,6 +65,8 @@ struct Settings {
     gemv_batches: usize,
     bandwidth_buffer_bytes: u64,
     run_check_tokens: usize,
+    page_cache: String,
+    page_cache_refill_s: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +189,8 @@ struct Memory {
     rss_anon_bytes: u64,
     rss_file_bytes: u64,
     kv_cache_bytes: u64,
+    model_mapped_bytes: u64,
+    model_mapped_2mib_bytes: u64,
 }
 
 #[derive(Deserialize)]
@@ -278,7 +282,9 @@ fn bench_on_a_fixture_prints_the_documented_json() {
     let from_file: Report = serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
     assert_eq!(from_file.created_at, r.created_at);
 
-    assert_eq!(r.schema_version, "bench-1.0.0");
+    assert_eq!(r.schema_version, "bench-1.1.0");
+    assert_eq!(r.settings.page_cache, "huge");
+    assert!(r.settings.page_cache_refill_s.is_some_and(|s| s >= 0.0));
     assert_eq!(r.settings.threads, vec![1, 2]);
     assert_eq!((r.settings.decode_tokens, r.settings.decode_runs, r.settings.prefill_tokens), (4, 2, 8));
     assert_eq!(r.model.kind, "file");
@@ -297,6 +303,9 @@ fn bench_on_a_fixture_prints_the_documented_json() {
             let p = e.prefill.as_ref().expect("prefill measured");
             assert_eq!((p.tokens, p.runs_s.len()), (8, 1));
             assert!(e.memory.peak_rss_bytes > 0 && e.memory.kv_cache_bytes > 0, "{name}");
+            // Both engines map the model; the 2 MiB part depends on the kernel, never more than all.
+            let m = &e.memory;
+            assert!(m.model_mapped_bytes > 0 && m.model_mapped_2mib_bytes <= m.model_mapped_bytes, "{name}");
         }
         assert_eq!(res.reference.threads_used, t + 1);
         assert_eq!(res.reference.prefill.as_ref().unwrap().method, "batch");

@@ -30,6 +30,13 @@ impl Bytes {
         // the map (see the contract above); all reads go through bounds-checked slices.
         #[allow(unsafe_code)]
         let map = unsafe { memmap2::Mmap::map(&file)? };
+        // Ask for 2 MiB pages. When the file is read from disk through this map, the page
+        // cache then holds 2 MiB folios and the kernel maps them whole (FilePmdMapped): the
+        // lm_head, streamed in full for every token, reads ~30 % faster here than through
+        // 4 KiB pages (fewer TLB misses, prefetchers not stopped at every 4 KiB). Advice
+        // only: a kernel without file THP ignores it or refuses, and nothing changes.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
         Ok(Bytes::Mapped(map))
     }
 

@@ -4,9 +4,10 @@
 //!
 //! | file           | holds                                                            |
 //! |----------------|------------------------------------------------------------------|
-//! | `report.rs`    | the JSON report types (`bench-1.0.0`)                            |
+//! | `report.rs`    | the JSON report types (`bench-1.1.0`)                            |
 //! | `model.rs`     | the model: a file or a generated 2B-shaped one; bytes per token  |
 //! | `machine.rs`   | CPU, caches, load, streaming-read bandwidth                      |
+//! | `page_cache.rs`| the model's page-cache folios: 2 MiB pages for both engines      |
 //! | `worker.rs`    | one engine per process (`harness bench-worker`), and its handle  |
 //! | `gemv.rs`      | QK256 GEMV micro-benchmarks against the reference's mul_mat      |
 //! | `run_check.rs` | a timed `harness run` of N tokens                                |
@@ -17,6 +18,7 @@ pub mod gemv;
 pub mod goals;
 pub mod machine;
 pub mod model;
+pub mod page_cache;
 pub mod report;
 pub mod run_check;
 pub mod table;
@@ -86,7 +88,13 @@ pub struct BenchArgs {
     /// Tokens of the `harness run` check (0: skip it).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=8192))]
     pub run_tokens: u32,
-    /// Print the report as JSON (schema `bench-1.0.0`, see docs/bench.md) instead of tables.
+    /// How the model sits in the page cache while the engines run: `huge` drops it from the
+    /// cache and reads it back through a 2 MiB-page map first (Linux), so both engines map it
+    /// with 2 MiB pages; `keep` leaves the cache as it is (a file that entered the cache by
+    /// `read` or `write` is mapped with 4 KiB pages, ~30 % slower to stream here).
+    #[arg(long, value_enum, default_value_t = page_cache::PageCache::Huge)]
+    pub page_cache: page_cache::PageCache,
+    /// Print the report as JSON (schema `bench-1.1.0`, see docs/bench.md) instead of tables.
     #[arg(long)]
     pub json: bool,
     /// Also write the JSON report to this file.
@@ -145,6 +153,14 @@ pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
         bytes_per_token: bytes.clone(),
     };
     drop(file);
+
+    let page_cache_refill_s = match args.page_cache {
+        page_cache::PageCache::Huge => {
+            eprintln!("page cache: reading the model back with 2 MiB pages …");
+            Some(page_cache::refill_with_huge_pages(&model_file.path).or_exit(Exit::BadInput)?)
+        }
+        page_cache::PageCache::Keep => None,
+    };
 
     // Measured before and after the engines; the best of both counts (another process
     // reading memory at the same time can only lower it).
@@ -230,6 +246,8 @@ pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
             gemv_batches: args.gemv_batches as usize,
             bandwidth_buffer_bytes: args.bandwidth_mib << 20,
             run_check_tokens: args.run_tokens as usize,
+            page_cache: args.page_cache.name().into(),
+            page_cache_refill_s,
         },
         model: model_report,
         engines: EngineIdentities {
@@ -354,6 +372,8 @@ fn measure_engines(
                 rss_anon_bytes: memory[i].rss_anon,
                 rss_file_bytes: memory[i].rss_file,
                 kv_cache_bytes: model::kv_cache_bytes(config, *n_ctx),
+                model_mapped_bytes: memory[i].model_mapped,
+                model_mapped_2mib_bytes: memory[i].model_mapped_2mib,
             },
         });
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::receipt::ToolInfo;
 
 /// Version written by this build.
-pub const BENCH_SCHEMA_VERSION: &str = "bench-1.0.0";
+pub const BENCH_SCHEMA_VERSION: &str = "bench-1.1.0";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
@@ -63,6 +63,11 @@ pub struct BenchSettings {
     /// Timed GEMV batches per engine; the median is reported.
     pub gemv_batches: usize,
     pub bandwidth_buffer_bytes: u64,
+    /// `--page-cache`: `huge` (the model was dropped from the page cache and read back
+    /// through a 2 MiB-page map before the engines started) or `keep`.
+    pub page_cache: String,
+    /// Seconds the `huge` refill took (null with `keep`).
+    pub page_cache_refill_s: Option<f64>,
     /// Tokens of the `harness run` check (0: not run).
     pub run_check_tokens: usize,
 }
@@ -193,6 +198,10 @@ pub struct Memory {
     pub rss_file_bytes: u64,
     /// Bytes of the engine's KV cache (computed from the shape: f16 K and V for n_ctx cells).
     pub kv_cache_bytes: u64,
+    /// Resident bytes of the engine's map of the model file, and how many of them the kernel
+    /// maps with 2 MiB pages (`FilePmdMapped`); 0 and 0 where /proc/self/smaps is unreadable.
+    pub model_mapped_bytes: u64,
+    pub model_mapped_2mib_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

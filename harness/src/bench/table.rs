@@ -23,6 +23,8 @@ struct EngineRow {
     prefill: String,
     #[tabled(rename = "peak RSS")]
     peak: String,
+    #[tabled(rename = "2 MiB pages")]
+    huge: String,
     #[tabled(rename = "load")]
     load: String,
 }
@@ -79,6 +81,10 @@ fn engine_row(threads: usize, name: &str, e: &EngineResult) -> EngineRow {
             .as_ref()
             .map_or("-".into(), |p| format!("{:.1} ({})", p.tokens_per_s_median, p.method)),
         peak: mb(e.memory.peak_rss_bytes),
+        huge: match e.memory.model_mapped_bytes {
+            0 => "-".into(),
+            all => format!("{:.0} %", 100.0 * e.memory.model_mapped_2mib_bytes as f64 / all as f64),
+        },
         load: format!("{:.2} s", e.load_s),
     }
 }
@@ -126,8 +132,16 @@ pub fn render(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "decode: {} tokens × {} runs (median, after a warm-up run); prefill: {} tokens × {} runs",
-        r.settings.decode_tokens, r.settings.decode_runs, r.settings.prefill_tokens, r.settings.prefill_runs
+        "decode: {} tokens × {} runs (median, after a warm-up run); prefill: {} tokens × {} runs; \
+         page cache: {}",
+        r.settings.decode_tokens,
+        r.settings.decode_runs,
+        r.settings.prefill_tokens,
+        r.settings.prefill_runs,
+        match r.settings.page_cache_refill_s {
+            Some(secs) => format!("model read back with 2 MiB pages ({secs:.1} s)"),
+            None => "kept as it was".into(),
+        }
     );
 
     let mut rows = Vec::new();
@@ -145,6 +159,7 @@ pub fn render(r: &BenchReport) -> String {
             fraction: String::new(),
             prefill: t.ratios.prefill_tokens_per_s.map_or("-".into(), |v| format!("{v:.3}")),
             peak: format!("{:.3}", t.ratios.peak_rss),
+            huge: String::new(),
             load: String::new(),
         });
     }

@@ -87,6 +87,11 @@ pub struct MemoryStatus {
     pub vm_hwm: u64,
     pub rss_anon: u64,
     pub rss_file: u64,
+    /// Resident bytes of the model's mapping, and how many are mapped with 2 MiB pages.
+    #[serde(default)]
+    pub model_mapped: u64,
+    #[serde(default)]
+    pub model_mapped_2mib: u64,
 }
 
 impl MemoryStatus {
@@ -99,11 +104,21 @@ impl MemoryStatus {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
                 .map_or(0, |kb| kb * 1024)
         };
-        MemoryStatus { vm_hwm: field("VmHWM"), rss_anon: field("RssAnon"), rss_file: field("RssFile") }
+        MemoryStatus {
+            vm_hwm: field("VmHWM"),
+            rss_anon: field("RssAnon"),
+            rss_file: field("RssFile"),
+            ..MemoryStatus::default()
+        }
     }
 
-    fn of_self() -> MemoryStatus {
-        MemoryStatus::parse(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
+    fn of_self(model: &Path) -> MemoryStatus {
+        let (model_mapped, model_mapped_2mib) = super::page_cache::model_mapping(model);
+        MemoryStatus {
+            model_mapped,
+            model_mapped_2mib,
+            ..MemoryStatus::parse(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
+        }
     }
 }
 
@@ -233,7 +248,7 @@ fn serve_inner(args: &WorkerArgs, out: &mut impl Write) -> anyhow::Result<()> {
                 let method = engine.prefill(&ids)?;
                 Reply::Prefilled { seconds: t.elapsed().as_secs_f64(), method: method.into() }
             }
-            Request::Memory => Reply::Memory(MemoryStatus::of_self()),
+            Request::Memory => Reply::Memory(MemoryStatus::of_self(&args.model)),
         };
         reply(out, &answer)?;
     }
@@ -370,7 +385,15 @@ mod tests {
         let s =
             "Name:\tharness\nVmHWM:\t  123456 kB\nVmRSS:\t 1 kB\nRssAnon:\t    2048 kB\nRssFile:\t  10 kB\n";
         let m = MemoryStatus::parse(s);
-        assert_eq!(m, MemoryStatus { vm_hwm: 123456 * 1024, rss_anon: 2048 * 1024, rss_file: 10 * 1024 });
+        assert_eq!(
+            m,
+            MemoryStatus {
+                vm_hwm: 123456 * 1024,
+                rss_anon: 2048 * 1024,
+                rss_file: 10 * 1024,
+                ..MemoryStatus::default()
+            }
+        );
         assert_eq!(MemoryStatus::parse(""), MemoryStatus::default());
     }
 

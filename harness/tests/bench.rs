@@ -198,6 +198,7 @@ struct Memory {
 #[allow(dead_code)]
 struct Ratios {
     decode_tokens_per_s: f64,
+    decode_tokens_per_s_paired: f64,
     decode_tokens_per_s_best: f64,
     prefill_tokens_per_s: Option<f64>,
     peak_rss: f64,

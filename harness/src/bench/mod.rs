@@ -65,7 +65,7 @@ pub struct BenchArgs {
     #[arg(long = "threads", default_values_t = [1u32], value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads: Vec<u32>,
     /// Timed decode runs per engine and thread count (after one warm-up run); the median counts.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub runs: u32,
     /// Tokens of the prefill batch (0: skip prefill).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(0..=8192))]
@@ -379,9 +379,17 @@ fn measure_engines(
     }
     let rust_result = out.pop().expect("two engines");
     let reference_result = out.pop().expect("two engines");
+    let paired: Vec<f64> = rust_result
+        .decode
+        .runs_tokens_per_s
+        .iter()
+        .zip(&reference_result.decode.runs_tokens_per_s)
+        .map(|(r, c)| r / c)
+        .collect();
     let ratios = Ratios {
         decode_tokens_per_s: rust_result.decode.tokens_per_s_median
             / reference_result.decode.tokens_per_s_median,
+        decode_tokens_per_s_paired: gemv::median(&paired),
         decode_tokens_per_s_best: rust_result.decode.tokens_per_s_best
             / reference_result.decode.tokens_per_s_best,
         prefill_tokens_per_s: match (&rust_result.prefill, &reference_result.prefill) {

@@ -152,8 +152,10 @@ pub fn render(r: &BenchReport) -> String {
             threads: t.threads.to_string(),
             engine: "rust ÷ ref".into(),
             decode: format!(
-                "{:.3} (best runs {:.3})",
-                t.ratios.decode_tokens_per_s, t.ratios.decode_tokens_per_s_best
+                "{:.3} paired (medians {:.3}, best runs {:.3})",
+                t.ratios.decode_tokens_per_s_paired,
+                t.ratios.decode_tokens_per_s,
+                t.ratios.decode_tokens_per_s_best
             ),
             ms: String::new(),
             fraction: String::new(),

@@ -29,7 +29,7 @@ pub use context::{Context, ContextParams};
 pub use error::{Error, Result};
 pub use library::{set_log_level, LogLevel, Reference};
 pub use locate::{PINNED_HEADERS, PINNED_SOURCE_VERSION};
-pub use matmul::{I2sMatmul, I2S_COL_MULTIPLE, I2S_ROW_MULTIPLE, MAX_REPEATS};
+pub use matmul::{I2sMatmul, Matmul, I2S_COL_MULTIPLE, I2S_ROW_MULTIPLE, MAX_REPEATS};
 pub use model::{Model, ModelInfo};
 pub use quantize::{QuantizeOptions, FTYPE_MOSTLY_I2_S};
 pub use tensors::{GgufTensors, TensorEntry};

@@ -1,14 +1,19 @@
-//! The reference's own I2_S matrix product, `ggml_mul_mat`, on caller-given data: a tiny ggml
-//! graph of one I2_S weight tensor, one F32 activation tensor and `repeats` identical
+//! The reference's own matrix product, `ggml_mul_mat`, on caller-given data: a tiny ggml
+//! graph of one weight tensor, one F32 activation tensor and `repeats` identical
 //! `ggml_mul_mat` nodes, computed by `ggml_graph_compute` — the path llama.cpp takes for every
-//! linear layer (int8 activation quantization by `quantize_row_i8_s`, then the MAD kernels).
+//! linear layer. Two weight types:
+//! - I2_S ([`Reference::i2s_matmul`], on a copy): int8 activation quantization by
+//!   `quantize_row_i8_s`, then the MAD kernels;
+//! - F16 ([`Reference::f16_matmul`], read in place from the caller's bytes, e.g. a model's
+//!   mapped `token_embd`): the input converted to f16, then `ggml_vec_dot_f16` — the lm_head.
 //!
-//! It exists for micro-benchmarks and kernel checks: the same packed bytes that a Rust
-//! `TernaryMatrix` reads, multiplied by the reference. Repeating the product inside one graph
+//! It exists for micro-benchmarks and kernel checks: the same bytes that the Rust engine
+//! reads, multiplied by the reference. Repeating the product inside one graph
 //! is how "the matrix already in cache" is measured, and it amortises the start of ggml's
 //! worker threads (done once per graph, as in llama.cpp's decode) over the products.
 
 use std::ffi::c_int;
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -53,15 +58,17 @@ impl Aligned {
     }
 }
 
-/// A prepared `W · X` with W in I2_S (`rows × cols`, ggml dims `[cols, rows]`) and X f32
-/// (`n_vectors` rows of `cols`), computed by the reference on `threads` threads.
-pub struct I2sMatmul {
+/// A prepared `W · X` with W `rows × cols` (ggml dims `[cols, rows]`) and X f32 (`n_vectors`
+/// rows of `cols`), computed by the reference on `threads` threads. `'w` is the life of
+/// weights read in place (F16); an I2_S product owns a copy (`'static`).
+pub struct Matmul<'w> {
     api: Arc<Api>,
     ctx: NonNull<sys::ggml_context>,
     graph: NonNull<sys::ggml_cgraph>,
     plan: sys::ggml_cplan,
     // Buffers ggml points into: never resized after construction.
-    weights: Aligned,
+    _weights: Aligned,
+    borrowed: PhantomData<&'w [u8]>,
     input: Aligned,
     output: Aligned,
     work: Aligned,
@@ -71,20 +78,24 @@ pub struct I2sMatmul {
     repeats: usize,
 }
 
-// SAFETY: the ggml context, graph and buffers are owned exclusively by this value; computing
-// takes `&mut self`, so no two threads touch them at once.
-unsafe impl Send for I2sMatmul {}
+/// The reference's I2_S product on its own copy of the weights.
+pub type I2sMatmul = Matmul<'static>;
 
-impl Drop for I2sMatmul {
+// SAFETY: the ggml context, graph and buffers are owned exclusively by this value, and
+// borrowed weights are only read (`&'w [u8]` is Send); computing takes `&mut self`, so no two
+// threads touch them at once.
+unsafe impl Send for Matmul<'_> {}
+
+impl Drop for Matmul<'_> {
     fn drop(&mut self) {
         // SAFETY: ctx came from ggml_init and is freed once, here; the graph lives inside it.
         unsafe { self.api.raw.ggml_free(self.ctx.as_ptr()) }
     }
 }
 
-impl std::fmt::Debug for I2sMatmul {
+impl std::fmt::Debug for Matmul<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("I2sMatmul")
+        f.debug_struct("Matmul")
             .field("rows", &self.rows)
             .field("cols", &self.cols)
             .field("n_vectors", &self.n_vectors)
@@ -132,6 +143,61 @@ impl Reference {
         }
         let mut weights = Aligned::zeroed(full);
         weights.bytes_mut()[..i2s.len()].copy_from_slice(i2s);
+        let ptr = weights.ptr();
+        // SAFETY: `ptr` points into `weights`, which the result owns (moved, never resized), and
+        // holds ggml_nbytes = rows·cols/4 + 32 bytes of I2_S.
+        unsafe {
+            self.build(sys::ggml_type_GGML_TYPE_I2_S, ptr, weights, rows, cols, n_vectors, repeats, threads)
+        }
+    }
+
+    /// Prepares the reference's F16 product (the lm_head's) reading `f16` in place: `rows`
+    /// rows of `cols` little-endian f16 values, e.g. a mapped model's `token_embd`. Every
+    /// [`Matmul::compute`] runs `repeats` identical products with the current input.
+    pub fn f16_matmul<'w>(
+        &self,
+        f16: &'w [u8],
+        rows: usize,
+        cols: usize,
+        repeats: usize,
+        threads: usize,
+    ) -> Result<Matmul<'w>> {
+        let bad = |m: String| Err(Error::InvalidArgument(format!("F16 matmul {rows}×{cols}: {m}")));
+        if rows == 0 || cols == 0 || rows.checked_mul(cols).and_then(|n| n.checked_mul(2)) != Some(f16.len())
+        {
+            return bad(format!("{} bytes given, rows × cols × 2 needed", f16.len()));
+        }
+        if !(1..=MAX_REPEATS).contains(&repeats) || !(1..=512).contains(&threads) {
+            return bad(format!(
+                "need 1 ≤ repeats ≤ {MAX_REPEATS} (got {repeats}), 1 ≤ threads ≤ 512 (got {threads})"
+            ));
+        }
+        // ggml only reads src0 (the weights); the pointer is cast to mut for the tensor struct.
+        let ptr = f16.as_ptr() as *mut u8;
+        // SAFETY: `ptr` is valid for rows·cols·2 bytes (checked above) for 'w, the life of the
+        // result, and ggml never writes through a mul_mat's src0.
+        unsafe {
+            self.build(sys::ggml_type_GGML_TYPE_F16, ptr, Aligned::zeroed(0), rows, cols, 1, repeats, threads)
+        }
+    }
+
+    /// The graph of `repeats` identical `W · X` nodes, W of type `ty` at `w_ptr`.
+    ///
+    /// # Safety
+    /// `w_ptr` must hold a `ty` tensor of `rows × cols` (ggml_nbytes) for as long as the
+    /// result lives, and must not be written meanwhile; `weights` is kept alive with it.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn build<'w>(
+        &self,
+        ty: sys::ggml_type,
+        w_ptr: *mut u8,
+        weights: Aligned,
+        rows: usize,
+        cols: usize,
+        n_vectors: usize,
+        repeats: usize,
+        threads: usize,
+    ) -> Result<Matmul<'w>> {
         let input = Aligned::zeroed(cols * n_vectors * 4);
         let output = Aligned::zeroed(rows * n_vectors * 4);
 
@@ -152,14 +218,15 @@ impl Reference {
         };
         let ctx = NonNull::new(ctx)
             .ok_or_else(|| Error::Compute { what: "ggml_init".into(), reason: take_last_error() })?;
-        let mut m = I2sMatmul {
+        let mut m = Matmul {
             api: api.clone(),
             ctx,
             graph: NonNull::dangling(),
             // SAFETY: an all-zero ggml_cplan (null pointers, no callback) is a valid value; it
             // is replaced by ggml_graph_plan's result below before any use.
             plan: unsafe { std::mem::zeroed() },
-            weights,
+            _weights: weights,
+            borrowed: PhantomData,
             input,
             output,
             work: Aligned::zeroed(0),
@@ -169,15 +236,14 @@ impl Reference {
             repeats,
         };
         let fail = |what: &str| Error::Compute { what: what.into(), reason: take_last_error() };
-        let (w_ptr, x_ptr, y_ptr) = (m.weights.ptr(), m.input.ptr(), m.output.ptr());
-        // SAFETY: ctx is valid and sized for repeats + 2 tensor headers and one graph; every
-        // tensor created here gets a data pointer into a buffer owned by `m` that is large
-        // enough for it (weights: ggml_nbytes = rows·cols/4 + 32; input: cols·n_vectors f32;
-        // output: rows·n_vectors f32, shared by the identical nodes).
+        let (x_ptr, y_ptr) = (m.input.ptr(), m.output.ptr());
+        // SAFETY: ctx is valid and sized for repeats + 2 tensor headers and one graph; the
+        // weight tensor points at w_ptr (caller contract), the others into buffers owned by
+        // `m` that are large enough (input: cols·n_vectors f32; output: rows·n_vectors f32,
+        // shared by the identical nodes).
         unsafe {
-            let ty_i2s = sys::ggml_type_GGML_TYPE_I2_S;
             let ty_f32 = sys::ggml_type_GGML_TYPE_F32;
-            let w = raw.ggml_new_tensor_2d(ctx.as_ptr(), ty_i2s, cols as i64, rows as i64);
+            let w = raw.ggml_new_tensor_2d(ctx.as_ptr(), ty, cols as i64, rows as i64);
             let x = raw.ggml_new_tensor_2d(ctx.as_ptr(), ty_f32, cols as i64, n_vectors as i64);
             let (w, x) = (
                 w.as_mut().ok_or_else(|| fail("new tensor"))?,
@@ -201,7 +267,7 @@ impl Reference {
     }
 }
 
-impl I2sMatmul {
+impl Matmul<'_> {
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -277,6 +343,23 @@ mod tests {
         assert!(err.contains("10 bytes"), "{err}");
         let err = r.i2s_matmul(&vec![0u8; 8 * 128 / 4 + 32], 8, 128, 1, 0, 1).unwrap_err().to_string();
         assert!(err.contains("repeats"), "{err}");
+    }
+
+    #[test]
+    fn f16_rows_of_ones_sum_the_input_in_place() {
+        // Row r holds the f16 value r + 1 everywhere; the input is 0.5 everywhere: y_r = (r+1)·cols/2.
+        let (rows, cols) = (6, 64);
+        let halves = [0x3C00u16, 0x4000, 0x4200, 0x4400, 0x4500, 0x4600]; // 1, 2, 3, 4, 5, 6
+        let bytes: Vec<u8> =
+            (0..rows).flat_map(|r| (0..cols).flat_map(move |_| halves[r].to_le_bytes())).collect();
+        let r = Reference::open_built().unwrap();
+        let err = r.f16_matmul(&bytes[1..], rows, cols, 1, 1).unwrap_err().to_string();
+        assert!(err.contains("rows × cols × 2"), "{err}");
+        let mut m = r.f16_matmul(&bytes, rows, cols, 2, 2).unwrap();
+        m.set_input(&vec![0.5f32; cols]).unwrap();
+        m.compute().unwrap();
+        let y = m.output();
+        assert_eq!(y, (1..=rows).map(|k| (k * cols) as f32 / 2.0).collect::<Vec<_>>());
     }
 
     #[test]

@@ -122,3 +122,31 @@ fn eval_batch_refuses_bad_input() {
     assert!(m.eval_batch(&[1, u32::MAX], 0).is_err(), "token outside the vocabulary");
     assert!(m.eval_batch(&[1, 2, 3], 0).is_ok());
 }
+
+#[test]
+fn the_output_layer_alone_gives_the_logits_of_eval() {
+    for name in FIXTURES {
+        let file = fixture(name);
+        for (exact, threads) in [(true, 1), (true, 2), (false, 3)] {
+            let opts = ModelOptions { n_ctx: 8, exact_reference_rounding: exact, threads };
+            let mut m = Model::load(&file, opts).unwrap();
+            let n_vocab = m.config().n_vocab;
+            let mut norm = Vec::new();
+            let logits = m
+                .eval_traced(token(0, n_vocab), 0, &mut |n: &str, t: &[f32]| {
+                    if n == "result_norm" {
+                        norm = t.to_vec();
+                    }
+                })
+                .unwrap()
+                .to_vec();
+            let alone = m.project_output(&norm).unwrap();
+            assert!(
+                alone.iter().map(|v| v.to_bits()).eq(logits.iter().map(|v| v.to_bits())),
+                "{name} exact={exact} threads={threads}"
+            );
+            let err = m.project_output(&norm[1..]).unwrap_err().to_string();
+            assert!(err.contains("n_embd"), "{err}");
+        }
+    }
+}

@@ -28,6 +28,8 @@ pub enum ModelError {
     TokenOutOfRange { token: u32, n_vocab: usize },
     #[error("position {pos} is outside the context of {n_ctx} tokens")]
     ContextFull { pos: usize, n_ctx: usize },
+    #[error("a hidden state has {got} values, the model's n_embd is {n_embd}")]
+    HiddenLength { got: usize, n_embd: usize },
     #[error("position {pos} skips ahead: positions 0..{filled} are filled, evaluate them in order")]
     PositionGap { pos: usize, filled: usize },
 }

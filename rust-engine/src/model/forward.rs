@@ -172,10 +172,23 @@ impl Forward<'_, '_> {
         let last = &s.x[(n - 1) * e..n * e];
         ops::rms_norm(last, output_norm, c.rms_eps, &mut s.h[..e]);
         emit("result_norm", None, &s.h[..e]);
-        let head = Mm { n: 1, ..mm };
-        head.one(Product { w: token_embd, scale: None, bias: None }, &s.h[..e], &mut s.input, &mut s.logits);
+        output(&mm, token_embd, &s.h[..e], &mut s.input, &mut s.logits);
         emit("result_output", None, &s.logits);
     }
+
+    /// The output layer alone: `s.logits = token_embd · h` for one normed hidden state `h`
+    /// (`n_embd` values), exactly as [`run`](Self::run) computes it.
+    pub fn output_only(self, h: &[f32]) {
+        let mm = Mm { pool: self.pool, kernel: self.kernel, exact: self.exact, n: 1 };
+        output(&mm, self.token_embd, h, &mut self.s.input, &mut self.s.logits);
+    }
+}
+
+/// The lm_head product of one token: the tied embedding matrix times `h`, rows split across
+/// the pool.
+fn output(mm: &Mm<'_>, token_embd: &Linear<'_>, h: &[f32], input: &mut LinearInput, logits: &mut [f32]) {
+    let head = Mm { n: 1, ..*mm };
+    head.one(Product { w: token_embd, scale: None, bias: None }, h, input, logits);
 }
 
 /// Runs products of `n` tokens split by rows across the pool.

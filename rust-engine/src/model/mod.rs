@@ -214,6 +214,19 @@ impl<'a> Model<'a> {
         Ok(&self.s.logits)
     }
 
+    /// The output layer alone: the logits for a final-normed hidden state `h` (`n_embd`
+    /// values), computed as [`eval`](Self::eval) computes them (same kernels, roundings and
+    /// thread split). For micro-benchmarks of the lm_head, the largest product of a decode
+    /// step; the KV cache is untouched.
+    pub fn project_output(&mut self, h: &[f32]) -> Result<&[f32], ModelError> {
+        if h.len() != self.config.n_embd {
+            return Err(ModelError::HiddenLength { got: h.len(), n_embd: self.config.n_embd });
+        }
+        let (pass, pool) = self.pass();
+        pool.install(|| pass.output_only(h));
+        Ok(&self.s.logits)
+    }
+
     /// Evaluates `tokens` at positions `start_pos..` and returns the logits of the last one:
     /// exactly what evaluating them one at a time with [`eval`](Self::eval) gives (every
     /// cache entry and the logits, bit for bit), but reading each weight once per

@@ -25,6 +25,7 @@ struct Report {
     bandwidth: Vec<Bandwidth>,
     results: Vec<ThreadResult>,
     gemv: Vec<Gemv>,
+    lm_head: Vec<LmHead>,
     goals: Vec<Goal>,
     warnings: Vec<String>,
 }
@@ -218,6 +219,29 @@ struct RunCheck {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
+struct LmHead {
+    threads: usize,
+    rows: usize,
+    cols: usize,
+    bytes: u64,
+    rust: LmHeadSpeed,
+    reference: LmHeadSpeed,
+    speedup: f64,
+    outputs_identical: bool,
+    max_abs_diff: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct LmHeadSpeed {
+    ms_per_product: f64,
+    gb_per_s: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 struct Gemv {
     rows: usize,
     cols: usize,
@@ -325,6 +349,15 @@ fn bench_on_a_fixture_prints_the_documented_json() {
             g.rows, g.cols, g.threads, g.max_abs_diff
         );
         assert_eq!(g.packed_bytes, (g.rows * g.cols / 4) as u64);
+    }
+
+    // The lm_head alone at each thread count, on the fixture's F16 token_embd.
+    assert_eq!(r.lm_head.iter().map(|l| l.threads).collect::<Vec<_>>(), vec![1, 2]);
+    for l in &r.lm_head {
+        assert_eq!((l.cols, l.bytes), (256, (l.rows * l.cols * 2) as u64));
+        assert!(l.rust.ms_per_product > 0.0 && l.reference.ms_per_product > 0.0 && l.speedup > 0.0);
+        // Identical bits where the reference runs the AVX2 lanes the engine mirrors; close anyway.
+        assert!(l.outputs_identical || l.max_abs_diff < 1e-3, "lm_head max |Δ| {}", l.max_abs_diff);
     }
 
     let ids: Vec<&str> = r.goals.iter().map(|g| g.id.as_str()).collect();

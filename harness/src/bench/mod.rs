@@ -10,12 +10,14 @@
 //! | `page_cache.rs`| the model's page-cache folios: 2 MiB pages for both engines      |
 //! | `worker.rs`    | one engine per process (`harness bench-worker`), and its handle  |
 //! | `gemv.rs`      | QK256 GEMV micro-benchmarks against the reference's mul_mat      |
+//! | `lm_head.rs`   | the lm_head product alone, both engines on the same mapped bytes |
 //! | `run_check.rs` | a timed `harness run` of N tokens                                |
 //! | `goals.rs`     | the goals, checked against a report                              |
 //! | `table.rs`     | the human-readable output                                        |
 
 pub mod gemv;
 pub mod goals;
+pub mod lm_head;
 pub mod machine;
 pub mod model;
 pub mod page_cache;
@@ -82,6 +84,10 @@ pub struct BenchArgs {
     /// Skip the GEMV micro-benchmarks.
     #[arg(long)]
     pub no_gemv: bool,
+    /// Skip the lm_head micro-benchmark (the output product alone, both engines on the mapped
+    /// model; `--gemv-batches` alternating batches of 4 products).
+    #[arg(long)]
+    pub no_lm_head: bool,
     /// Size of the bandwidth benchmark's buffer, in MiB (use much more than the last cache).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub bandwidth_mib: u64,
@@ -218,6 +224,18 @@ pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
         }
     }
 
+    let mut lm_head_results = Vec::new();
+    if !args.no_lm_head {
+        for &t in &plan.threads {
+            eprintln!("lm_head alone at {t} thread(s) …");
+            if let Some(r) = lm_head::bench(&model_file.path, t, args.gemv_batches as usize, &reference)
+                .or_exit(Exit::Internal)?
+            {
+                lm_head_results.push(r);
+            }
+        }
+    }
+
     if args.run_tokens > 0 {
         for r in &mut results {
             eprintln!("harness run of {} tokens at {} thread(s) …", args.run_tokens, r.threads);
@@ -263,6 +281,7 @@ pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
         bandwidth,
         results,
         gemv: gemv_results,
+        lm_head: lm_head_results,
         goals: Vec::new(),
         warnings: Vec::new(),
     };

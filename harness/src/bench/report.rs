@@ -27,6 +27,9 @@ pub struct BenchReport {
     pub results: Vec<ThreadResult>,
     /// QK256 GEMV micro-benchmarks, one entry per shape and thread count.
     pub gemv: Vec<GemvResult>,
+    /// The lm_head product alone, one entry per thread count (empty: skipped, or the model's
+    /// `token_embd` is not F16).
+    pub lm_head: Vec<LmHeadResult>,
     pub goals: Vec<Goal>,
     /// Why some numbers may mislead (a busy machine, an engine that used fewer threads).
     pub warnings: Vec<String>,
@@ -245,6 +248,30 @@ pub struct GemvResult {
     /// Both outputs equal bit for bit.
     pub outputs_identical: bool,
     pub max_abs_diff: f64,
+}
+
+/// The lm_head alone (see `lm_head.rs`), one entry per thread count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LmHeadResult {
+    pub threads: usize,
+    /// Vocabulary (output length) and n_embd (input length).
+    pub rows: usize,
+    pub cols: usize,
+    /// F16 bytes one product reads.
+    pub bytes: u64,
+    pub rust: LmHeadSpeed,
+    pub reference: LmHeadSpeed,
+    /// Median over batches of (reference time ÷ Rust time), the batches alternating.
+    pub speedup: f64,
+    pub outputs_identical: bool,
+    pub max_abs_diff: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LmHeadSpeed {
+    /// Median over batches of (batch time ÷ products).
+    pub ms_per_product: f64,
+    pub gb_per_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -52,6 +52,32 @@ struct GemvRow {
 }
 
 #[derive(Tabled)]
+struct LmHeadRow {
+    #[tabled(rename = "threads")]
+    threads: usize,
+    #[tabled(rename = "rust ms")]
+    rust_ms: String,
+    #[tabled(rename = "rust GB/s")]
+    rust_gb: String,
+    #[tabled(rename = "ref ms")]
+    ref_ms: String,
+    #[tabled(rename = "ref GB/s")]
+    ref_gb: String,
+    #[tabled(rename = "speed-up (paired)")]
+    speedup: String,
+    #[tabled(rename = "same output")]
+    same: String,
+}
+
+fn same_output(identical: bool, max_abs_diff: f64) -> String {
+    if identical {
+        "bit-exact".into()
+    } else {
+        format!("max |Δ| {max_abs_diff:.1e}")
+    }
+}
+
+#[derive(Tabled)]
 struct GoalRow {
     #[tabled(rename = "goal")]
     description: String,
@@ -191,17 +217,39 @@ pub fn render(r: &BenchReport) -> String {
                 ref_us: format!("{:.1}", g.reference.us_per_product),
                 ref_gb: format!("{:.1}", g.reference.gb_per_s),
                 speedup: format!("{:.2}×", g.speedup),
-                same: if g.outputs_identical {
-                    "bit-exact".into()
-                } else {
-                    format!("max |Δ| {:.1e}", g.max_abs_diff)
-                },
+                same: same_output(g.outputs_identical, g.max_abs_diff),
             })
             .collect();
         let _ = writeln!(
             s,
             "QK256 GEMV, matrix in cache ({} products per batch, median of {} batches):",
             r.settings.gemv_repeats, r.settings.gemv_batches
+        );
+        let _ = writeln!(s, "{}", Table::new(rows).with(Style::rounded()));
+    }
+
+    if let Some(first) = r.lm_head.first() {
+        let rows: Vec<LmHeadRow> = r
+            .lm_head
+            .iter()
+            .map(|l| LmHeadRow {
+                threads: l.threads,
+                rust_ms: format!("{:.2}", l.rust.ms_per_product),
+                rust_gb: format!("{:.1}", l.rust.gb_per_s),
+                ref_ms: format!("{:.2}", l.reference.ms_per_product),
+                ref_gb: format!("{:.1}", l.reference.gb_per_s),
+                speedup: format!("{:.2}×", l.speedup),
+                same: same_output(l.outputs_identical, l.max_abs_diff),
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "lm_head alone: F16 {}×{} ({}) read from the mapped model, {} products per batch, {} batches:",
+            first.rows,
+            first.cols,
+            mb(first.bytes),
+            super::lm_head::REPEATS,
+            r.settings.gemv_batches
         );
         let _ = writeln!(s, "{}", Table::new(rows).with(Style::rounded()));
     }

@@ -73,6 +73,13 @@ unsafe fn load_vector(y: Vector, i: usize) -> __m256 {
     }
 }
 
+/// How far ahead of each row's loads the row kernel prefetches, in bytes. The lm_head streams
+/// 626 MB per token from memory; a software prefetch 8 lines ahead keeps more misses in
+/// flight than the out-of-order window alone. Measured here (`harness bench`, lm_head alone,
+/// Rust ÷ reference, paired, 4 runs each): 0.95 → 1.00 at 1 thread, 0.89 → 0.95 at 2; 1 KiB
+/// and 2 KiB ahead were worse than none.
+const PREFETCH_BYTES: usize = 512;
+
 /// Four-accumulator FMA sums over `np` (a multiple of 32) elements of `R` f16 rows against
 /// one vector, reduced the ggml way. The vector is loaded once per step for all rows.
 ///
@@ -84,6 +91,10 @@ unsafe fn f16_rows_body<const R: usize>(w: [*const u8; R], y: Vector, np: usize)
     let mut acc = [[_mm256_setzero_ps(); 4]; R];
     let mut i = 0;
     while i < np {
+        for w_r in w {
+            // A hint: it never faults, so an address past the row (wrapping_add) is fine.
+            _mm_prefetch::<_MM_HINT_T0>(w_r.wrapping_add(2 * i + PREFETCH_BYTES) as *const i8);
+        }
         for j in 0..4 {
             // SAFETY: i + 8j + 8 <= np, within both operands (caller contract).
             let yv = unsafe { load_vector(y, i + 8 * j) };

@@ -160,10 +160,20 @@ pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
     };
     drop(file);
 
+    // A refill that fails (a read-only mount that refuses fsync, say) leaves the cache as it
+    // was: the measurement goes on and the report says so.
+    let mut early_warnings = Vec::new();
     let page_cache_refill_s = match args.page_cache {
         page_cache::PageCache::Huge => {
             eprintln!("page cache: reading the model back with 2 MiB pages …");
-            Some(page_cache::refill_with_huge_pages(&model_file.path).or_exit(Exit::BadInput)?)
+            match page_cache::refill_with_huge_pages(&model_file.path) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    early_warnings
+                        .push(format!("--page-cache huge failed, the cache was left as it was: {e:#}"));
+                    None
+                }
+            }
         }
         page_cache::PageCache::Keep => None,
     };
@@ -286,7 +296,7 @@ pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
         warnings: Vec::new(),
     };
     report.goals = goals::evaluate(&report);
-    report.warnings = warnings(&report);
+    report.warnings = early_warnings.into_iter().chain(warnings(&report)).collect();
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }

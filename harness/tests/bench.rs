@@ -1,11 +1,12 @@
 //! `harness bench`: the JSON report keeps its documented shape, and the reference's own I2_S
 //! mul_mat gives exactly our numbers on the same data. Nothing here asserts a speed.
 
-use std::process::Command;
+mod common;
 
 use bitnet_engine::quant::{pack_i2s_x86, I2sFlavor, QuantizedActs, TernaryMatrix};
 use bitnet_fixtures::rng::Rng;
 use bitnet_fixtures::{spec, WeightForm};
+use common::receipts::harness;
 use serde::Deserialize;
 
 // A private mirror of the report (docs/bench.md): any field added, removed or renamed
@@ -277,15 +278,6 @@ struct Goal {
     note: Option<String>,
 }
 
-fn harness(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args(args)
-        .env_remove("CROSSVAL_GGUF")
-        .env_remove("BITNET_CPP_DIR")
-        .output()
-        .expect("the harness binary starts")
-}
-
 #[test]
 fn bench_on_a_fixture_prints_the_documented_json() {
     let model = bitnet_fixtures::ensure(&spec::committed()[0], WeightForm::I2S);
@@ -298,7 +290,7 @@ fn bench_on_a_fixture_prints_the_documented_json() {
         "--threads", "1", "--threads", "2", "--gemv-repeats", "2", "--gemv-batches", "1",
         "--bandwidth-mib", "8", "--run-tokens", "6", "--json", "--out", out_file.to_str().unwrap(),
     ];
-    let o = harness(&args);
+    let o = harness(dir.path(), &args);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "harness bench failed: {stderr}");
     let r: Report = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
@@ -379,7 +371,8 @@ fn bench_on_a_fixture_prints_the_documented_json() {
 
 #[test]
 fn a_missing_model_is_bad_input_in_one_line() {
-    let o = harness(&["bench", "--model", "/nonexistent/model.gguf", "--json"]);
+    let dir = tempfile::tempdir().unwrap();
+    let o = harness(dir.path(), &["bench", "--model", "/nonexistent/model.gguf", "--json"]);
     assert_eq!(o.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");

@@ -5,15 +5,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn harness(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_harness"))
-        .current_dir(dir)
-        .args(args)
-        .env_remove("CROSSVAL_GGUF")
-        .env_remove("BITNET_CPP_DIR")
-        .output()
-        .unwrap()
-}
+mod common;
+
+use common::receipts::harness;
 
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)

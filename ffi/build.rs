@@ -1,6 +1,8 @@
-//! Builds the C++ reference (bitnet.cpp) into one shared library that the crate loads at run
-//! time, without cmake: the source files and flags are those that upstream's cmake build uses
-//! (see shared/REFERENCE.md), compiled with the `cc` crate and linked with the C++ compiler.
+//! Builds the C++ reference (bitnet.cpp) into shared libraries that the crate loads at run
+//! time, one per `-march` value of `BITNET_CPP_MARCH` (default `native,x86-64-v3`), without
+//! cmake: the source files and flags are those that upstream's cmake build uses (see
+//! shared/REFERENCE.md, with `-march=native` replaced by each requested value), compiled with
+//! the `cc` crate and linked with the C++ compiler.
 //!
 //! Source, in order of preference:
 //! - `BITNET_CPP_DIR` holding a prebuilt library: nothing is compiled, its path is baked in;
@@ -8,11 +10,15 @@
 //! - otherwise the tree shipped in the registry package `bitnet-llm-sys` (pinned version),
 //!   obtained with `cargo fetch` of a small generated manifest.
 //!
-//! The result is cached under `<target dir>/bitnet-cpp-ref/<key>/`, keyed by a sha256 of
-//! everything that affects the binary (source bytes, compiler, flags, host ISA), so dev, test
-//! and release builds share one compile, and a rebuild of this crate does not recompile C++.
-//! `build-info.json` beside the library records what was built and how; it is also embedded in
-//! the crate (`bitnet_cpp::BuildInfo`).
+//! Each build is cached under `<target dir>/bitnet-cpp-ref/<key>/`, keyed by a sha256 of
+//! everything that affects the binary (source bytes, compiler, flags including `-march`, the
+//! ISA macros that `-march` turns on), so dev, test and release builds share one compile, and a
+//! rebuild of this crate does not recompile C++. llama.cpp's own files are compiled without any
+//! `-march`, so their objects are the same for every build: they are compiled once and kept
+//! under `<target dir>/bitnet-cpp-ref/objects/llama-<key>/` for every build to link.
+//! `build-info.json` beside each library records what was built and how; `builds.json` in
+//! OUT_DIR lists every build (the first is the default) and is embedded in the crate
+//! (`bitnet_cpp::built_references`, `bitnet_cpp::BuildInfo`).
 
 #[path = "src/locate.rs"]
 #[allow(dead_code)]
@@ -32,7 +38,7 @@ const SOURCE_PACKAGE: &str = "bitnet-llm-sys";
 const SOURCE_VERSION: &str = locate::PINNED_SOURCE_VERSION;
 
 /// Bumped when this script changes how it builds, so old cache entries are not reused.
-const RECIPE_VERSION: u32 = 2;
+const RECIPE_VERSION: u32 = 3;
 
 /// ggml C sources and C++ sources (relative to the bitnet.cpp root), as upstream's cmake lists them.
 const GGML_C_FILES: &[&str] = &[
@@ -71,12 +77,12 @@ const HEADER_DIRS: &[&str] = &[
     "include",
 ];
 
-/// Flags of upstream's cmake Release build. ggml gets the host ISA (`-march=native`) and
-/// OpenMP; `GGML_BITNET_X86_TL2` / `GGML_BITNET_ARM_TL1` are deliberately NOT defined, which
-/// selects the I2_S "MAD" kernels (`ggml_vec_dot_i2_i8_s`) rather than the LUT kernels.
+/// Flags of upstream's cmake Release build. ggml gets an ISA (upstream: `-march=native`; here
+/// `-march=<value>` of each build, placed first, see [`groups`]) and OpenMP;
+/// `GGML_BITNET_X86_TL2` / `GGML_BITNET_ARM_TL1` are deliberately NOT defined, which selects the
+/// I2_S "MAD" kernels (`ggml_vec_dot_i2_i8_s`) rather than the LUT kernels.
 const COMMON_FLAGS: &[&str] = &["-O3", "-DNDEBUG", "-fPIC", "-fpermissive"];
 const GGML_FLAGS: &[&str] = &[
-    "-march=native",
     "-fopenmp",
     "-DGGML_BUILD",
     "-DGGML_SHARED",
@@ -91,7 +97,12 @@ const LINK_FLAGS: &[&str] =
     &["-shared", "-fopenmp", "-pthread", "-Wl,--no-undefined", "-Wl,-soname,libbitnet_cpp_ref.so"];
 
 /// Environment variables that change the result.
-const WATCHED_ENV: &[&str] = &["BITNET_CPP_DIR", "CC", "CXX", "CFLAGS", "CXXFLAGS"];
+const WATCHED_ENV: &[&str] = &["BITNET_CPP_DIR", "BITNET_CPP_MARCH", "CC", "CXX", "CFLAGS", "CXXFLAGS"];
+
+/// The `-march` values built when `BITNET_CPP_MARCH` is unset: the host's own ISA (the default
+/// reference of runs) and AVX2 + FMA + F16C without AVX-512, which the test suite needs on every
+/// machine (its float results are the same on AVX2 and AVX-512 hosts).
+const DEFAULT_MARCH: &str = "native,x86-64-v3";
 
 fn main() {
     if let Err(e) = run() {
@@ -116,6 +127,7 @@ fn run() -> Result<(), String> {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let out_dir = PathBuf::from(env_var("OUT_DIR")?);
+    let marches = requested_marches()?;
 
     let source = match env::var_os("BITNET_CPP_DIR").filter(|v| !v.is_empty()) {
         Some(dir) => {
@@ -136,7 +148,33 @@ fn run() -> Result<(), String> {
         },
     };
     locate::check_headers(&source.root)?;
-    build_from_source(&source, &out_dir)
+    build_from_source(&source, &marches, &out_dir)
+}
+
+/// The `-march` values of `BITNET_CPP_MARCH` (comma-separated, each `[A-Za-z0-9._-]+`), in
+/// order and without repeats; [`DEFAULT_MARCH`] when unset or empty.
+fn requested_marches() -> Result<Vec<String>, String> {
+    let raw = match env::var_os("BITNET_CPP_MARCH") {
+        None => DEFAULT_MARCH.to_string(),
+        Some(v) => {
+            v.into_string().map_err(|v| format!("BITNET_CPP_MARCH={v:?} is not UTF-8"))?.trim().to_string()
+        }
+    };
+    let raw = if raw.is_empty() { DEFAULT_MARCH.to_string() } else { raw };
+    let mut marches: Vec<String> = Vec::new();
+    for value in raw.split(',').map(str::trim) {
+        let valid = !value.is_empty()
+            && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid {
+            return Err(format!(
+                "BITNET_CPP_MARCH={raw:?}: {value:?} is not a -march value; expected a comma-separated list of [A-Za-z0-9._-]+ such as {DEFAULT_MARCH}"
+            ));
+        }
+        if !marches.iter().any(|m| m == value) {
+            marches.push(value.to_string());
+        }
+    }
+    Ok(marches)
 }
 
 fn env_var(name: &str) -> Result<String, String> {
@@ -246,17 +284,24 @@ struct Group {
     cxx: bool,
     std: &'static str,
     files: &'static [&'static str],
-    flags: Vec<&'static str>,
+    flags: Vec<String>,
 }
 
-fn groups() -> Vec<Group> {
+/// Name of the group whose flags hold no `-march`: its objects serve every build.
+const SHARED_GROUP: &str = "llama-cxx";
+
+/// The groups of one build for `-march=<march>`. The `-march` flag takes the place that
+/// upstream's `-march=native` has, so a `native` build gets exactly upstream's arguments.
+fn groups(march: &str) -> Vec<Group> {
     let with =
-        |extra: &[&'static str]| -> Vec<&'static str> { COMMON_FLAGS.iter().chain(extra).copied().collect() };
+        |extra: &[&str]| -> Vec<String> { COMMON_FLAGS.iter().chain(extra).map(|f| f.to_string()).collect() };
+    let march_flag = format!("-march={march}");
+    let ggml: Vec<&str> = std::iter::once(march_flag.as_str()).chain(GGML_FLAGS.iter().copied()).collect();
     vec![
-        Group { name: "ggml-c", cxx: false, std: "gnu11", files: GGML_C_FILES, flags: with(GGML_FLAGS) },
-        Group { name: "ggml-cxx", cxx: true, std: "gnu++11", files: GGML_CXX_FILES, flags: with(GGML_FLAGS) },
+        Group { name: "ggml-c", cxx: false, std: "gnu11", files: GGML_C_FILES, flags: with(&ggml) },
+        Group { name: "ggml-cxx", cxx: true, std: "gnu++11", files: GGML_CXX_FILES, flags: with(&ggml) },
         Group {
-            name: "llama-cxx",
+            name: SHARED_GROUP,
             cxx: true,
             std: "gnu++11",
             files: LLAMA_CXX_FILES,
@@ -273,7 +318,7 @@ fn cc_build(source: &Source, group: &Group, obj_dir: &Path) -> cc::Build {
         .cargo_warnings(false)
         .warnings(false)
         .std(group.std)
-        .out_dir(obj_dir.join(group.name));
+        .out_dir(obj_dir);
     for inc in INCLUDE_DIRS {
         b.include(source.root.join(inc));
     }
@@ -286,6 +331,15 @@ fn cc_build(source: &Source, group: &Group, obj_dir: &Path) -> cc::Build {
     b
 }
 
+/// The compiler command of a group (without `-c file -o object`), as a string list.
+fn group_args(source: &Source, group: &Group, obj_dir: &Path) -> Result<(PathBuf, Vec<String>), String> {
+    let tool = cc_build(source, group, obj_dir)
+        .try_get_compiler()
+        .map_err(|e| format!("no compiler for {}: {e}", group.name))?;
+    let args = tool.args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    Ok((tool.path().to_path_buf(), args))
+}
+
 /// `<compiler> --version`, first line.
 fn compiler_version(path: &Path) -> Result<String, String> {
     let out = Command::new(path)
@@ -295,16 +349,17 @@ fn compiler_version(path: &Path) -> Result<String, String> {
     Ok(first_line(&String::from_utf8_lossy(&out.stdout)))
 }
 
-/// ISA macros that `-march=native` turns on (e.g. `__AVX2__`, `__FMA__`, `__F16C__`), and the
-/// `-march` value gcc resolves `native` to.
-fn native_isa(cc_path: &Path) -> Result<(Vec<String>, Option<String>), String> {
+/// ISA macros that `-march=<march>` turns on (e.g. `__AVX2__`, `__FMA__`, `__F16C__`), and the
+/// `-march` value gcc resolves it to (`native` becomes the host's CPU name, e.g. `znver3`).
+fn march_isa(cc_path: &Path, march: &str) -> Result<(Vec<String>, Option<String>), String> {
+    let flag = format!("-march={march}");
     let out = Command::new(cc_path)
-        .args(["-march=native", "-dM", "-E", "-x", "c", "/dev/null"])
+        .args([flag.as_str(), "-dM", "-E", "-x", "c", "/dev/null"])
         .output()
-        .map_err(|e| format!("cannot run {} -march=native -dM -E: {e}", cc_path.display()))?;
+        .map_err(|e| format!("cannot run {} {flag} -dM -E: {e}", cc_path.display()))?;
     if !out.status.success() {
         return Err(format!(
-            "{} does not accept -march=native: {}",
+            "{} does not accept {flag} (from BITNET_CPP_MARCH): {}",
             cc_path.display(),
             first_line(&String::from_utf8_lossy(&out.stderr))
         ));
@@ -332,13 +387,13 @@ fn native_isa(cc_path: &Path) -> Result<(Vec<String>, Option<String>), String> {
         .collect();
     macros.sort();
     macros.dedup();
-    let march =
-        Command::new(cc_path).args(["-march=native", "-Q", "--help=target"]).output().ok().and_then(|o| {
+    let resolved =
+        Command::new(cc_path).args([flag.as_str(), "-Q", "--help=target"]).output().ok().and_then(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("-march=").map(|v| v.trim().to_string()))
         });
-    Ok((macros, march))
+    Ok((macros, resolved))
 }
 
 /// Every file that feeds the compile: sources and headers, sorted, relative to the root.
@@ -360,34 +415,66 @@ fn input_files(root: &Path) -> Result<Vec<String>, String> {
     Ok(files)
 }
 
-fn build_from_source(source: &Source, out_dir: &Path) -> Result<(), String> {
-    let groups = groups();
-    let c_tool = cc_build(source, &groups[0], out_dir)
-        .try_get_compiler()
-        .map_err(|e| format!("no C compiler: {e}"))?;
-    let cxx_tool = cc_build(source, &groups[1], out_dir)
-        .try_get_compiler()
-        .map_err(|e| format!("no C++ compiler: {e}"))?;
-    let c_version = compiler_version(c_tool.path())?;
-    let cxx_version = compiler_version(cxx_tool.path())?;
-    let (isa_macros, march) = native_isa(c_tool.path())?;
+/// First 16 hex digits of a sha256.
+fn short_key(h: Sha256) -> String {
+    locate::hex(&h.finalize())[..16].to_string()
+}
 
-    // The cache key: everything that changes the library's bytes.
+/// One library to build (or found cached) for one `-march` value.
+struct MarchBuild {
+    march: String,
+    groups: Vec<Group>,
+    macros: Vec<String>,
+    resolved: Option<String>,
+    key: String,
+    dir: PathBuf,
+}
+
+impl MarchBuild {
+    fn library(&self) -> PathBuf {
+        self.dir.join(locate::OUR_LIBRARY_NAME)
+    }
+    fn info(&self) -> PathBuf {
+        self.dir.join("build-info.json")
+    }
+    fn is_cached(&self) -> bool {
+        self.library().is_file() && self.info().is_file()
+    }
+}
+
+/// The compiled objects of the shared group (llama.cpp), kept for every build to link.
+struct SharedObjects {
+    dir: PathBuf,
+}
+
+impl SharedObjects {
+    /// `objects.txt` lists the objects (relative to the folder) in link order; it is written
+    /// last, and the folder is renamed into place only when complete.
+    const LIST: &'static str = "objects.txt";
+
+    fn cached(&self) -> Option<Vec<PathBuf>> {
+        let text = fs::read_to_string(self.dir.join(Self::LIST)).ok()?;
+        let objects: Vec<PathBuf> =
+            text.lines().filter(|l| !l.is_empty()).map(|l| self.dir.join(l)).collect();
+        (!objects.is_empty() && objects.iter().all(|o| o.is_file())).then_some(objects)
+    }
+}
+
+fn build_from_source(source: &Source, marches: &[String], out_dir: &Path) -> Result<(), String> {
+    let probe = groups(&marches[0]);
+    let (c_path, _) = group_args(source, &probe[0], out_dir)?;
+    let (cxx_path, _) = group_args(source, &probe[1], out_dir)?;
+    let c_version = compiler_version(&c_path)?;
+    let cxx_version = compiler_version(&cxx_path)?;
+    let cache_root = cache_root(out_dir);
+
+    // What every build shares: recipe, source (every byte), compilers.
     let inputs = input_files(&source.root)?;
     let mut h = Sha256::new();
     h.update(format!("recipe {RECIPE_VERSION}\n"));
     h.update(format!("{} {}\n", source.kind, source.root.display()));
     h.update(format!("{:?}\n", source.package));
-    h.update(format!(
-        "{} {c_version}\n{} {cxx_version}\n",
-        c_tool.path().display(),
-        cxx_tool.path().display()
-    ));
-    for g in &groups {
-        let tool = cc_build(source, g, out_dir).try_get_compiler().map_err(|e| e.to_string())?;
-        h.update(format!("{} {:?}\n", g.name, tool.args()));
-    }
-    h.update(format!("{LINK_FLAGS:?}\n{isa_macros:?}\n{march:?}\n"));
+    h.update(format!("{} {c_version}\n{} {cxx_version}\n", c_path.display(), cxx_path.display()));
     for rel in &inputs {
         let path = source.root.join(rel);
         let bytes = fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -398,89 +485,146 @@ fn build_from_source(source: &Source, out_dir: &Path) -> Result<(), String> {
             println!("cargo:rerun-if-changed={}", path.display());
         }
     }
-    let key = locate::hex(&h.finalize())[..16].to_string();
-    let cache_dir = cache_root(out_dir).join(&key);
-    let lib_path = cache_dir.join(locate::OUR_LIBRARY_NAME);
-    let info_path = cache_dir.join("build-info.json");
+    let base = locate::hex(&h.finalize());
 
-    if !(lib_path.is_file() && info_path.is_file()) {
-        // Not a cargo:warning: cargo replays those on every later build, cached or not.
-        println!(
-            "building the C++ reference (bitnet.cpp from {} {}) with {cxx_version}, -O3 -march=native; about two minutes on 2 cores, cached afterwards in {}",
-            source.kind,
-            source.root.display(),
-            cache_dir.display()
-        );
-        compile_and_link(source, &groups, &cache_dir, &key, &cxx_tool, |tmp, seconds| {
-            let mut commands = Vec::new();
-            for g in &groups {
-                let tool = cc_build(source, g, tmp).try_get_compiler().map_err(|e| e.to_string())?;
-                let args: Vec<String> =
-                    tool.args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
-                commands.push(json!({
-                    "group": g.name,
-                    "compiler": tool.path(),
-                    "args": args,
-                    "files": g.files,
-                }));
-            }
-            let headers: Vec<Value> =
-                locate::PINNED_HEADERS.iter().map(|(rel, sha)| json!({"path": rel, "sha256": sha})).collect();
-            Ok(json!({
-                "source": {
-                    "kind": source.kind,
-                    "path": source.root,
-                    "package": source.package.map(|p| p.0),
-                    "version": source.package.map(|p| p.1),
-                    "headers": headers,
-                },
-                "library": lib_path,
-                "cache_key": key,
-                "compiler": {
-                    "c": c_tool.path(),
-                    "c_version": c_version,
-                    "cxx": cxx_tool.path(),
-                    "cxx_version": cxx_version,
-                },
-                "compile": commands,
-                "link_args": LINK_FLAGS,
-                "isa": {
-                    "march_native": march,
-                    "macros": isa_macros,
-                },
-                "kernels": "I2_S MAD (ggml_vec_dot_i2_i8_s); GGML_BITNET_X86_TL2 and GGML_BITNET_ARM_TL1 undefined",
-                "built_at_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-                "build_seconds": seconds,
-            }))
-        })?;
+    // The shared group's objects: keyed by the base and their own arguments only.
+    let shared_group = probe.iter().find(|g| g.name == SHARED_GROUP).expect("the shared group exists");
+    let (_, shared_args) = group_args(source, shared_group, out_dir)?;
+    let mut h = Sha256::new();
+    h.update(format!("{base}\nshared objects {SHARED_GROUP} {shared_args:?}\n"));
+    let shared =
+        SharedObjects { dir: cache_root.join("objects").join(format!("{SHARED_GROUP}-{}", short_key(h))) };
+
+    // One key per -march: the base, every group's arguments (with that -march), link flags,
+    // and what gcc makes of that -march.
+    let mut builds = Vec::new();
+    for march in marches {
+        let (macros, resolved) = march_isa(&c_path, march)?;
+        let groups = groups(march);
+        let mut h = Sha256::new();
+        h.update(format!("{base}\nmarch {march}\n"));
+        for g in &groups {
+            let (_, args) = group_args(source, g, out_dir)?;
+            h.update(format!("{} {args:?}\n", g.name));
+        }
+        h.update(format!("{LINK_FLAGS:?}\n{macros:?}\n{resolved:?}\n"));
+        let key = short_key(h);
+        let dir = cache_root.join(&key);
+        builds.push(MarchBuild { march: march.clone(), groups, macros, resolved, key, dir });
     }
-    bake(&lib_path, &info_path, out_dir)
+
+    let missing: Vec<&MarchBuild> = builds.iter().filter(|b| !b.is_cached()).collect();
+    if !missing.is_empty() {
+        let ctx = BuildContext {
+            source,
+            c_path: &c_path,
+            c_version: &c_version,
+            cxx_path: &cxx_path,
+            cxx_version: &cxx_version,
+        };
+        compile_builds(&ctx, &missing, &shared)?;
+    }
+    let baked: Vec<Baked> = builds
+        .iter()
+        .map(|b| Baked { march: Some(b.march.clone()), library: b.library(), info: b.info() })
+        .collect();
+    bake(&baked, out_dir)
 }
 
-/// Compile every group into a temporary folder, link, write build-info.json, then move the
-/// folder into place in one rename so a half-finished build is never taken for a cached one.
-fn compile_and_link(
-    source: &Source,
-    groups: &[Group],
-    cache_dir: &Path,
-    key: &str,
-    cxx_tool: &cc::Tool,
-    info: impl Fn(&Path, f64) -> Result<Value, String>,
+/// What every build of one source shares.
+struct BuildContext<'a> {
+    source: &'a Source,
+    c_path: &'a Path,
+    c_version: &'a str,
+    cxx_path: &'a Path,
+    cxx_version: &'a str,
+}
+
+/// Compile the missing builds: their ggml groups, and the shared group once unless its objects
+/// are cached, all at the same time (cc takes its slots from cargo's jobserver, so this uses
+/// the cores cargo allows and no more); then link each build, write its build-info.json, and
+/// move each folder into place in one rename, so a half-finished build is never taken for a
+/// cached one.
+fn compile_builds(ctx: &BuildContext, missing: &[&MarchBuild], shared: &SharedObjects) -> Result<(), String> {
+    let result = compile_builds_inner(ctx, missing, shared);
+    if result.is_err() {
+        // Leave no temporary folder behind (the finished builds stay: they are complete).
+        let _ = fs::remove_dir_all(shared_tmp(shared));
+        for b in missing {
+            let _ = fs::remove_dir_all(march_tmp(b));
+        }
+    }
+    result
+}
+
+/// Where the shared objects are compiled before being moved into place.
+fn shared_tmp(shared: &SharedObjects) -> PathBuf {
+    let name = shared.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    shared.dir.with_file_name(format!("{name}.tmp-{}", std::process::id()))
+}
+
+/// Where a build is made before being moved into place.
+fn march_tmp(b: &MarchBuild) -> PathBuf {
+    b.dir.with_file_name(format!("{}.tmp-{}", b.key, std::process::id()))
+}
+
+fn compile_builds_inner(
+    ctx: &BuildContext,
+    missing: &[&MarchBuild],
+    shared: &SharedObjects,
 ) -> Result<(), String> {
     let started = Instant::now();
-    let tmp = cache_dir.with_file_name(format!("{key}.tmp-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let source = ctx.source;
+    let cached_shared = shared.cached();
+    let shared_tmp = shared_tmp(shared);
+    let tmp_of = march_tmp;
 
-    // The three groups compile concurrently; cc shares cargo's jobserver, so this uses the
-    // cores cargo allows and no more.
-    let objects: Vec<Vec<PathBuf>> = std::thread::scope(|s| {
-        let handles: Vec<_> = groups
+    for b in missing {
+        // Not a cargo:warning: cargo replays those on every later build, cached or not.
+        println!(
+            "building the C++ reference for -march={} (bitnet.cpp from {} {}) with {}, -O3 (all builds together: one to two minutes on 2 cores), cached afterwards in {}",
+            b.march,
+            source.kind,
+            source.root.display(),
+            ctx.cxx_version,
+            b.dir.display()
+        );
+        let tmp = tmp_of(b);
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    }
+    if cached_shared.is_none() {
+        println!(
+            "compiling llama.cpp's sources once for every -march (no -march in their flags), kept in {}",
+            shared.dir.display()
+        );
+        let _ = fs::remove_dir_all(&shared_tmp);
+        fs::create_dir_all(&shared_tmp)
+            .map_err(|e| format!("cannot create {}: {e}", shared_tmp.display()))?;
+    }
+
+    // Every compile job: (build index or None for the shared group, group).
+    let mut jobs: Vec<(Option<usize>, &Group, PathBuf)> = Vec::new();
+    if cached_shared.is_none() {
+        let g = missing[0].groups.iter().find(|g| g.name == SHARED_GROUP).expect("the shared group exists");
+        jobs.push((None, g, shared_tmp.clone()));
+    }
+    for (i, b) in missing.iter().enumerate() {
+        for g in b.groups.iter().filter(|g| g.name != SHARED_GROUP) {
+            jobs.push((Some(i), g, tmp_of(b).join(g.name)));
+        }
+    }
+    let compiled: Vec<Vec<PathBuf>> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
             .iter()
-            .map(|g| {
-                let build = cc_build(source, g, &tmp);
+            .map(|(i, g, dir)| {
+                let build = cc_build(source, g, dir);
+                let what = match i {
+                    Some(i) => format!("{} for -march={}", g.name, missing[*i].march),
+                    None => g.name.to_string(),
+                };
                 s.spawn(move || {
-                    build.try_compile_intermediates().map_err(|e| format!("compiling {} failed: {e}", g.name))
+                    build.try_compile_intermediates().map_err(|e| format!("compiling {what} failed: {e}"))
                 })
             })
             .collect();
@@ -490,15 +634,73 @@ fn compile_and_link(
             .collect::<Result<Vec<_>, String>>()
     })?;
 
-    let lib = tmp.join(locate::OUR_LIBRARY_NAME);
-    let mut link = Command::new(cxx_tool.path());
-    link.args(LINK_FLAGS).arg("-o").arg(&lib);
-    for o in objects.iter().flatten() {
+    let shared_objects = match &cached_shared {
+        Some(objects) => objects.clone(),
+        None => compiled[0].clone(),
+    };
+    for (i, b) in missing.iter().enumerate() {
+        // Link order: the ggml groups of this build, then the shared group (as before).
+        let mut objects: Vec<PathBuf> = jobs
+            .iter()
+            .zip(&compiled)
+            .filter(|((j, _, _), _)| *j == Some(i))
+            .flat_map(|(_, objs)| objs.iter().cloned())
+            .collect();
+        objects.extend(shared_objects.iter().cloned());
+        let tmp = tmp_of(b);
+        link(ctx.cxx_path, &objects, &tmp.join(locate::OUR_LIBRARY_NAME))?;
+        let seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+        let value = build_info_json(ctx, b, &tmp, seconds)?;
+        let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
+        fs::write(tmp.join("build-info.json"), text)
+            .map_err(|e| format!("cannot write build-info.json: {e}"))?;
+        // Objects are not needed once linked; keep the cache small.
+        for g in &b.groups {
+            let _ = fs::remove_dir_all(tmp.join(g.name));
+        }
+        // Cargo re-runs this script when a watched file is newer than its previous run, and
+        // files written during a run count as newer; date these back so that the next build
+        // sees them as unchanged (a deleted or replaced library still triggers a run).
+        for f in [tmp.join(locate::OUR_LIBRARY_NAME), tmp.join("build-info.json")] {
+            let old = UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+            let _ = fs::File::options().write(true).open(&f).and_then(|h| h.set_modified(old));
+        }
+        let _ = fs::remove_dir_all(&b.dir);
+        fs::rename(&tmp, &b.dir)
+            .map_err(|e| format!("cannot move {} to {}: {e}", tmp.display(), b.dir.display()))?;
+    }
+
+    if cached_shared.is_none() {
+        // Keep the shared objects for a later build of another -march. Another build script
+        // may have put the same objects (same key) in place meanwhile: keep theirs, which
+        // someone may be linking.
+        let list: String = shared_objects
+            .iter()
+            .filter_map(|o| o.strip_prefix(&shared_tmp).ok())
+            .map(|rel| format!("{}\n", rel.display()))
+            .collect();
+        fs::write(shared_tmp.join(SharedObjects::LIST), list)
+            .map_err(|e| format!("cannot write {}: {e}", SharedObjects::LIST))?;
+        if shared.cached().is_none() {
+            // Nothing usable there (an incomplete folder left by hand); replace it.
+            let _ = fs::remove_dir_all(&shared.dir);
+        }
+        if fs::rename(&shared_tmp, &shared.dir).is_err() {
+            let _ = fs::remove_dir_all(&shared_tmp);
+        }
+    }
+    Ok(())
+}
+
+/// `c++ -shared ... -o lib objects -lm`.
+fn link(cxx: &Path, objects: &[PathBuf], lib: &Path) -> Result<(), String> {
+    let mut link = Command::new(cxx);
+    link.args(LINK_FLAGS).arg("-o").arg(lib);
+    for o in objects {
         link.arg(o);
     }
     link.arg("-lm");
-    let out =
-        link.output().map_err(|e| format!("cannot run the linker {}: {e}", cxx_tool.path().display()))?;
+    let out = link.output().map_err(|e| format!("cannot run the linker {}: {e}", cxx.display()))?;
     if !out.status.success() {
         return Err(format!(
             "linking {} failed: {}",
@@ -506,27 +708,54 @@ fn compile_and_link(
             String::from_utf8_lossy(&out.stderr).replace('\n', " | ")
         ));
     }
-    let seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
-    let value = info(&tmp, seconds)?;
-    let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
-    fs::write(tmp.join("build-info.json"), text).map_err(|e| format!("cannot write build-info.json: {e}"))?;
-    // Objects are not needed once linked; keep the cache small.
-    for g in groups {
-        let _ = fs::remove_dir_all(tmp.join(g.name));
-    }
-    // Cargo re-runs this script when a watched file is newer than its previous run, and
-    // files written during a run count as newer; date these back so that the next build
-    // sees them as unchanged (a deleted or replaced library still triggers a run).
-    for f in [lib.as_path(), &tmp.join("build-info.json")] {
-        let old = UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
-        let _ = fs::File::options().write(true).open(f).and_then(|h| h.set_modified(old));
-    }
-    let _ = fs::remove_dir_all(cache_dir);
-    fs::rename(&tmp, cache_dir)
-        .map_err(|e| format!("cannot move {} to {}: {e}", tmp.display(), cache_dir.display()))
+    Ok(())
 }
 
-/// A prebuilt user library: nothing to compile; record what we know.
+/// The build-info.json of one build (its library path is the final one, not the temporary).
+fn build_info_json(ctx: &BuildContext, b: &MarchBuild, tmp: &Path, seconds: f64) -> Result<Value, String> {
+    let source = ctx.source;
+    let mut commands = Vec::new();
+    for g in &b.groups {
+        let (compiler, args) = group_args(source, g, tmp)?;
+        commands.push(json!({
+            "group": g.name,
+            "compiler": compiler,
+            "args": args,
+            "files": g.files,
+        }));
+    }
+    let headers: Vec<Value> =
+        locate::PINNED_HEADERS.iter().map(|(rel, sha)| json!({"path": rel, "sha256": sha})).collect();
+    Ok(json!({
+        "source": {
+            "kind": source.kind,
+            "path": source.root,
+            "package": source.package.map(|p| p.0),
+            "version": source.package.map(|p| p.1),
+            "headers": headers,
+        },
+        "library": b.library(),
+        "cache_key": b.key,
+        "compiler": {
+            "c": ctx.c_path,
+            "c_version": ctx.c_version,
+            "cxx": ctx.cxx_path,
+            "cxx_version": ctx.cxx_version,
+        },
+        "compile": commands,
+        "link_args": LINK_FLAGS,
+        "isa": {
+            "march": b.march,
+            "march_resolved": b.resolved,
+            "macros": b.macros,
+        },
+        "kernels": "I2_S MAD (ggml_vec_dot_i2_i8_s); GGML_BITNET_X86_TL2 and GGML_BITNET_ARM_TL1 undefined",
+        "built_at_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "build_seconds": seconds,
+    }))
+}
+
+/// A prebuilt user library: nothing to compile; record what we know (its -march is unknown).
 fn emit_prebuilt(dir: &Path, lib: &Path, out_dir: &Path) -> Result<(), String> {
     let headers: Vec<Value> =
         locate::PINNED_HEADERS.iter().map(|(rel, sha)| json!({"path": rel, "sha256": sha})).collect();
@@ -550,17 +779,43 @@ fn emit_prebuilt(dir: &Path, lib: &Path, out_dir: &Path) -> Result<(), String> {
     });
     let info_path = out_dir.join("prebuilt-build-info.json");
     write_if_changed(&info_path, serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?.as_bytes())?;
-    bake(lib, &info_path, out_dir)
+    bake(&[Baked { march: None, library: lib.to_path_buf(), info: info_path }], out_dir)
 }
 
-/// Bake the library path into the crate and copy build-info.json into OUT_DIR for `include_str!`.
-fn bake(lib: &Path, info: &Path, out_dir: &Path) -> Result<(), String> {
-    // Rebuild if the cached library disappears (e.g. someone cleans that folder).
-    println!("cargo:rerun-if-changed={}", lib.display());
-    println!("cargo:rerun-if-changed={}", info.display());
-    let text = fs::read(info).map_err(|e| format!("cannot read {}: {e}", info.display()))?;
-    write_if_changed(&out_dir.join("build-info.json"), &text)?;
-    println!("cargo:rustc-env=BITNET_CPP_LIBRARY={}", lib.display());
-    println!("cargo:rustc-env=BITNET_CPP_BUILD_INFO={}", info.display());
+/// One library baked into the crate.
+struct Baked {
+    /// The requested -march; `None` for a prebuilt library.
+    march: Option<String>,
+    library: PathBuf,
+    info: PathBuf,
+}
+
+/// Bake every build into the crate: `builds.json` in OUT_DIR (each build's -march, library,
+/// build-info path and build-info itself, the default first) for `include_str!`, the default's
+/// build-info.json beside it, and the default's library path as `BITNET_CPP_LIBRARY`.
+fn bake(builds: &[Baked], out_dir: &Path) -> Result<(), String> {
+    let mut entries = Vec::new();
+    for b in builds {
+        // Rebuild if a cached library disappears (e.g. someone cleans that folder).
+        println!("cargo:rerun-if-changed={}", b.library.display());
+        println!("cargo:rerun-if-changed={}", b.info.display());
+        let text = fs::read(&b.info).map_err(|e| format!("cannot read {}: {e}", b.info.display()))?;
+        let info: Value = serde_json::from_slice(&text)
+            .map_err(|e| format!("{} is not valid JSON: {e}", b.info.display()))?;
+        entries.push(json!({
+            "march": b.march,
+            "library": b.library,
+            "build_info_path": b.info,
+            "info": info,
+        }));
+    }
+    let default = builds.first().ok_or("no build to bake")?;
+    let manifest = json!({ "builds": entries });
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| e.to_string())?;
+    write_if_changed(&out_dir.join("builds.json"), text.as_bytes())?;
+    let info = fs::read(&default.info).map_err(|e| format!("cannot read {}: {e}", default.info.display()))?;
+    write_if_changed(&out_dir.join("build-info.json"), &info)?;
+    println!("cargo:rustc-env=BITNET_CPP_LIBRARY={}", default.library.display());
+    println!("cargo:rustc-env=BITNET_CPP_BUILD_INFO={}", default.info.display());
     Ok(())
 }

@@ -35,6 +35,11 @@ pub enum Error {
     /// A ggml call of a hand-built graph (see [`crate::I2sMatmul`]) failed.
     #[error("ggml failed in {what}: {reason}")]
     Compute { what: String, reason: String },
+    /// No library was built for this `-march` (see `BITNET_CPP_MARCH`).
+    #[error(
+        "no reference build for -march={march} in this binary (built: {available}); add it to BITNET_CPP_MARCH at build time"
+    )]
+    UnknownBuild { march: String, available: String },
     /// The embedded build-info.json could not be parsed (should never happen).
     #[error("build-info.json: {0}")]
     BuildInfo(String),

@@ -1,8 +1,9 @@
 //! bitnet.cpp, the C++ reference, as a Rust library.
 //!
 //! - `build.rs` compiles the pinned bitnet.cpp tree (registry package `bitnet-llm-sys`) into one
-//!   shared library for the host CPU, with the I2_S MAD kernels, cached across builds; see
-//!   [`BuildInfo`] for what was built and how.
+//!   shared library per `-march` value of `BITNET_CPP_MARCH` (default `native,x86-64-v3`; the
+//!   first is the default reference), with the I2_S MAD kernels, cached across builds; see
+//!   [`built_references`] for the list and [`BuildInfo`] for what was built and how.
 //! - [`sys`](crate::sys) holds bindgen's dynamic-loading bindings (committed; regenerate with
 //!   `scripts/gen-bindings.sh`); a user's library whose headers differ is refused.
 //! - The safe wrapper ([`Reference`], [`Model`], [`Context`], [`GgufTensors`]) is the only place
@@ -23,7 +24,10 @@ mod sys;
 mod tensors;
 pub mod worker;
 
-pub use build_info::{BuildInfo, CompileGroup, CompilerInfo, HeaderPin, IsaInfo, SourceInfo, BAKED_LIBRARY};
+pub use build_info::{
+    built_reference, built_references, BuildInfo, BuiltReference, CompileGroup, CompilerInfo, HeaderPin,
+    IsaInfo, SourceInfo, BAKED_LIBRARY,
+};
 pub use capture::{CaptureFilter, CapturedTensor};
 pub use context::{Context, ContextParams};
 pub use error::{Error, Result};

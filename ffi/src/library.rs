@@ -122,10 +122,19 @@ impl Reference {
         }
     }
 
-    /// The library that `build.rs` built (or found) for this crate.
+    /// The default library that `build.rs` built (or found) for this crate: the build for the
+    /// first `-march` of `BITNET_CPP_MARCH` (`native` unless set otherwise).
     pub fn open_built() -> Result<Reference> {
         let info = BuildInfo::baked()?;
         Reference::open_path(Path::new(BAKED_LIBRARY), info)
+    }
+
+    /// The library built for `-march=<march>` (an entry of `BITNET_CPP_MARCH` at build time,
+    /// e.g. `native` or `x86-64-v3`), whatever `BITNET_CPP_DIR` says at run time. A march that
+    /// was not built is [`Error::UnknownBuild`], whose message lists those that were.
+    pub fn open_build(march: &str) -> Result<Reference> {
+        let build = crate::build_info::built_reference(march)?;
+        Reference::open_path(&build.library, build.info)
     }
 
     /// A user's folder (`BITNET_CPP_DIR`): a prebuilt library inside it, after checking that the
@@ -204,9 +213,21 @@ mod tests {
     fn built_library_opens_and_reports_avx2_when_compiled_with_it() {
         let r = Reference::open_built().unwrap();
         let sys_info = r.system_info();
-        let isa = r.build_info().isa.clone().unwrap();
+        let Some(isa) = r.build_info().isa.clone() else {
+            // A user's prebuilt library: its ISA is unknown.
+            return;
+        };
         let has_avx2 = isa.macros.iter().any(|m| m == "__AVX2__");
         assert_eq!(sys_info.contains("AVX2 = 1"), has_avx2, "{sys_info}");
+    }
+
+    #[test]
+    fn an_unknown_march_is_refused_naming_the_builds() {
+        let err = Reference::open_build("no-such-cpu").unwrap_err();
+        assert!(matches!(err, Error::UnknownBuild { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("-march=no-such-cpu") && msg.contains("BITNET_CPP_MARCH"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
     }
 
     #[test]

@@ -120,10 +120,10 @@ impl Reference {
         threads: usize,
     ) -> Result<I2sMatmul> {
         let bad = |m: String| Err(Error::InvalidArgument(format!("I2_S matmul {rows}×{cols}: {m}")));
-        if rows == 0 || rows % I2S_ROW_MULTIPLE != 0 {
+        if rows == 0 || !rows.is_multiple_of(I2S_ROW_MULTIPLE) {
             return bad(format!("rows must be a positive multiple of {I2S_ROW_MULTIPLE}"));
         }
-        if cols == 0 || cols % I2S_COL_MULTIPLE != 0 {
+        if cols == 0 || !cols.is_multiple_of(I2S_COL_MULTIPLE) {
             return bad(format!("cols must be a positive multiple of {I2S_COL_MULTIPLE}"));
         }
         if n_vectors == 0 || !(1..=MAX_REPEATS).contains(&repeats) || !(1..=512).contains(&threads) {

@@ -16,7 +16,7 @@ use tabled::settings::Style;
 
 use crate::exit::{Exit, Failure, OrExit};
 use crate::gate::num;
-use crate::receipt::{Divergence, Percentiles, Summary};
+use crate::receipt::{Divergence, Percentiles, ReferenceProfile, Summary};
 use crate::schema::{self, LoadedReceipt};
 use crate::trace::Trace;
 
@@ -134,6 +134,10 @@ pub struct Side {
     pub cases: usize,
     /// Fields of a newer minor version that this harness ignored.
     pub ignored_fields: Vec<String>,
+    /// The reference-build profile the Rust engine mirrored (null: not recorded, schema 1.0).
+    pub reference_profile: Option<ReferenceProfile>,
+    /// Why the reference build has no profile, if it has none.
+    pub profile_hazard: Option<String>,
 }
 
 /// Everything `diff` reports; also the JSON shape of `diff --json`.
@@ -146,6 +150,9 @@ pub struct DiffReport {
     pub metrics: Vec<MetricRow>,
     /// Only the parts that differ.
     pub sections: Vec<SectionDiff>,
+    /// The two runs mirrored different reference-build profiles (or one recorded none): their
+    /// logits come from different float code and are not expected to agree bit for bit.
+    pub profiles_differ: bool,
     pub worse: usize,
     pub regressions: usize,
 }
@@ -191,13 +198,17 @@ pub fn compare(old: &LoadedReceipt, new: &LoadedReceipt, tolerance: Tolerance) -
         schema_version: l.version.to_string(),
         cases: l.receipt.cases.len(),
         ignored_fields: l.ignored_fields.clone(),
+        reference_profile: l.receipt.engines.rust.reference_profile.clone(),
+        profile_hazard: l.receipt.engines.reference.profile_hazard.clone(),
     };
+    let name = |l: &LoadedReceipt| l.receipt.engines.rust.reference_profile.as_ref().map(|p| p.name.clone());
     DiffReport {
         old: side(old),
         new: side(new),
         tolerance,
         metrics,
         sections: sections(&old.json, &new.json),
+        profiles_differ: name(old) != name(new),
         worse,
         regressions,
     }
@@ -444,6 +455,7 @@ pub fn render(r: &DiffReport) -> String {
             ));
         }
     }
+    out.push_str(&profile_lines(r));
     if r.tolerance != Tolerance::EXACT {
         out.push_str(&format!(
             "tolerance: absolute {}, relative {}\n",
@@ -495,6 +507,38 @@ pub fn render(r: &DiffReport) -> String {
         (w, 0) => format!("\ndiff: {w} metric{} got worse\n", plural(w)),
         (w, k) => format!("\ndiff: {w} metric{} got worse ({k} within the tolerance)\n", plural(w)),
     });
+    out
+}
+
+/// `reference profile: avx2 (build-info) -> avx512 (build-info) DIFFERENT: …`, or the one
+/// profile both runs mirrored.
+fn profile_lines(r: &DiffReport) -> String {
+    let show = |s: &Side| {
+        let p = s
+            .reference_profile
+            .as_ref()
+            .map_or("not recorded".to_string(), |p| format!("{} ({})", p.name, p.source));
+        match &s.profile_hazard {
+            Some(_) => format!("{p}, the build has no profile"),
+            None => p,
+        }
+    };
+    let (o, n) = (show(&r.old), show(&r.new));
+    let mut out = if r.profiles_differ {
+        format!(
+            "reference profile: {o} -> {n} DIFFERENT: the runs mirrored different reference builds' float \
+             numerics, so their logits are not expected to agree\n"
+        )
+    } else if o == n {
+        format!("reference profile: {o} in both\n")
+    } else {
+        format!("reference profile: {o} -> {n}\n")
+    };
+    for s in [&r.old, &r.new] {
+        if let Some(h) = &s.profile_hazard {
+            out.push_str(&format!("note: {}: the reference build has no profile: {h}\n", s.path));
+        }
+    }
     out
 }
 

@@ -7,6 +7,8 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use bitnet_engine::profile::RefProfile;
+
 use crate::exit::{Exit, Failure};
 use crate::receipt::{Divergence, Receipt};
 use crate::schema::{self, LoadedReceipt};
@@ -20,7 +22,10 @@ Thresholds: each flag overrides the --thresholds file, which replaces the thresh
 the receipt (settings.thresholds, what `run` used). The output says where each value came from.
 
 Checks, in order: the run completed (run_state.completed); its verdict is not invalid_input
-(the model itself is broken) nor incomplete; at least one position was compared; no position
+(the model itself is broken) nor incomplete; the Rust engine mirrored the reference build's own
+profile (engines.reference.profile_hazard is null: the build has a profile, unless
+--reference-profile chose one deliberately; receipts before schema 1.1 record none and are not
+checked); at least one position was compared; no position
 has NaN or Inf logits (summary.nonfinite_positions = 0); summary.cosine_min >= min_cosine;
 summary.exact_match_rate >= min_exact_match; summary.kl_max <= max_kl; and, when
 max_first_divergence is set, no case's first divergence comes before that position. A metric
@@ -244,6 +249,8 @@ pub fn evaluate(r: &Receipt, t: &Resolved) -> Vec<Check> {
         ));
     }
 
+    checks.extend(profile_check(r));
+
     checks.push(if s.positions > 0 {
         Check::new(Outcome::Pass, "positions", format!("{} > 0", s.positions))
     } else {
@@ -300,6 +307,56 @@ pub fn evaluate(r: &Receipt, t: &Resolved) -> Vec<Check> {
         });
     }
     checks
+}
+
+/// Whether the Rust engine mirrored the reference build it faced. A build without a profile
+/// fails unless the profile was chosen by `--reference-profile`; a recorded profile that its
+/// source contradicts (the build's ISA macros imply another) fails too. `None` for receipts
+/// written before profiles were recorded.
+fn profile_check(r: &Receipt) -> Option<Check> {
+    const NAME: &str = "reference_profile";
+    let reference = &r.engines.reference;
+    let Some(p) = &r.engines.rust.reference_profile else {
+        return reference
+            .profile_hazard
+            .as_ref()
+            .map(|h| Check::new(Outcome::Fail, NAME, format!("the reference build has no profile: {h}")));
+    };
+    let overridden = p.source == "override";
+    Some(match &reference.profile_hazard {
+        Some(h) if overridden => Check::new(
+            Outcome::Note,
+            NAME,
+            format!("{} chosen by --reference-profile; the reference build has no profile: {h}", p.name),
+        ),
+        Some(h) => Check::new(
+            Outcome::Fail,
+            NAME,
+            format!(
+                "the reference build has no profile: {h}; the Rust engine mirrored {} ({}), not \
+                 this build's float code",
+                p.name, p.source
+            ),
+        ),
+        None if overridden => {
+            Check::new(Outcome::Pass, NAME, format!("{} (chosen by --reference-profile)", p.name))
+        }
+        None => match RefProfile::from_isa_macros(&reference.isa) {
+            Ok(b) if b.name() == p.name => {
+                Check::new(Outcome::Pass, NAME, format!("{} (from {})", p.name, p.source))
+            }
+            built => Check::new(
+                Outcome::Fail,
+                NAME,
+                format!(
+                    "{} (from {}) but the reference build's ISA macros imply {}",
+                    p.name,
+                    p.source,
+                    built.map_or_else(|e| format!("no profile: {e}"), |b| b.name().to_string())
+                ),
+            ),
+        },
+    })
 }
 
 fn at_least(name: &'static str, value: Option<f64>, t: &Sourced<f64>, key: &str) -> Check {

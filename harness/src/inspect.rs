@@ -18,7 +18,8 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
-/// Everything `inspect` reports; also the JSON shape of `inspect --json`.
+/// Everything `inspect` reports about the file; also the JSON shape of `inspect --json`, which
+/// adds `reference_build` ([`ReferenceBuild`]).
 #[derive(Debug, Serialize)]
 pub struct InspectReport {
     pub path: String,
@@ -78,17 +79,62 @@ pub struct I2sReport {
     pub problems: Vec<String>,
 }
 
+/// The reference library built into this harness (`bitnet_cpp::BuildInfo::baked`), as far as
+/// the Rust engine's profile goes: which reference-build profile a `run` against it mirrors.
+#[derive(Debug, Serialize)]
+pub struct ReferenceBuild {
+    /// The library's path.
+    pub library: String,
+    /// The ISA macros it was compiled with (empty when unknown).
+    pub isa: Vec<String>,
+    /// `avx2` or `avx512`, or null when no profile mirrors this build.
+    pub isa_profile: Option<String>,
+    /// Why no profile mirrors it (the hazard a run would record), or null.
+    pub profile_hazard: Option<String>,
+}
+
+impl ReferenceBuild {
+    /// From the baked build-info; `None` if it cannot be read.
+    pub fn baked() -> Option<ReferenceBuild> {
+        let info = bitnet_cpp::BuildInfo::baked().ok()?;
+        let isa = info.isa.map(|i| i.macros).unwrap_or_default();
+        let choice = crate::run::ProfileChoice::for_build(&isa, crate::run::ProfileSource::BuildInfo, None);
+        Some(ReferenceBuild {
+            library: info.library.display().to_string(),
+            isa_profile: choice.hazard.is_none().then(|| choice.profile.name().to_string()),
+            profile_hazard: choice.hazard,
+            isa,
+        })
+    }
+}
+
+/// `inspect --json`: the file's report, and the built-in reference's profile.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    #[serde(flatten)]
+    model: &'a InspectReport,
+    reference_build: Option<ReferenceBuild>,
+}
+
 pub fn run(args: &InspectArgs) -> Result<Exit, Failure> {
     let report = inspect(&args.model)?;
+    let reference_build = ReferenceBuild::baked();
     if args.json {
         // Streamed, not built as one string: for a file of many tensors the report is larger
         // than the file, and memory should stay a small multiple of the file.
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, &report).or_exit(Exit::Internal)?;
+        let json = JsonReport { model: &report, reference_build };
+        serde_json::to_writer_pretty(&mut out, &json).or_exit(Exit::Internal)?;
         writeln!(out).or_exit(Exit::Internal)?;
     } else {
         print!("{}", render_text(&report));
+        let line = match &reference_build {
+            Some(ReferenceBuild { isa_profile: Some(p), .. }) => format!("profile {p}"),
+            Some(ReferenceBuild { profile_hazard: Some(h), .. }) => format!("no profile ({h})"),
+            _ => "build-info unreadable".to_string(),
+        };
+        println!("built-in reference: {line}");
     }
     Ok(Exit::Ok)
 }

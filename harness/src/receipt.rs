@@ -15,7 +15,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 /// Version written by this build.
-pub const SCHEMA_VERSION: &str = "1.0.0";
+pub const SCHEMA_VERSION: &str = "1.1.0";
 /// Major version this build understands.
 pub const SCHEMA_MAJOR: u64 = 1;
 
@@ -97,6 +97,21 @@ pub struct RustEngine {
     /// A deliberately injected fault (`KIND@LAYER`), for testing tracing; absent normally.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injected_fault: Option<String>,
+    /// The reference build whose float numerics the engine mirrored (since 1.1.0; null in
+    /// receipts written before, whose engine mirrored an AVX2 build).
+    #[serde(default)]
+    pub reference_profile: Option<ReferenceProfile>,
+}
+
+/// The reference-build profile the Rust engine mirrored, and where the choice came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferenceProfile {
+    /// `avx2` or `avx512` (`bitnet_engine::profile::RefProfile::name`).
+    pub name: String,
+    /// `build-info` (the live reference's ISA macros), `saved-reference` (those of the replayed
+    /// file's footer), `override` (`--reference-profile`) or `host` (the build has no profile:
+    /// the host's, see `engines.reference.profile_hazard`).
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +127,11 @@ pub struct ReferenceEngine {
     pub threads: usize,
     pub kv_cache_type: String,
     pub flash_attention: bool,
+    /// Why no reference-build profile mirrors this build (the deciding ISA macros and the
+    /// reason), or null when one does (since 1.1.0). A hazard fails the verdict unless
+    /// `engines.rust.reference_profile.source` is `override`.
+    #[serde(default)]
+    pub profile_hazard: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -48,6 +48,7 @@ struct Report {
     tolerance: Tolerance,
     metrics: Vec<Metric>,
     sections: Vec<Section>,
+    profiles_differ: bool,
     worse: usize,
     regressions: usize,
 }
@@ -60,6 +61,8 @@ struct Side {
     schema_version: String,
     cases: usize,
     ignored_fields: Vec<String>,
+    reference_profile: Option<Value>,
+    profile_hazard: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +129,9 @@ fn threads_change_no_metric_only_the_engines() {
     let (code, rep) = json_report(&[s(&r.threads1), s(&r.threads2), "--fail-on-regression"]);
     assert_eq!(code, 0);
     assert!(rep.metrics.iter().all(|m| m.status == "same" && m.old == m.new), "{:?}", rep.metrics);
+    // Both runs mirrored the same reference build.
+    assert!(!rep.profiles_differ);
+    assert!(rep.old.reference_profile.is_some() && rep.old.reference_profile == rep.new.reference_profile);
     let mut run_metrics: Vec<String> =
         rep.metrics.iter().filter(|m| m.scope == "run").map(|m| m.metric.clone()).collect();
     run_metrics.sort();

@@ -1,13 +1,12 @@
-//! The Rust engine against the real bitnet.cpp, in-process, on every fixture:
-//! every position of a 32+ token prompt, argmax identical and per-token cosine ≥ 0.99999
-//! with the reference rounding on; the figures with it off are printed.
-//!
-//! When the reference was built for an AVX2+FMA CPU without AVX-512 (the lane structure the
-//! engine mirrors), the logits must be bit-identical, not merely close.
+//! The Rust engine against the real bitnet.cpp, in-process, on every fixture and every
+//! reference build this crate has (`x86-64-v3`, and `native`, an AVX-512 build on an AVX-512
+//! host): every position of a 32+ token prompt bit-identical with the reference rounding on,
+//! the engine mirroring the profile of the build's ISA; the figures with it off are printed.
 
 use bitnet_cpp::{ContextParams, Reference};
 use bitnet_engine::gguf::GgufFile;
 use bitnet_engine::model::{Model, ModelOptions};
+use bitnet_engine::profile::RefProfile;
 use bitnet_engine::tokenizer::Tokenizer;
 use bitnet_fixtures::{spec, write_spec, WeightForm};
 use harness::compare::{argmax, cosine};
@@ -23,18 +22,17 @@ struct Figures {
     bit_exact: usize,
 }
 
-fn compare(path: &std::path::Path, exact: bool) -> Figures {
+fn compare(reference: &Reference, path: &std::path::Path, exact: bool, profile: RefProfile) -> Figures {
     let file = GgufFile::open(path).unwrap();
     let tok = Tokenizer::from_gguf(&file).unwrap();
     let ids = tok.encode(PROMPT, true, false);
     assert!(ids.len() >= 32, "prompt has only {} tokens", ids.len());
     let mut model = Model::load(
         &file,
-        ModelOptions { n_ctx: 128, exact_reference_rounding: exact, ..ModelOptions::default() },
+        ModelOptions { n_ctx: 128, exact_reference_rounding: exact, profile, ..ModelOptions::default() },
     )
     .unwrap();
 
-    let reference = Reference::open_default().unwrap();
     let cpp_model = reference.load_model(path).unwrap();
     let cpp_ids = cpp_model.tokenize(PROMPT, true, false).unwrap();
     assert_eq!(cpp_ids.iter().map(|&t| t as u32).collect::<Vec<_>>(), ids, "tokenizers disagree");
@@ -52,39 +50,32 @@ fn compare(path: &std::path::Path, exact: bool) -> Figures {
     f
 }
 
-/// Whether the reference's build uses the AVX2+FMA code paths whose rounding the engine mirrors.
-fn reference_is_avx2_fma() -> bool {
-    let info = Reference::open_default().unwrap().build_info().clone();
-    let Some(isa) = info.isa else { return false };
-    let has = |m: &str| isa.macros.iter().any(|x| x == m);
-    has("__AVX2__") && has("__FMA__") && has("__F16C__") && !has("__AVX512F__")
-}
-
 #[test]
 fn rust_engine_matches_the_reference_on_every_fixture() {
-    let expect_bit_exact = reference_is_avx2_fma();
     let dir = tempfile::tempdir().unwrap();
-    for s in spec::committed() {
-        for form in [WeightForm::I2S, WeightForm::F32] {
-            let path = write_spec(&s, form, dir.path()).unwrap();
-            for exact in [true, false] {
-                let f = compare(&path, exact);
-                eprintln!(
-                    "{} rounding={}: cosine_min {:.9} max|Δ| {:.3e} argmax {}/{} bit-exact {}/{}",
-                    path.file_name().unwrap().to_string_lossy(),
-                    if exact { "on" } else { "off" },
-                    f.cos_min,
-                    f.max_abs,
-                    f.argmax_agree,
-                    f.n,
-                    f.bit_exact,
-                    f.n
-                );
-                if exact {
-                    assert_eq!(f.argmax_agree, f.n, "argmax differs");
-                    assert!(f.cos_min >= 0.99999, "cosine {}", f.cos_min);
-                    if expect_bit_exact {
-                        assert_eq!(f.bit_exact, f.n, "logits not bit-identical");
+    for build in bitnet_cpp::built_references().unwrap() {
+        let Some(march) = build.march.as_deref() else { continue };
+        let reference = Reference::open_build(march).unwrap();
+        let isa = &reference.build_info().isa.as_ref().expect("a build we compiled knows its ISA").macros;
+        let profile = RefProfile::from_isa_macros(isa).expect("every x86 build here has a profile");
+        for s in spec::committed() {
+            for form in [WeightForm::I2S, WeightForm::F32] {
+                let path = write_spec(&s, form, dir.path()).unwrap();
+                for exact in [true, false] {
+                    let f = compare(&reference, &path, exact, profile);
+                    eprintln!(
+                        "{} vs {march} ({profile}) rounding={}: cosine_min {:.9} max|Δ| {:.3e} argmax {}/{} bit-exact {}/{}",
+                        path.file_name().unwrap().to_string_lossy(),
+                        if exact { "on" } else { "off" },
+                        f.cos_min,
+                        f.max_abs,
+                        f.argmax_agree,
+                        f.n,
+                        f.bit_exact,
+                        f.n
+                    );
+                    if exact {
+                        assert_eq!(f.bit_exact, f.n, "{march}: logits not bit-identical");
                     }
                 }
             }

@@ -71,7 +71,7 @@ impl Raw {
         for i in &self.infos {
             v.extend_from_slice(i);
         }
-        while v.len() % self.alignment != 0 {
+        while !v.len().is_multiple_of(self.alignment) {
             v.push(0);
         }
         v.extend_from_slice(&self.data);

@@ -44,7 +44,8 @@ fn synthetic_receipts_validate_and_read_back_equal() {
 
 /// Every object in `value`, walked along the schema node describing it, has exactly the
 /// schema's properties, and the schema requires all of them (`trace`, `cases[].token_texts` and
-/// `engines.rust.injected_fault` aside, which are omitted when empty). Serializing a receipt with every option set shows every field the types write,
+/// `engines.rust.injected_fault` aside, which are omitted when empty, and the fields 1.1 added,
+/// which 1.0 receipts lack). Serializing a receipt with every option set shows every field the types write,
 /// so this catches a field added to `receipt.rs` but not to the schema, and the reverse.
 /// `seen` collects the schema nodes visited (by address).
 fn assert_keys_match(root: &Value, node: &Value, value: &Value, path: &str, seen: &mut BTreeSet<usize>) {
@@ -61,7 +62,7 @@ fn assert_keys_match(root: &Value, node: &Value, value: &Value, path: &str, seen
             assert_eq!(written, listed, "{path}: keys written vs keys in the schema");
             let required: BTreeSet<&str> =
                 node["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-            let optional = ["trace", "injected_fault", "token_texts"];
+            let optional = ["trace", "injected_fault", "token_texts", "reference_profile", "profile_hazard"];
             let expected: BTreeSet<&str> = listed.iter().copied().filter(|k| !optional.contains(k)).collect();
             assert_eq!(required, expected, "{path}: every field but the optional ones is required");
             seen.insert(node as *const Value as usize);
@@ -197,6 +198,28 @@ fn versions_other_majors_refused_newer_minors_read_with_new_fields_ignored() {
     assert_eq!(schema_error(&v).0, "summary");
 }
 
+/// A receipt of schema 1.0.0, written before the reference-build profile was recorded, still
+/// reads (strictly: it is an older minor version), and `gate` makes no profile check of it.
+#[test]
+fn receipts_of_schema_1_0_without_profile_fields_still_read() {
+    let mut v = to_value(&maximal());
+    v["schema_version"] = json!("1.0.0");
+    v["engines"]["rust"].as_object_mut().unwrap().remove("reference_profile");
+    v["engines"]["reference"].as_object_mut().unwrap().remove("profile_hazard");
+    let (version, r, _, ignored) = schema::parse_receipt(&serde_json::to_vec(&v).unwrap()).unwrap();
+    assert_eq!((version.major, version.minor), (1, 0));
+    assert!(ignored.is_empty());
+    assert_eq!(r.engines.rust.reference_profile, None);
+    assert_eq!(r.engines.reference.profile_hazard, None);
+    let t = harness::thresholds::resolve(&r.settings.thresholds, None, &Default::default());
+    assert!(harness::gate::evaluate(&r, &t).iter().all(|c| c.name != "reference_profile"));
+
+    // A profile source this version does not know is drift.
+    let mut v = to_value(&maximal());
+    v["engines"]["rust"]["reference_profile"]["source"] = json!("guess");
+    assert_eq!(schema_error(&v).0, "engines.rust.reference_profile.source");
+}
+
 #[test]
 fn truncated_or_non_json_receipts_are_refused() {
     let text = serde_json::to_string_pretty(&maximal()).unwrap();
@@ -240,7 +263,7 @@ struct StrictReceipt {
     created_at: String,
     tool: Value,
     model: Value,
-    engines: Value,
+    engines: StrictEngines,
     settings: StrictSettings,
     tokenizer: Value,
     cases: Vec<StrictCase>,
@@ -250,6 +273,52 @@ struct StrictReceipt {
     run_state: StrictRunState,
     #[serde(default)]
     trace: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct StrictEngines {
+    rust: StrictRustEngine,
+    reference: StrictReferenceEngine,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct StrictRustEngine {
+    name: String,
+    version: String,
+    kernel: String,
+    exact_reference_rounding: bool,
+    threads: usize,
+    #[serde(default)]
+    injected_fault: Option<String>,
+    reference_profile: StrictReferenceProfile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct StrictReferenceProfile {
+    name: String,
+    source: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct StrictReferenceEngine {
+    source: String,
+    version: Option<String>,
+    compiler: Option<String>,
+    flags: Vec<String>,
+    isa: Vec<String>,
+    library_path: Option<String>,
+    threads: usize,
+    kv_cache_type: String,
+    flash_attention: bool,
+    profile_hazard: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -319,6 +388,14 @@ fn check_written(path: &Path) -> Value {
     let strict: StrictReceipt =
         serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(strict.schema_version, harness::receipt::SCHEMA_VERSION);
+    // Every receipt `run` writes names the profile the Rust engine mirrored.
+    let p = &strict.engines.rust.reference_profile;
+    assert!(["avx2", "avx512"].contains(&p.name.as_str()), "{}", p.name);
+    assert!(
+        ["build-info", "saved-reference", "override", "host"].contains(&p.source.as_str()),
+        "{}",
+        p.source
+    );
     assert_eq!(strict.cases.len(), receipt.cases.len());
     // The written file is the typed receipt, nothing more or less.
     assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), to_value(&receipt));

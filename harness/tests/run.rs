@@ -7,7 +7,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::receipts::harness;
+use common::receipts::{harness, rewrite_footer};
 
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
@@ -43,7 +43,7 @@ fn default_run_writes_a_passing_receipt_and_prints_its_table() {
     let path = dir.path().join("receipts/runs/tiny-256-gqa-i2_s.json");
     assert!(stdout.contains("receipt: receipts/runs/tiny-256-gqa-i2_s.json"), "{stdout}");
     let r = read(&path);
-    assert_eq!(r["schema_version"], "1.0.0");
+    assert_eq!(r["schema_version"], harness::receipt::SCHEMA_VERSION);
     assert_eq!(r["model"]["path"], "embedded:tiny-256-gqa-i2_s.gguf");
     assert_eq!(r["summary"]["exact_match_rate"], 1.0);
     assert!(r["summary"]["cosine_min"].as_f64().unwrap() >= 0.99999);
@@ -108,22 +108,6 @@ fn prompts_max_tokens_and_continuation() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let r = read(&dir.path().join("m.json"));
     assert_eq!(r["summary"]["positions"], 3);
-}
-
-/// Offsets of the footer in a saved reference file: MAGIC(16) | u32 | logits | json | u64 len | MAGIC(16).
-fn rewrite_footer(path: &Path, edit: impl FnOnce(&mut Value)) {
-    let bytes = std::fs::read(path).unwrap();
-    let n = bytes.len();
-    let len = u64::from_le_bytes(bytes[n - 24..n - 16].try_into().unwrap()) as usize;
-    let start = n - 24 - len;
-    let mut footer: Value = serde_json::from_slice(&bytes[start..n - 24]).unwrap();
-    edit(&mut footer);
-    let json = serde_json::to_vec(&footer).unwrap();
-    let mut out = bytes[..start].to_vec();
-    out.extend_from_slice(&json);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&bytes[n - 16..]);
-    std::fs::write(path, out).unwrap();
 }
 
 #[test]

@@ -10,5 +10,6 @@ mod mmap;
 pub mod model;
 pub mod ops;
 pub mod parallel;
+pub mod profile;
 pub mod quant;
 pub mod tokenizer;

@@ -112,7 +112,7 @@ impl<'s, T> Rows<'s, T> {
     /// # Panics
     /// If `row_len` or `align` is 0, or `data.len()` is not a multiple of `row_len`.
     pub fn new(data: &'s mut [T], row_len: usize, align: usize) -> Self {
-        assert!(row_len > 0 && align > 0 && data.len() % row_len == 0);
+        assert!(row_len > 0 && align > 0 && data.len().is_multiple_of(row_len));
         let rows = data.len() / row_len;
         Rows { data, range: 0..rows, row_len, align }
     }

@@ -1,9 +1,12 @@
 //! The whole forward pass gives identical bits whatever the kernels and thread count: the
-//! scalar oracles on one thread against AVX2 on 1, 2 and 3 threads, every position, every
-//! traced tensor, both rounding modes, on the committed fixtures.
+//! scalar oracles on one thread against AVX2 and AVX-512 on 1, 2 and 3 threads, under each
+//! reference-build profile, every position, every traced tensor, both rounding modes, on the
+//! committed fixtures.
 
 use bitnet_engine::gguf::GgufFile;
 use bitnet_engine::model::{Model, ModelOptions};
+use bitnet_engine::ops::FloatKernel;
+use bitnet_engine::profile::RefProfile;
 use bitnet_engine::quant::Qk256Kernel;
 
 const FIXTURES: [&str; 2] = ["tiny-256-gqa-i2_s.gguf", "tiny-384-mha-i2_s.gguf"];
@@ -19,10 +22,17 @@ fn token(pos: usize, n_vocab: usize) -> u32 {
 }
 
 /// Every traced tensor and the logits of every position, as bits.
-fn run(file: &GgufFile, exact: bool, threads: usize, kernel: Qk256Kernel) -> Vec<(String, Vec<u32>)> {
-    let opts = ModelOptions { n_ctx: 64, exact_reference_rounding: exact, threads };
+fn run(
+    file: &GgufFile,
+    exact: bool,
+    threads: usize,
+    kernel: Qk256Kernel,
+    float: FloatKernel,
+) -> Vec<(String, Vec<u32>)> {
+    let opts = ModelOptions { n_ctx: 64, exact_reference_rounding: exact, threads, profile: float.profile() };
     let mut m = Model::load(file, opts).unwrap();
     m.set_kernel(kernel);
+    m.set_float_kernel(float);
     let n_vocab = m.config().n_vocab;
     let mut out = Vec::new();
     for pos in 0..POSITIONS {
@@ -48,18 +58,45 @@ fn kernels_and_threads_do_not_change_a_bit() {
     };
     for name in FIXTURES {
         let file = fixture(name);
-        for exact in [true, false] {
-            let oracle = run(&file, exact, 1, Qk256Kernel::scalar());
-            for threads in [1, 2, 3] {
-                let got = run(&file, exact, threads, simd);
-                assert_eq!(got.len(), oracle.len());
-                for (g, o) in got.iter().zip(&oracle) {
-                    assert_eq!(g.0, o.0);
-                    assert!(g.1 == o.1, "{name} exact={exact} threads={threads}: {} differs", g.0);
+        for profile in RefProfile::ALL {
+            for exact in [true, false] {
+                let oracle = run(&file, exact, 1, Qk256Kernel::scalar(), FloatKernel::scalar(profile));
+                // Every SIMD float kernel on one thread, the best one on two and three.
+                let mut runs: Vec<(usize, FloatKernel)> =
+                    FloatKernel::available(profile).into_iter().skip(1).map(|k| (1, k)).collect();
+                runs.extend([2, 3].map(|t| (t, FloatKernel::best(profile))));
+                for (threads, float) in runs {
+                    let got = run(&file, exact, threads, simd, float);
+                    assert_eq!(got.len(), oracle.len());
+                    for (g, o) in got.iter().zip(&oracle) {
+                        assert_eq!(g.0, o.0);
+                        assert!(
+                            g.1 == o.1,
+                            "{name} {profile} exact={exact} threads={threads} float {}: {} differs",
+                            float.name(),
+                            g.0
+                        );
+                    }
                 }
             }
         }
     }
+}
+
+/// The profile reaches the forward pass: the two builds' numerics give other logits (the F16
+/// lm_head already at position 0), and apart from the lm_head the first traced tensor that
+/// differs is the attention's: everything before it is ISA-independent.
+#[test]
+fn the_profile_changes_attention_and_nothing_before_it() {
+    let file = fixture(FIXTURES[1]);
+    let [a, b] = RefProfile::ALL.map(|p| run(&file, true, 1, Qk256Kernel::scalar(), FloatKernel::scalar(p)));
+    let differs = |x: &&(String, Vec<u32>), y: &&(String, Vec<u32>)| x.1 != y.1;
+    let first = a.iter().zip(&b).find(|(x, y)| differs(x, y)).map(|(x, _)| x.0.as_str());
+    assert_eq!(first, Some("0:logits"));
+    let lm_head = |n: &str| n.ends_with(":logits") || n.ends_with(":result_output");
+    let first_traced =
+        a.iter().zip(&b).find(|(x, y)| !lm_head(&x.0) && differs(x, y)).map(|(x, _)| x.0.as_str());
+    assert!(first_traced.is_some_and(|n| n.contains(":kqv_out-")), "{first_traced:?}");
 }
 
 /// `eval_batch` is `eval` token after token: the same logits after every batch and the same
@@ -75,7 +112,12 @@ fn eval_batch_equals_eval_token_by_token() {
         for exact in [true, false] {
             for threads in [1, 2] {
                 for &kernel in &kernels {
-                    let opts = ModelOptions { n_ctx: 96, exact_reference_rounding: exact, threads };
+                    let opts = ModelOptions {
+                        n_ctx: 96,
+                        exact_reference_rounding: exact,
+                        threads,
+                        ..Default::default()
+                    };
                     let mut one = Model::load(&file, opts.clone()).unwrap();
                     let mut batch = Model::load(&file, opts).unwrap();
                     one.set_kernel(kernel);
@@ -128,7 +170,8 @@ fn the_output_layer_alone_gives_the_logits_of_eval() {
     for name in FIXTURES {
         let file = fixture(name);
         for (exact, threads) in [(true, 1), (true, 2), (false, 3)] {
-            let opts = ModelOptions { n_ctx: 8, exact_reference_rounding: exact, threads };
+            let opts =
+                ModelOptions { n_ctx: 8, exact_reference_rounding: exact, threads, ..Default::default() };
             let mut m = Model::load(&file, opts).unwrap();
             let n_vocab = m.config().n_vocab;
             let mut norm = Vec::new();

@@ -1,13 +1,20 @@
-//! Float kernels: the AVX2 twins equal the scalar emulation of ggml's lanes bit for bit, on
-//! every length (whole steps and leftovers), on hard values (ties, subnormals, infinities,
-//! values that overflow f16) and in softmax's special exponent ranges.
+//! Float kernels: the AVX2 and AVX-512 twins equal the scalar emulation of ggml's lanes bit
+//! for bit under every reference-build profile, on every length (whole steps and leftovers),
+//! on hard values (ties, subnormals, infinities, values that overflow f16) and in softmax's
+//! special exponent ranges.
 
 use bitnet_engine::ops::{self, FloatKernel};
+use bitnet_engine::profile::RefProfile;
 use proptest::prelude::*;
 
-fn simd() -> Option<FloatKernel> {
-    let k = FloatKernel::avx2();
-    if k.is_none() {
+/// Every SIMD kernel this CPU runs, under every profile.
+fn simd() -> Vec<FloatKernel> {
+    let k: Vec<FloatKernel> = RefProfile::ALL
+        .into_iter()
+        .flat_map(|p| [FloatKernel::avx2(p), FloatKernel::avx512(p)])
+        .flatten()
+        .collect();
+    if k.is_empty() {
         eprintln!("AVX2/FMA/F16C not available: SIMD comparisons skipped");
     }
     k
@@ -51,7 +58,13 @@ fn same(a: f32, b: f32) -> bool {
 
 #[test]
 fn dots_equal_scalar_for_every_length() {
-    let Some(k) = simd() else { return };
+    for k in simd() {
+        dots_equal_scalar(k);
+    }
+}
+
+fn dots_equal_scalar(k: FloatKernel) {
+    let p = k.profile();
     let mut rng = Rng(7);
     for n in 0..=300 {
         for _ in 0..4 {
@@ -60,13 +73,14 @@ fn dots_equal_scalar_for_every_length() {
             let xh: Vec<u16> = (0..n).map(|_| rng.f16()).collect();
             let yh: Vec<u16> = (0..n).map(|_| rng.f16()).collect();
             let xb: Vec<u8> = xh.iter().flat_map(|v| v.to_le_bytes()).collect();
-            assert!(same(k.dot_f32(&xf, &yf), ops::dot_f32(&xf, &yf)), "dot_f32 n={n}");
-            assert!(same(k.dot_f16(&xh, &yh), ops::dot_f16(&xh, &yh)), "dot_f16 n={n}");
-            assert!(same(k.dot_f16_f32(&xh, &yf), ops::dot_f16_f32(&xh, &yf)), "dot_f16_f32 n={n}");
-            let want = ops::dot_f16_bytes_f32(&xb, &yf);
-            assert!(same(want, ops::dot_f16_f32(&xh, &yf)), "bytes and u16 forms differ n={n}");
+            let at = format!("{} {p} n={n}", k.name());
+            assert!(same(k.dot_f32(&xf, &yf), ops::dot_f32(p, &xf, &yf)), "dot_f32 {at}");
+            assert!(same(k.dot_f16(&xh, &yh), ops::dot_f16(p, &xh, &yh)), "dot_f16 {at}");
+            assert!(same(k.dot_f16_f32(&xh, &yf), ops::dot_f16_f32(p, &xh, &yf)), "dot_f16_f32 {at}");
+            let want = ops::dot_f16_bytes_f32(p, &xb, &yf);
+            assert!(same(want, ops::dot_f16_f32(p, &xh, &yf)), "bytes and u16 forms differ {at}");
             let [a] = k.dot_f16_bytes_rows([&xb[..]], &yf);
-            assert!(same(a, want), "rows<1> n={n}");
+            assert!(same(a, want), "rows<1> {at}");
         }
     }
 }
@@ -76,7 +90,7 @@ fn dots_equal_scalar_for_every_length() {
 #[test]
 fn row_blocks_equal_single_rows_and_dot_f16() {
     let mut rng = Rng(11);
-    let kernels: Vec<FloatKernel> = [Some(FloatKernel::scalar()), simd()].into_iter().flatten().collect();
+    let kernels: Vec<FloatKernel> = RefProfile::ALL.into_iter().flat_map(FloatKernel::available).collect();
     for n in [32usize, 96, 2560, 2560 + 17, 100] {
         let rows: Vec<Vec<u16>> = (0..4).map(|_| (0..n).map(|_| rng.f16()).collect()).collect();
         let bytes: Vec<Vec<u8>> =
@@ -84,18 +98,19 @@ fn row_blocks_equal_single_rows_and_dot_f16() {
         let yh: Vec<u16> = (0..n).map(|_| ops::f32_to_f16(rng.f32())).collect();
         let yf: Vec<f32> = yh.iter().map(|&h| ops::f16_to_f32(h)).collect();
         for &k in &kernels {
+            let p = k.profile();
             let b: [&[u8]; 4] = std::array::from_fn(|i| &bytes[i][..]);
             let four = k.dot_f16_bytes_rows(b, &yf);
             let three = k.dot_f16_bytes_rows([b[0], b[1], b[2]], &yf);
             let two = k.dot_f16_bytes_rows([b[0], b[1]], &yf);
             let four_h = k.dot_f16_bytes_rows_f16(b, &yh);
             let one_h = k.dot_f16_bytes_rows_f16([b[3]], &yh);
-            assert!(same(one_h[0], ops::dot_f16(&rows[3], &yh)));
+            assert!(same(one_h[0], ops::dot_f16(p, &rows[3], &yh)));
             for i in 0..4 {
-                let want = ops::dot_f16(&rows[i], &yh);
-                assert!(same(four[i], want), "{} n={n} row {i}", k.name());
-                assert!(same(four_h[i], want), "{} n={n} row {i} (f16 vector)", k.name());
-                assert!(same(ops::dot_f16_bytes(b[i], &yh), want));
+                let want = ops::dot_f16(p, &rows[i], &yh);
+                assert!(same(four[i], want), "{} {p} n={n} row {i}", k.name());
+                assert!(same(four_h[i], want), "{} {p} n={n} row {i} (f16 vector)", k.name());
+                assert!(same(ops::dot_f16_bytes(p, b[i], &yh), want));
                 if i < 3 {
                     assert!(same(three[i], want));
                 }
@@ -109,7 +124,7 @@ fn row_blocks_equal_single_rows_and_dot_f16() {
 
 #[test]
 fn f16_conversions_equal_scalar() {
-    let Some(k) = simd() else { return };
+    let Some(&k) = simd().first() else { return };
     let mut rng = Rng(3);
     // Every f16 value plus its neighbourhood (ties to even and just off them), and random values.
     let mut xs: Vec<f32> = Vec::new();
@@ -143,18 +158,45 @@ fn f16_conversions_equal_scalar() {
 
 #[test]
 fn softmax_equals_scalar_including_extreme_exponents() {
-    let Some(k) = simd() else { return };
+    for k in simd() {
+        softmax_equals_scalar(k);
+    }
+}
+
+fn softmax_equals_scalar(k: FloatKernel) {
+    let p = k.profile();
     let mut rng = Rng(5);
-    for len in [8usize, 32, 64, 96, 256, 13, 1] {
+    for len in [8usize, 16, 32, 48, 64, 96, 256, 13, 1, 24, 40] {
         for spread in [0.1f32, 10.0, 100.0, 150.0, 300.0, 1000.0, 1e5] {
             for n_valid in [1, len / 2 + 1, len] {
                 let s: Vec<f32> = (0..len).map(|_| rng.f32().clamp(-1.0, 1.0) * spread).collect();
                 let mut a = s.clone();
                 let mut b = s.clone();
                 k.softmax_scaled(&mut a, n_valid.min(len), 0.088);
-                ops::softmax_scaled(&mut b, n_valid.min(len), 0.088);
-                assert!(a.iter().zip(&b).all(|(x, y)| same(*x, *y)), "len {len} spread {spread}");
+                ops::softmax_scaled(p, &mut b, n_valid.min(len), 0.088);
+                let at = format!("{} {p} len {len} spread {spread}", k.name());
+                assert!(a.iter().zip(&b).all(|(x, y)| same(*x, *y)), "{at}");
             }
+        }
+    }
+}
+
+#[test]
+fn silu_equals_scalar_for_every_length() {
+    let mut rng = Rng(9);
+    for k in simd() {
+        for n in 0..=70 {
+            let x: Vec<f32> = (0..n)
+                .map(|i| match i % 7 {
+                    0 => rng.f32() * 1e3,
+                    1 => [f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 89.0, -104.0][i % 6],
+                    _ => rng.f32() * 20.0,
+                })
+                .collect();
+            let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+            k.silu(&x, &mut a);
+            ops::silu(k.profile(), &x, &mut b);
+            assert!(a.iter().zip(&b).all(|(x, y)| same(*x, *y)), "{} {} n={n}", k.name(), k.profile());
         }
     }
 }
@@ -165,10 +207,10 @@ proptest! {
     /// Random finite inputs of any length: the f32 dot agrees bit for bit.
     #[test]
     fn dot_f32_bit_identical(x in proptest::collection::vec(-1e6f32..1e6, 0..200), seed in any::<u64>()) {
-        if let Some(k) = FloatKernel::avx2() {
+        for k in simd() {
             let mut rng = Rng(seed | 1);
             let y: Vec<f32> = x.iter().map(|_| rng.f32()).collect();
-            prop_assert!(same(k.dot_f32(&x, &y), ops::dot_f32(&x, &y)));
+            prop_assert!(same(k.dot_f32(&x, &y), ops::dot_f32(k.profile(), &x, &y)));
         }
     }
 }

@@ -123,6 +123,7 @@ impl RefWorker {
             LibraryChoice::Default => hello.u8(0),
             LibraryChoice::Built => hello.u8(1),
             LibraryChoice::Dir(d) => hello.u8(2).str(&d.to_string_lossy()),
+            LibraryChoice::Build(march) => hello.u8(3).str(march),
         };
         let reply = w.call(tag::HELLO, hello, "start-up (loading the reference library)")?;
         let mut d = Dec::new(&reply);

@@ -9,7 +9,7 @@
 use std::io::{self, Read, Write};
 
 /// Bumped on any change of the format; both sides check it in `Hello`.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Frames larger than this are refused (a corrupt length would otherwise allocate wildly).
 /// 1 GiB covers a batch of 2048 positions × 128256 logits.
@@ -20,6 +20,8 @@ pub const ERR: u8 = 1;
 
 /// Request tags.
 pub mod tag {
+    /// `u32` protocol version, `u8` library choice: 0 default, 1 built, 2 a folder (then its
+    /// path), 3 the build for a `-march` (then that value).
     pub const HELLO: u8 = 1;
     pub const LOAD_MODEL: u8 = 2;
     pub const MODEL_INFO: u8 = 3;

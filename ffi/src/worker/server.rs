@@ -11,12 +11,36 @@ use crate::{CaptureFilter, Context, ContextParams, GgufTensors, Model, QuantizeO
 /// Which library a worker should load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LibraryChoice {
-    /// `BITNET_CPP_DIR` at run time if set, else the library built for this crate.
+    /// `BITNET_CPP_DIR` at run time if set, else the default library built for this crate
+    /// (the first `-march` of `BITNET_CPP_MARCH`).
     Default,
-    /// The library built for this crate, ignoring `BITNET_CPP_DIR`.
+    /// The default library built for this crate, ignoring `BITNET_CPP_DIR`.
     Built,
+    /// The library built for this `-march` value (`native`, `x86-64-v3`, ...; see
+    /// [`crate::built_references`]), ignoring `BITNET_CPP_DIR`.
+    Build(String),
     /// A user's folder (prebuilt library plus the headers it was built from).
     Dir(PathBuf),
+}
+
+impl LibraryChoice {
+    /// [`LibraryChoice::Build`] of `march` when given, else [`LibraryChoice::Default`].
+    pub fn from_build(march: Option<&str>) -> LibraryChoice {
+        match march {
+            Some(m) => LibraryChoice::Build(m.to_string()),
+            None => LibraryChoice::Default,
+        }
+    }
+
+    /// Load the chosen library in this process.
+    pub fn open(&self) -> crate::Result<Reference> {
+        match self {
+            LibraryChoice::Default => Reference::open_default(),
+            LibraryChoice::Built => Reference::open_built(),
+            LibraryChoice::Build(march) => Reference::open_build(march),
+            LibraryChoice::Dir(dir) => Reference::open_dir(dir),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -119,14 +143,11 @@ fn handle(state: &mut State, t: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
             let choice = match d.u8("library choice")? {
                 0 => LibraryChoice::Default,
                 1 => LibraryChoice::Built,
-                _ => LibraryChoice::Dir(PathBuf::from(d.str("library dir")?)),
+                2 => LibraryChoice::Dir(PathBuf::from(d.str("library dir")?)),
+                3 => LibraryChoice::Build(d.str("library march")?),
+                other => return Err(format!("unknown library choice {other}")),
             };
-            let r = match choice {
-                LibraryChoice::Default => Reference::open_default(),
-                LibraryChoice::Built => Reference::open_built(),
-                LibraryChoice::Dir(dir) => Reference::open_dir(&dir),
-            }
-            .map_err(e)?;
+            let r = choice.open().map_err(e)?;
             let reply = Enc::new()
                 .json(r.build_info())
                 .str(&r.library_path().to_string_lossy())

@@ -213,6 +213,20 @@ pub fn worker_with(choice: LibraryChoice, env: &[(&str, &str)]) -> RefWorker {
     RefWorker::spawn(cmd, choice).expect("worker starts")
 }
 
+/// True when this crate was built against a user's prebuilt library (`BITNET_CPP_DIR`), which
+/// is one build of unknown `-march`: tests of the per-march builds have nothing to check then.
+pub fn built_from_prebuilt() -> bool {
+    bitnet_cpp::BuildInfo::baked().unwrap().source.kind == "prebuilt"
+}
+
+/// The reference build for `-march=<march>`; a test that needs a build that was not made fails
+/// with a message naming `BITNET_CPP_MARCH`.
+pub fn build_for(march: &str) -> bitnet_cpp::BuiltReference {
+    bitnet_cpp::built_reference(march).unwrap_or_else(|e| {
+        panic!("{e} (the test suite needs the builds of the default BITNET_CPP_MARCH=native,x86-64-v3)")
+    })
+}
+
 pub fn cosine(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);

@@ -16,6 +16,7 @@ use anyhow::{bail, Context};
 use bitnet_cpp::Reference;
 use bitnet_engine::gguf::{GgmlType, GgufFile};
 use bitnet_engine::model::{Model, ModelOptions};
+use bitnet_engine::profile::RefProfile;
 use bitnet_fixtures::rng::Rng;
 
 use super::gemv::median;
@@ -25,12 +26,15 @@ use super::report::{LmHeadResult, LmHeadSpeed};
 pub const REPEATS: usize = 4;
 
 /// Times the lm_head of `model` at `threads` threads over `batches` alternating batches (after
-/// one warm-up batch each). `Ok(None)` when `token_embd` is not F16 (nothing comparable to time).
+/// one warm-up batch each), the Rust engine mirroring `profile` (the reference build's: the
+/// F16 dot products differ between builds). `Ok(None)` when `token_embd` is not F16 (nothing
+/// comparable to time).
 pub fn bench(
     model: &Path,
     threads: usize,
     batches: usize,
     reference: &Reference,
+    profile: RefProfile,
 ) -> anyhow::Result<Option<LmHeadResult>> {
     let file = GgufFile::open(model).with_context(|| format!("cannot open {}", model.display()))?;
     let Some(info) = file.tensor("token_embd.weight") else {
@@ -45,8 +49,9 @@ pub fn bench(
     let mut rng = Rng::for_stream(0x1A4E, "lm-head");
     let h: Vec<f32> = (0..cols).map(|_| rng.normalish(1.0)).collect();
 
-    let mut rust = Model::load(&file, ModelOptions { n_ctx: 1, exact_reference_rounding: true, threads })
-        .context("cannot load the model in the Rust engine")?;
+    let mut rust =
+        Model::load(&file, ModelOptions { n_ctx: 1, exact_reference_rounding: true, threads, profile })
+            .context("cannot load the model in the Rust engine")?;
     let mut cpp = reference
         .f16_matmul(data, rows, cols, REPEATS, threads)
         .context("cannot build the reference's lm_head product")?;

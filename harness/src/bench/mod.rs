@@ -32,6 +32,7 @@ use anyhow::anyhow;
 use bitnet_cpp::Reference;
 use bitnet_engine::gguf::GgufFile;
 use bitnet_engine::model::Config;
+use bitnet_engine::profile::RefProfile;
 
 use crate::exit::{Exit, Failure, OrExit};
 use model::ModelChoice;
@@ -186,6 +187,17 @@ pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
     let reference = Reference::open_default().map_err(|e| {
         Failure::new(Exit::ReferenceUnavailable, anyhow!("cannot load the C++ reference: {e}"))
     })?;
+    // The profile the Rust engine mirrors: the reference build's own (the host's, with a
+    // warning, when the build has none).
+    let isa = reference.build_info().isa.as_ref().map(|i| i.macros.clone()).unwrap_or_default();
+    let profile = crate::run::ProfileChoice::for_build(&isa, crate::run::ProfileSource::BuildInfo, None);
+    if let Some(h) = &profile.hazard {
+        early_warnings.push(format!(
+            "the reference build has no profile ({h}): the Rust engine mirrors the host's {}, and the \
+             lm_head outputs are not expected to match",
+            profile.profile
+        ));
+    }
     let reference_identity = ReferenceIdentity {
         build: reference.build_info().summary(),
         kernels: reference.build_info().kernels.clone(),
@@ -197,7 +209,7 @@ pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
     let mut rust_identity = None;
     for &t in &plan.threads {
         eprintln!("engines at {t} thread(s) …");
-        let (result, rust_ready) = measure_engines(&model_file.path, t, &plan, &config)
+        let (result, rust_ready) = measure_engines(&model_file.path, t, &plan, &config, profile.profile)
             .map_err(|e| Failure::new(Exit::Internal, e))?;
         rust_identity.get_or_insert(rust_ready);
         results.push(result);
@@ -238,8 +250,9 @@ pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
     if !args.no_lm_head {
         for &t in &plan.threads {
             eprintln!("lm_head alone at {t} thread(s) …");
-            if let Some(r) = lm_head::bench(&model_file.path, t, args.gemv_batches as usize, &reference)
-                .or_exit(Exit::Internal)?
+            if let Some(r) =
+                lm_head::bench(&model_file.path, t, args.gemv_batches as usize, &reference, profile.profile)
+                    .or_exit(Exit::Internal)?
             {
                 lm_head_results.push(r);
             }
@@ -329,9 +342,10 @@ fn measure_engines(
     threads: usize,
     plan: &Plan,
     config: &Config,
+    profile: RefProfile,
 ) -> anyhow::Result<(ThreadResult, (String, Option<String>))> {
-    let mut cpp = WorkerHandle::spawn(EngineKind::Cpp, model, threads, plan.n_ctx)?;
-    let mut rust = WorkerHandle::spawn(EngineKind::Rust, model, threads, plan.n_ctx)?;
+    let mut cpp = WorkerHandle::spawn(EngineKind::Cpp, model, threads, plan.n_ctx, profile)?;
+    let mut rust = WorkerHandle::spawn(EngineKind::Rust, model, threads, plan.n_ctx, profile)?;
     let mut decode: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
     let mut prefill: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut methods = [String::new(), String::new()];
@@ -471,7 +485,7 @@ fn warnings(r: &BenchReport) -> Vec<String> {
 
 /// Engine order in a round: reference first in even rounds, Rust first in odd ones.
 fn order(round: usize) -> [usize; 2] {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         [0, 1]
     } else {
         [1, 0]

@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context as _};
 use bitnet_cpp::{ContextParams, Reference};
 use bitnet_engine::gguf::GgufFile;
 use bitnet_engine::model::{Model, ModelOptions};
+use bitnet_engine::profile::RefProfile;
 use serde::{Deserialize, Serialize};
 
 /// Marks the worker's protocol lines on stdout.
@@ -48,6 +49,9 @@ pub struct WorkerArgs {
     pub threads: usize,
     #[arg(long)]
     pub n_ctx: usize,
+    /// The reference-build profile the Rust engine mirrors (the parent's reference's own).
+    #[arg(long, value_parser = crate::run::parse_profile)]
+    pub profile: Option<RefProfile>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,10 +174,15 @@ impl Engine<'_> {
     }
 }
 
-/// Rust engine options: the reference's roundings mirrored (as `harness run` does), and the
-/// threads asked for.
-fn rust_options(n_ctx: usize, threads: usize) -> ModelOptions {
-    ModelOptions { n_ctx, exact_reference_rounding: true, threads }
+/// Rust engine options: the reference's roundings mirrored (as `harness run` does), the
+/// reference build's profile (the host's if the parent gave none), and the threads asked for.
+fn rust_options(n_ctx: usize, threads: usize, profile: Option<RefProfile>) -> ModelOptions {
+    ModelOptions {
+        n_ctx,
+        exact_reference_rounding: true,
+        threads,
+        profile: profile.unwrap_or_else(RefProfile::host),
+    }
 }
 
 /// The child's loop. Returns the process exit code.
@@ -202,9 +211,16 @@ fn serve_inner(args: &WorkerArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let (mut engine, n_vocab, threads_used, n_ctx, kernel, threading) = match args.engine {
         EngineKind::Rust => {
             file = GgufFile::open(&args.model)?;
-            let model = Model::load(&file, rust_options(args.n_ctx, args.threads))?;
+            let options = rust_options(args.n_ctx, args.threads, args.profile);
+            let profile = options.profile;
+            let model = Model::load(&file, options)?;
             let (n_vocab, n_ctx, threads_used) = (model.config().n_vocab, model.n_ctx(), model.threads());
-            let kernel = format!("qk256 {}, float {}", model.kernel_name(), model.float_kernel_name());
+            let kernel = format!(
+                "qk256 {}, float {}, {} reference profile",
+                model.kernel_name(),
+                model.float_kernel_name(),
+                profile
+            );
             let threading =
                 Some("rayon pool made at load: matrix rows and attention heads split".to_string());
             (Engine::Rust(Box::new(model)), n_vocab, threads_used, n_ctx, kernel, threading)
@@ -265,8 +281,15 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// Starts `harness bench-worker` for one engine and waits until its model is loaded.
-    pub fn spawn(engine: EngineKind, model: &Path, threads: usize, n_ctx: usize) -> anyhow::Result<Self> {
+    /// Starts `harness bench-worker` for one engine and waits until its model is loaded; the
+    /// Rust engine mirrors `profile`.
+    pub fn spawn(
+        engine: EngineKind,
+        model: &Path,
+        threads: usize,
+        n_ctx: usize,
+        profile: RefProfile,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the harness binary")?;
         let mut cmd = Command::new(exe);
         cmd.arg("bench-worker")
@@ -281,6 +304,8 @@ impl WorkerHandle {
             .arg(threads.to_string())
             .arg("--n-ctx")
             .arg(n_ctx.to_string())
+            .arg("--profile")
+            .arg(profile.name())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -23,23 +23,30 @@ pub fn render(old: &LoadedReceipt, new: &LoadedReceipt, d: &DiffReport) -> Strin
     let _ = writeln!(
         b,
         "<table>\n<tr><th></th><th>receipt</th><th>written</th><th>verdict</th><th class=\"num\">positions</th>\
-         <th>Rust kernel</th><th>reference</th></tr>"
+         <th>Rust kernel</th><th>reference profile</th><th>reference</th></tr>"
     );
     for (name, colour, l) in [("old", OLD_COLOUR, old), ("new", NEW_COLOUR, new)] {
         let r = &l.receipt;
         let _ = writeln!(
             b,
             "<tr><td><span class=\"sw\" style=\"display:inline-block;width:11px;height:11px;background:{colour}\"></span> {name}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             code(&l.path.display().to_string()),
             esc(&r.created_at),
             verdict_badge(&r.verdict.status),
             r.summary.positions,
             code(&r.engines.rust.kernel),
+            super::page::profile_text(r),
             code(&r.engines.reference.source),
         );
     }
     b.push_str("</table>\n");
+    if d.profiles_differ {
+        b.push_str(
+            "<div class=\"warn\">The two runs mirrored different reference-build profiles: their logits \
+             come from different float code and are not expected to agree.</div>\n",
+        );
+    }
     for side in [&d.old, &d.new] {
         if !side.ignored_fields.is_empty() {
             let _ = writeln!(

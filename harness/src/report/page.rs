@@ -212,6 +212,22 @@ pub fn case_plot(case: &Case, series: Vec<Series<'_>>, rc: &Receipt) -> String {
     format!("<div class=\"plot\">{}</div>\n", plot::render(&p))
 }
 
+/// `<code>avx512</code> profile (from build-info)` (HTML), or "not recorded" for receipts
+/// written before profiles were.
+pub fn profile_text(rc: &Receipt) -> String {
+    match &rc.engines.rust.reference_profile {
+        None => "not recorded (receipt schema 1.0)".to_string(),
+        Some(p) => {
+            let source = match p.source.as_str() {
+                "override" => "chosen by --reference-profile".to_string(),
+                "host" => "the host's: the build has no profile".to_string(),
+                other => format!("from {}", esc(other)),
+            };
+            format!("{} profile ({source})", code(&p.name))
+        }
+    }
+}
+
 fn identity(rc: &Receipt) -> String {
     let mut s = String::from("<h2 id=\"identity\">Engines and model</h2>\n");
     let m = &rc.model;
@@ -235,6 +251,7 @@ fn identity(rc: &Receipt) -> String {
         ("kernel", code(&rust.kernel)),
         ("mirrors the reference's f16 roundings", rust.exact_reference_rounding.to_string()),
         ("threads", rust.threads.to_string()),
+        ("mirrors the reference build", profile_text(rc)),
         ("injected fault", rust.injected_fault.as_deref().map_or("none".to_string(), code)),
     ]));
     let r = &rc.engines.reference;
@@ -253,6 +270,12 @@ fn identity(rc: &Receipt) -> String {
             ),
         ),
         ("ISA", code(&r.isa.join(" "))),
+        (
+            "profile hazard",
+            r.profile_hazard.as_deref().map_or("none".to_string(), |h| {
+                format!("<span class=\"warn\">no profile mirrors this build: {}</span>", esc(h))
+            }),
+        ),
         ("library", opt(&r.library_path)),
         ("threads", r.threads.to_string()),
         ("KV cache", code(&r.kv_cache_type)),

@@ -2,6 +2,7 @@
 
 mod identity;
 mod inputs;
+mod profile;
 mod reference;
 mod table;
 mod verdict;
@@ -15,6 +16,7 @@ use anyhow::anyhow;
 use bitnet_cpp::worker::{LibraryChoice, WorkerError};
 use bitnet_engine::gguf::GgufFile;
 use bitnet_engine::model::{Config, Fault, Model, ModelError, ModelOptions};
+use bitnet_engine::profile::RefProfile;
 use bitnet_engine::tokenizer::Tokenizer;
 use sha2::{Digest, Sha256};
 
@@ -27,8 +29,11 @@ use crate::receipt::{
 use crate::report::term::{Paint, Progress};
 pub use identity::{model_info, sha256_hex, tool_info};
 pub use inputs::{resolve_model, DEFAULT_FIXTURE_NAME};
+pub use profile::{parse_profile, ProfileChoice, ProfileSource};
 pub use reference::spawn_worker;
-use reference::{engine_identity, LiveReference, SavedCase, SavedFooter, SavedReference, SavedWriter};
+use reference::{
+    engine_identity, library_choice, LiveReference, SavedCase, SavedFooter, SavedReference, SavedWriter,
+};
 pub use verdict::judge;
 
 /// Whose token ids to use when the two tokenizers disagree.
@@ -77,12 +82,21 @@ pub struct RunArgs {
     /// Save the reference's token ids, logits (lossless) and identity to FILE.
     #[arg(long, value_name = "FILE")]
     pub save_reference: Option<PathBuf>,
+    /// Run against the reference built for this `-march` (`native`, `x86-64-v3`, ...: an entry
+    /// of `BITNET_CPP_MARCH` at build time) instead of the default build. Ignored with `--reference`.
+    #[arg(long, env = "BITNET_CPP_BUILD", value_name = "MARCH")]
+    pub reference_build: Option<String>,
     /// Compare against a saved reference instead of running bitnet.cpp (same model required).
     #[arg(long, value_name = "FILE", conflicts_with = "save_reference")]
     pub reference: Option<PathBuf>,
     /// Cosine under which a position counts as the first divergence and the run fails.
     #[arg(long, value_name = "X")]
     pub min_cosine: Option<f64>,
+    /// Mirror this reference-build profile (avx2, avx512) instead of the one the reference's
+    /// own build implies (its build-info, or a saved reference's footer): for experiments.
+    /// Also compares against a build that has no profile without failing the verdict on it.
+    #[arg(long, value_name = "PROFILE", value_parser = parse_profile)]
+    pub reference_profile: Option<RefProfile>,
     /// Compare the engines layer by layer at one position: `--trace` (or `always`) at the first
     /// divergence, else at the last position of the first prompt; `auto` only when something
     /// diverged; `CASE:POS` (1-based case, 0-based position) at that position.
@@ -143,7 +157,8 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     let limit = args.n_ctx.unwrap_or(config.n_ctx_train);
     let tokenizer = Tokenizer::from_gguf(&file).or_exit(Exit::ModelInvalid)?;
     // Hyper-parameters that contradict the tensors are the model's fault (exit 5): find them
-    // before the reference does, which would refuse the same file less clearly (exit 4).
+    // before the reference does, which would refuse the same file less clearly (exit 4). (This
+    // load only validates; the profile, unknown until the reference is up, changes no check.)
     drop(
         Model::load(
             &file,
@@ -163,12 +178,16 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     // Start the reference now: it loads the model in its own process while this one hashes
     // the file and loads the Rust engine. (If something below fails first,
     // the worker sees its pipe close and exits.)
+    let library = match &args.reference {
+        None => library_choice(args.reference_build.as_deref())?,
+        Some(_) => LibraryChoice::Default,
+    };
     let starting_reference = args.reference.is_none().then(|| {
         ui.step("starting the C++ reference (it loads the model)");
         let (path, n_ctx) = (src.path.clone(), provisional_ctx(limit));
         std::thread::spawn(move || {
             let t = Instant::now();
-            let live = LiveReference::start(LibraryChoice::Default, &path, n_ctx, threads);
+            let live = LiveReference::start(library, &path, n_ctx, threads);
             (live, t.elapsed().as_secs_f64())
         })
     });
@@ -244,6 +263,24 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
             RefSide::Live(Box::new(live))
         }
     };
+
+    // The profile the Rust engine mirrors: the reference build's own (known now, before the
+    // engine that evaluates is loaded), unless --reference-profile chooses.
+    let from = match side {
+        RefSide::Live(_) => ProfileSource::BuildInfo,
+        RefSide::Saved(_) => ProfileSource::SavedReference,
+    };
+    let profile = ProfileChoice::for_build(&reference_identity.isa, from, args.reference_profile);
+    reference_identity.profile_hazard = profile.hazard.clone();
+    if let Some(w) = profile.warning() {
+        // Shown even with --quiet: unless overridden, it decides the verdict.
+        if args.quiet {
+            eprintln!("{w}");
+        } else {
+            say(&w);
+        }
+    }
+    say(&format!("reference profile: {} ({})", profile.profile, profile.source));
 
     // Tokenize with both, and decide the ids.
     for (i, prompt) in prompts.iter().enumerate() {
@@ -351,8 +388,11 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     let exact = !args.no_exact_rounding;
     ui.step("loading the Rust engine");
     let t_load = Instant::now();
-    let mut model = Model::load(&file, ModelOptions { n_ctx, exact_reference_rounding: exact, threads })
-        .map_err(model_failure)?;
+    let mut model = Model::load(
+        &file,
+        ModelOptions { n_ctx, exact_reference_rounding: exact, threads, profile: profile.profile },
+    )
+    .map_err(model_failure)?;
     model.set_fault(args.inject_fault);
     if let Some(f) = args.inject_fault {
         say(&format!(
@@ -593,6 +633,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
                 exact_reference_rounding: exact,
                 threads,
                 injected_fault: args.inject_fault.map(|f| f.to_string()),
+                reference_profile: Some(profile.record()),
             },
             reference: reference_identity.clone(),
         },

@@ -10,6 +10,7 @@ use bitnet_cpp::worker::{LibraryChoice, RefWorker, WorkerError};
 use bitnet_cpp::{BuildInfo, ContextParams};
 use serde::{Deserialize, Serialize};
 
+use crate::exit::{Exit, Failure};
 use crate::receipt::ReferenceEngine;
 
 /// How the reference process is started: the harness binary itself, re-executed as the
@@ -29,6 +30,21 @@ pub fn spawn_worker(library: LibraryChoice) -> Result<RefWorker, WorkerError> {
     RefWorker::spawn(cmd, library)
 }
 
+/// The library a live run loads: the build for `--reference-build MARCH` (`BITNET_CPP_BUILD`),
+/// else the default (`BITNET_CPP_DIR` at run time if set, else the first build). A build this
+/// harness was not built with is exit 4, in one line naming those it was built with.
+pub fn library_choice(build: Option<&str>) -> Result<LibraryChoice, Failure> {
+    match build.filter(|m| !m.is_empty()) {
+        None => Ok(LibraryChoice::Default),
+        Some(march) => match bitnet_cpp::built_reference(march) {
+            Ok(_) => Ok(LibraryChoice::Build(march.to_string())),
+            Err(e) => {
+                Err(Failure::new(Exit::ReferenceUnavailable, anyhow!("--reference-build {march}: {e}")))
+            }
+        },
+    }
+}
+
 /// What the reference computes, for the receipt.
 pub fn engine_identity(info: &BuildInfo, library: Option<&Path>, threads: usize) -> ReferenceEngine {
     let source = match (info.source.kind.as_str(), &info.source.package) {
@@ -46,6 +62,8 @@ pub fn engine_identity(info: &BuildInfo, library: Option<&Path>, threads: usize)
         threads,
         kv_cache_type: "f16".into(),
         flash_attention: false,
+        // Set by the run, which decides the profile (see `profile.rs`).
+        profile_hazard: None,
     }
 }
 

@@ -115,6 +115,9 @@ pub fn render(r: &Receipt, paint: Paint) -> String {
     }
     let mut out = String::new();
     let _ = writeln!(out, "{table}");
+    if let Some(line) = profile_line(r, paint) {
+        let _ = writeln!(out, "{line}");
+    }
     let reasons = if r.verdict.reasons.is_empty() {
         String::new()
     } else {
@@ -122,6 +125,21 @@ pub fn render(r: &Receipt, paint: Paint) -> String {
     };
     let _ = writeln!(out, "verdict: {}{reasons}", paint.verdict(&r.verdict.status));
     out
+}
+
+/// `reference profile: avx512 (from build-info)`, with the hazard when the build has none.
+fn profile_line(r: &Receipt, paint: Paint) -> Option<String> {
+    let p = r.engines.rust.reference_profile.as_ref()?;
+    let source = match p.source.as_str() {
+        "override" => "chosen by --reference-profile".to_string(),
+        "host" => "the host's".to_string(),
+        other => format!("from {other}"),
+    };
+    let hazard = r.engines.reference.profile_hazard.as_ref().map_or(String::new(), |h| {
+        let tone = if p.source == "override" { Tone::Warn } else { Tone::Bad };
+        paint.paint(tone, &format!(" — the reference build has no profile: {h}"))
+    });
+    Some(format!("reference profile: {} ({source}){hazard}", p.name))
 }
 
 #[cfg(test)]

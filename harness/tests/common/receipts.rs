@@ -63,6 +63,23 @@ pub fn edited(src: &Path, dir: &Path, name: &str, edit: impl FnOnce(&mut Value))
     path
 }
 
+/// Edits the JSON footer of the saved reference at `path` in place. The file's layout:
+/// MAGIC(16) | u32 format | logits | JSON footer | u64 footer length | MAGIC(16).
+pub fn rewrite_footer(path: &Path, edit: impl FnOnce(&mut Value)) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = bytes.len();
+    let len = u64::from_le_bytes(bytes[n - 24..n - 16].try_into().unwrap()) as usize;
+    let start = n - 24 - len;
+    let mut footer: Value = serde_json::from_slice(&bytes[start..n - 24]).unwrap();
+    edit(&mut footer);
+    let json = serde_json::to_vec(&footer).unwrap();
+    let mut out = bytes[..start].to_vec();
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&bytes[n - 16..]);
+    std::fs::write(path, out).unwrap();
+}
+
 /// The project root (`receipts/` lives there).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -180,6 +197,7 @@ pub fn maximal() -> Receipt {
                 exact_reference_rounding: true,
                 threads: 1,
                 injected_fault: Some("rope-adjacent@1".into()),
+                reference_profile: Some(ReferenceProfile { name: "avx2".into(), source: "override".into() }),
             },
             reference: ReferenceEngine {
                 source: "registry:bitnet-llm-sys-1.0.2".into(),
@@ -191,6 +209,11 @@ pub fn maximal() -> Receipt {
                 threads: 1,
                 kv_cache_type: "f16".into(),
                 flash_attention: false,
+                profile_hazard: Some(
+                    "no AVX2 with FMA and F16C: ggml's 4-lane or scalar float code is not mirrored \
+                     (deciding macros: __AVX2__)"
+                        .into(),
+                ),
             },
         },
         settings: Settings {
@@ -286,6 +309,8 @@ pub fn minimal() -> Receipt {
     r.engines.reference.version = None;
     r.engines.reference.compiler = None;
     r.engines.reference.library_path = None;
+    r.engines.reference.profile_hazard = None;
+    r.engines.rust.reference_profile = None;
     r.settings.max_tokens = None;
     r.settings.ids_from = None;
     r.settings.thresholds.max_first_divergence = None;

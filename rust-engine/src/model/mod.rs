@@ -45,6 +45,7 @@ mod weights;
 use crate::gguf::GgufFile;
 use crate::ops::{FloatKernel, Rope};
 use crate::parallel::Pool;
+use crate::profile::RefProfile;
 use crate::quant::{FlavorDetection, Qk256Kernel};
 
 use attention::AttnScratch;
@@ -70,11 +71,14 @@ pub struct ModelOptions {
     /// Threads computing each token (matrix rows and attention heads are split between
     /// them); created once at load. Results do not depend on it. Default 1.
     pub threads: usize,
+    /// The reference build whose float numerics to mirror (see [`crate::profile`]). Default:
+    /// what a `-march=native` build of the reference on this CPU computes.
+    pub profile: RefProfile,
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { n_ctx: 512, exact_reference_rounding: true, threads: 1 }
+        ModelOptions { n_ctx: 512, exact_reference_rounding: true, threads: 1, profile: RefProfile::host() }
     }
 }
 
@@ -125,7 +129,7 @@ impl<'a> Model<'a> {
         let s = Scratch::new(c, 1, qk256);
         let pool = Pool::new(options.threads)?;
         let attn = (0..pool.threads()).map(|_| AttnScratch::new(cache.n_ctx, c.head_dim)).collect();
-        let kernel = FloatKernel::matching(qk256);
+        let kernel = FloatKernel::matching(qk256, options.profile);
         Ok(Model {
             rope: Rope::new(c.head_dim, c.rope_freq_base),
             config,
@@ -167,9 +171,23 @@ impl<'a> Model<'a> {
         self.qk256.name()
     }
 
-    /// Name of the float kernels in use (`avx2`, `scalar`): dots, f16 conversion, softmax.
+    /// Name of the float kernels in use (`avx512`, `avx2`, `scalar`): dots, f16 conversion,
+    /// softmax.
     pub fn float_kernel_name(&self) -> &'static str {
         self.kernel.name()
+    }
+
+    /// The reference build whose float numerics the model mirrors.
+    pub fn profile(&self) -> RefProfile {
+        self.options.profile
+    }
+
+    /// Switches the float kernels (never a bit of the result) or the profile they mirror
+    /// (the bits of every F16/F32 product and softmax); the QK256 kernel stays. For tests
+    /// that prove every kernel computes every profile alike.
+    pub fn set_float_kernel(&mut self, kernel: FloatKernel) {
+        self.options.profile = kernel.profile();
+        self.kernel = kernel;
     }
 
     /// Switches every kernel: the QK256 kernel of every ternary matrix and of activation
@@ -177,7 +195,7 @@ impl<'a> Model<'a> {
     /// identical for every choice; this exists to prove it, and to time the kernels.
     pub fn set_kernel(&mut self, qk256: Qk256Kernel) {
         self.qk256 = qk256;
-        self.kernel = FloatKernel::matching(qk256);
+        self.kernel = FloatKernel::matching(qk256, self.options.profile);
         self.token_embd.set_kernel(qk256);
         for layer in &mut self.layers {
             for m in layer.linears_mut() {

@@ -1,10 +1,13 @@
-//! AVX2 + FMA + F16C twins of the scalar float kernels in `dot.rs` and `softmax.rs`.
+//! AVX2 + FMA + F16C twins of the scalar float kernels in `dot.rs` and `softmax.rs`, for
+//! both reference-build profiles.
 //!
 //! They compute the same operations in the same order as the scalar emulation of ggml's
-//! lanes (which is itself what ggml's AVX2 build executes), so results are bit-identical;
-//! `tests` below and `tests/ops_kernels.rs` hold each pair together. Loading an f16 as f32
-//! (`vcvtph2ps`) is exact, so an f16 operand may be converted once up front and then read
-//! as f32 without changing any product.
+//! lanes, so results are bit-identical; `tests/ops_kernels.rs` holds each pair together.
+//! The const parameter `H` is the number of 8-lane registers that make one of the
+//! reference's vectors: 1 mirrors an AVX2 build, 2 an AVX-512 build (the low and high
+//! halves of its 16 lanes, each half computing exactly what that half of a 512-bit
+//! instruction computes). Loading an f16 as f32 (`vcvtph2ps`) is exact, so an f16 operand
+//! may be converted once up front and then read as f32 without changing any product.
 
 #![allow(unsafe_code)]
 
@@ -12,8 +15,11 @@ use std::arch::x86_64::*;
 
 use super::dot::f16_to_f32;
 
-/// Elements per step: 4 accumulators × 8 lanes (ggml's `GGML_F16_STEP`/`GGML_F32_STEP`).
-const STEP: usize = 32;
+/// Elements per step with `H` registers a vector: 4 accumulators × 8H lanes (ggml's
+/// `GGML_F16_STEP`/`GGML_F32_STEP`).
+const fn step(h: usize) -> usize {
+    32 * h
+}
 
 /// Proof that this CPU has AVX2, FMA and F16C: only [`detect`](Self::detect) creates one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,15 +34,39 @@ impl Avx2Fma {
     }
 }
 
-/// ggml's `GGML_F32x8_REDUCE` of four accumulators: (0+2, 1+3), then 0+1, then the two
-/// 128-bit halves, then two horizontal adds: `(l0+l1) + (l2+l3)`.
+/// ggml's reduction of four accumulators: (0+2, 1+3), then 0+1, then the lanes: for one
+/// register (`GGML_F32x8_REDUCE`) the two 128-bit halves, then two horizontal adds:
+/// `(l0+l1) + (l2+l3)`; for two, gcc's `_mm512_reduce_add_ps` ([`lane_sum16`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn reduce(acc: [__m256; 4]) -> f32 {
-    let a = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
-    let t = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
-    let t = _mm_hadd_ps(t, t);
-    _mm_cvtss_f32(_mm_hadd_ps(t, t))
+fn reduce<const H: usize>(acc: [[__m256; H]; 4]) -> f32 {
+    let a: [__m256; H] = std::array::from_fn(|h| {
+        _mm256_add_ps(_mm256_add_ps(acc[0][h], acc[2][h]), _mm256_add_ps(acc[1][h], acc[3][h]))
+    });
+    if H == 1 {
+        let t = _mm_add_ps(_mm256_castps256_ps128(a[0]), _mm256_extractf128_ps::<1>(a[0]));
+        let t = _mm_hadd_ps(t, t);
+        _mm_cvtss_f32(_mm_hadd_ps(t, t))
+    } else {
+        lane_sum16(a[0], a[1])
+    }
+}
+
+/// gcc's `_mm512_reduce_add_ps` of the 16 lanes `lo`, `hi`: the halves added, then the
+/// 128-bit halves, then `(t0+t2) + (t1+t3)`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn lane_sum16(lo: __m256, hi: __m256) -> f32 {
+    let h = _mm256_add_ps(hi, lo);
+    quad_sum(_mm_add_ps(_mm256_extractf128_ps::<1>(h), _mm256_castps256_ps128(h)))
+}
+
+/// `(t0+t2) + (t1+t3)` of four lanes (movehl, then movehdup).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quad_sum(t: __m128) -> f32 {
+    let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
 }
 
 /// Eight f16 (little-endian, any alignment) at `p`, as f32.
@@ -80,31 +110,37 @@ unsafe fn load_vector(y: Vector, i: usize) -> __m256 {
 /// and 2 KiB ahead were worse than none.
 const PREFETCH_BYTES: usize = 512;
 
-/// Four-accumulator FMA sums over `np` (a multiple of 32) elements of `R` f16 rows against
-/// one vector, reduced the ggml way. The vector is loaded once per step for all rows.
+/// Four-accumulator FMA sums over `np` (a multiple of `step(H)`) elements of `R` f16 rows
+/// against one vector, reduced the ggml way. The vector is loaded once per step for all rows.
 ///
 /// # Safety
 /// Each `w[r]` must be valid for `2·np` bytes and `y` for `np` elements.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_rows_body<const R: usize>(w: [*const u8; R], y: Vector, np: usize) -> [f32; R] {
-    let mut acc = [[_mm256_setzero_ps(); 4]; R];
+unsafe fn f16_rows_body<const R: usize, const H: usize>(w: [*const u8; R], y: Vector, np: usize) -> [f32; R] {
+    let mut acc = [[[_mm256_setzero_ps(); H]; 4]; R];
     let mut i = 0;
     while i < np {
         for w_r in w {
-            // A hint: it never faults, so an address past the row (wrapping_add) is fine.
-            _mm_prefetch::<_MM_HINT_T0>(w_r.wrapping_add(2 * i + PREFETCH_BYTES) as *const i8);
-        }
-        for j in 0..4 {
-            // SAFETY: i + 8j + 8 <= np, within both operands (caller contract).
-            let yv = unsafe { load_vector(y, i + 8 * j) };
-            for (acc_r, w_r) in acc.iter_mut().zip(w) {
-                // SAFETY: as above, bytes 2(i + 8j) .. 2(i + 8j) + 16 of row r.
-                let wv = unsafe { load_f16(w_r.add(2 * (i + 8 * j))) };
-                acc_r[j] = _mm256_fmadd_ps(wv, yv, acc_r[j]);
+            for line in 0..H {
+                // A hint: it never faults, so an address past the row (wrapping_add) is fine.
+                let at = 2 * i + 64 * line + PREFETCH_BYTES;
+                _mm_prefetch::<_MM_HINT_T0>(w_r.wrapping_add(at) as *const i8);
             }
         }
-        i += STEP;
+        for j in 0..4 {
+            for h in 0..H {
+                let at = i + 8 * (j * H + h);
+                // SAFETY: at + 8 <= np, within both operands (caller contract).
+                let yv = unsafe { load_vector(y, at) };
+                for (acc_r, w_r) in acc.iter_mut().zip(w) {
+                    // SAFETY: as above, bytes 2·at .. 2·at + 16 of row r.
+                    let wv = unsafe { load_f16(w_r.add(2 * at)) };
+                    acc_r[j][h] = _mm256_fmadd_ps(wv, yv, acc_r[j][h]);
+                }
+            }
+        }
+        i += step(H);
     }
     acc.map(|a| reduce(a))
 }
@@ -113,14 +149,18 @@ unsafe fn f16_rows_body<const R: usize>(w: [*const u8; R], y: Vector, np: usize)
 ///
 /// # Panics
 /// If a row's byte length differs from `2·y.len()`.
-pub(crate) fn dot_f16_bytes_rows<const R: usize>(_t: Avx2Fma, rows: [&[u8]; R], y: &[f32]) -> [f32; R] {
+pub(crate) fn dot_f16_bytes_rows<const R: usize, const H: usize>(
+    _t: Avx2Fma,
+    rows: [&[u8]; R],
+    y: &[f32],
+) -> [f32; R] {
     let n = y.len();
     for r in &rows {
         assert_eq!(r.len(), 2 * n, "f16 row and vector differ in length");
     }
-    let np = n & !(STEP - 1);
+    let np = n & !(step(H) - 1);
     // SAFETY: the token proves the features; every row holds 2n >= 2np bytes and y holds n >= np.
-    let heads = unsafe { f16_rows_body::<R>(rows.map(|r| r.as_ptr()), Vector::F32(y.as_ptr()), np) };
+    let heads = unsafe { f16_rows_body::<R, H>(rows.map(|r| r.as_ptr()), Vector::F32(y.as_ptr()), np) };
     let mut out = [0f32; R];
     for ((o, head), row) in out.iter_mut().zip(heads).zip(rows) {
         let mut sum = f64::from(head);
@@ -137,15 +177,19 @@ pub(crate) fn dot_f16_bytes_rows<const R: usize>(_t: Avx2Fma, rows: [&[u8]; R], 
 ///
 /// # Panics
 /// If a row's byte length differs from `2·y.len()`.
-pub(crate) fn dot_f16_bytes_rows_f16<const R: usize>(_t: Avx2Fma, rows: [&[u8]; R], y: &[u16]) -> [f32; R] {
+pub(crate) fn dot_f16_bytes_rows_f16<const R: usize, const H: usize>(
+    _t: Avx2Fma,
+    rows: [&[u8]; R],
+    y: &[u16],
+) -> [f32; R] {
     let n = y.len();
     for r in &rows {
         assert_eq!(r.len(), 2 * n, "f16 row and vector differ in length");
     }
-    let np = n & !(STEP - 1);
+    let np = n & !(step(H) - 1);
     // SAFETY: the token proves the features; every row holds 2n >= 2np bytes and y holds n >= np.
     let heads =
-        unsafe { f16_rows_body::<R>(rows.map(|r| r.as_ptr()), Vector::F16(y.as_ptr() as *const u8), np) };
+        unsafe { f16_rows_body::<R, H>(rows.map(|r| r.as_ptr()), Vector::F16(y.as_ptr() as *const u8), np) };
     let mut out = [0f32; R];
     for ((o, head), row) in out.iter_mut().zip(heads).zip(rows) {
         let mut sum = f64::from(head);
@@ -159,58 +203,31 @@ pub(crate) fn dot_f16_bytes_rows_f16<const R: usize>(_t: Avx2Fma, rows: [&[u8]; 
 }
 
 /// `dot_f16_f32` (see `dot.rs`): f16 values against f32 values.
-pub(crate) fn dot_f16_f32(_t: Avx2Fma, x: &[u16], y: &[f32]) -> f32 {
+pub(crate) fn dot_f16_f32<const H: usize>(t: Avx2Fma, x: &[u16], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len());
-    let n = y.len();
-    let np = n & !(STEP - 1);
-    // SAFETY: the token proves the features; x holds 2n >= 2np bytes and y holds n >= np.
-    let [head] = unsafe { f16_rows_body::<1>([x.as_ptr() as *const u8], Vector::F32(y.as_ptr()), np) };
-    let mut sum = f64::from(head);
-    for k in np..n {
-        sum += f64::from(f16_to_f32(x[k]) * y[k]);
-    }
-    sum as f32
+    let x: &[u8] = bytes_of(x);
+    dot_f16_bytes_rows::<1, H>(t, [x], y)[0]
 }
 
 /// `dot_f16` of two f16 vectors.
-pub(crate) fn dot_f16(_t: Avx2Fma, x: &[u16], y: &[u16]) -> f32 {
+pub(crate) fn dot_f16<const H: usize>(t: Avx2Fma, x: &[u16], y: &[u16]) -> f32 {
     assert_eq!(x.len(), y.len());
-    let n = x.len();
-    let np = n & !(STEP - 1);
-    // SAFETY: the token proves the features; both vectors hold n >= np elements.
-    let head = unsafe { dot_f16_body(x.as_ptr() as *const u8, y.as_ptr() as *const u8, np) };
-    let mut sum = f64::from(head);
-    for k in np..n {
-        sum += f64::from(f16_to_f32(x[k]) * f16_to_f32(y[k]));
-    }
-    sum as f32
+    dot_f16_bytes_rows_f16::<1, H>(t, [bytes_of(x)], y)[0]
 }
 
-/// # Safety
-/// `x` and `y` must be valid for `2·np` bytes.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_f16_body(x: *const u8, y: *const u8, np: usize) -> f32 {
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i < np {
-        for (j, a) in acc.iter_mut().enumerate() {
-            let at = 2 * (i + 8 * j);
-            // SAFETY: at + 16 <= 2np (caller contract).
-            let (xv, yv) = unsafe { (load_f16(x.add(at)), load_f16(y.add(at))) };
-            *a = _mm256_fmadd_ps(xv, yv, *a);
-        }
-        i += STEP;
-    }
-    reduce(acc)
+/// The little-endian bytes of f16 bits (x86 is little-endian: a reinterpretation).
+pub(crate) fn bytes_of(x: &[u16]) -> &[u8] {
+    // SAFETY: u8 has no alignment or validity requirement; the length covers the same bytes.
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, 2 * x.len()) }
 }
 
 /// `dot_f32` of two f32 vectors.
-pub(crate) fn dot_f32(_t: Avx2Fma, x: &[f32], y: &[f32]) -> f32 {
+pub(crate) fn dot_f32<const H: usize>(_t: Avx2Fma, x: &[f32], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len());
     let n = x.len();
-    let np = n & !(STEP - 1);
+    let np = n & !(step(H) - 1);
     // SAFETY: the token proves the features; both vectors hold n >= np elements.
-    let mut sum = unsafe { dot_f32_body(x.as_ptr(), y.as_ptr(), np) };
+    let mut sum = unsafe { dot_f32_body::<H>(x.as_ptr(), y.as_ptr(), np) };
     for k in np..n {
         sum += x[k] * y[k];
     }
@@ -220,16 +237,19 @@ pub(crate) fn dot_f32(_t: Avx2Fma, x: &[f32], y: &[f32]) -> f32 {
 /// # Safety
 /// `x` and `y` must be valid for `np` f32s.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_f32_body(x: *const f32, y: *const f32, np: usize) -> f32 {
-    let mut acc = [_mm256_setzero_ps(); 4];
+unsafe fn dot_f32_body<const H: usize>(x: *const f32, y: *const f32, np: usize) -> f32 {
+    let mut acc = [[_mm256_setzero_ps(); H]; 4];
     let mut i = 0;
     while i < np {
         for (j, a) in acc.iter_mut().enumerate() {
-            // SAFETY: i + 8j + 8 <= np (caller contract).
-            let (xv, yv) = unsafe { (_mm256_loadu_ps(x.add(i + 8 * j)), _mm256_loadu_ps(y.add(i + 8 * j))) };
-            *a = _mm256_fmadd_ps(xv, yv, *a);
+            for (h, a) in a.iter_mut().enumerate() {
+                let at = i + 8 * (j * H + h);
+                // SAFETY: at + 8 <= np (caller contract).
+                let (xv, yv) = unsafe { (_mm256_loadu_ps(x.add(at)), _mm256_loadu_ps(y.add(at))) };
+                *a = _mm256_fmadd_ps(xv, yv, *a);
+            }
         }
-        i += STEP;
+        i += step(H);
     }
     reduce(acc)
 }
@@ -324,21 +344,104 @@ fn exp8(x: __m256) -> __m256 {
     )
 }
 
-/// The exponentiation pass of ggml's `ggml_vec_soft_max_f32` over whole groups of eight:
-/// `x[i] = exp(x[i] − max)`, returning the f64 sum of each group's horizontal f32 sum.
-/// Elements past the last whole group are left to the caller.
-pub(crate) fn exp_sub_sum(_t: Avx2Fma, x: &mut [f32], max: f32) -> f64 {
+/// Eight lanes of the AVX-512 build's `ggml_v_expf` (see `softmax.rs`): `scalef(j, n)`,
+/// then 0 or ∞ past `|n| > 192`. `scalef` is `j·2ⁿ` rounded once; here `j·2^⌊n/2⌋` is
+/// exact (a normal float for `|n| ≤ 192`) and the second factor rounds once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp8_avx512(x: __m256) -> __m256 {
+    let r = _mm256_set1_ps(12_582_912.0);
+    let z = _mm256_fmadd_ps(x, _mm256_set1_ps(f32::from_bits(0x3fb8_aa3b)), r);
+    let n = _mm256_sub_ps(z, r);
+    let b = _mm256_fnmadd_ps(
+        n,
+        _mm256_set1_ps(f32::from_bits(0x35bf_be8e)),
+        _mm256_fnmadd_ps(n, _mm256_set1_ps(f32::from_bits(0x3f31_7200)), x),
+    );
+    let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+    let d = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(
+                _mm256_set1_ps(f32::from_bits(0x3c07_2010)),
+                b,
+                _mm256_set1_ps(f32::from_bits(0x3d2b_9f17)),
+            ),
+            u,
+            _mm256_fmadd_ps(
+                _mm256_set1_ps(f32::from_bits(0x3e2a_af33)),
+                b,
+                _mm256_set1_ps(f32::from_bits(0x3eff_fedb)),
+            ),
+        ),
+        u,
+        _mm256_fmadd_ps(_mm256_set1_ps(f32::from_bits(0x3f7f_fff6)), b, _mm256_set1_ps(1.0)),
+    );
+    // n is integral here; lanes with |n| > 192 or ±∞ are replaced below, and a NaN lane has
+    // a NaN j, so its result stays NaN whatever the conversion made of n.
+    let ni = _mm256_cvtps_epi32(n);
+    let a = _mm256_srai_epi32::<1>(ni);
+    let pow2 = |k: __m256i| {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(k, _mm256_set1_epi32(127))))
+    };
+    let res = _mm256_mul_ps(_mm256_mul_ps(j, pow2(a)), pow2(_mm256_sub_epi32(ni, a)));
+    if _mm256_movemask_ps(d) == 0 {
+        return res;
+    }
+    let neg = _mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps());
+    let alt = _mm256_andnot_ps(neg, _mm256_set1_ps(f32::INFINITY));
+    _mm256_blendv_ps(res, alt, d)
+}
+
+/// One vector of the profile's `ggml_v_expf`: `H` registers of eight lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp_vector<const H: usize>(x: [__m256; H]) -> [__m256; H] {
+    x.map(|v| if H == 1 { exp8(v) } else { exp8_avx512(v) })
+}
+
+/// The exponentiation pass of ggml's `ggml_vec_soft_max_f32` over whole vectors of `8H`
+/// lanes: `x[i] = exp(x[i] − max)`, returning the f64 sum of each vector's horizontal f32
+/// sum. Elements past the last whole vector are left to the caller.
+pub(crate) fn exp_sub_sum<const H: usize>(_t: Avx2Fma, x: &mut [f32], max: f32) -> f64 {
     let mut sum = 0f64;
-    for c in x.chunks_exact_mut(8) {
-        // SAFETY: the token proves the features; the chunk holds 8 f32s; unaligned load/store.
+    for c in x.chunks_exact_mut(8 * H) {
+        // SAFETY: the token proves the features; the chunk holds 8H f32s; unaligned loads/stores.
         let s = unsafe {
-            let v = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), _mm256_set1_ps(max)));
-            _mm256_storeu_ps(c.as_mut_ptr(), v);
-            let h = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
-            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
+            let m = _mm256_set1_ps(max);
+            let v = exp_vector::<H>(std::array::from_fn(|h| {
+                _mm256_sub_ps(_mm256_loadu_ps(c.as_ptr().add(8 * h)), m)
+            }));
+            for (h, vh) in v.iter().enumerate() {
+                _mm256_storeu_ps(c.as_mut_ptr().add(8 * h), *vh);
+            }
+            if H == 1 {
+                quad_sum(_mm_add_ps(_mm256_extractf128_ps::<1>(v[0]), _mm256_castps256_ps128(v[0])))
+            } else {
+                lane_sum16(v[0], v[H - 1])
+            }
         };
         sum += f64::from(s);
     }
     sum
+}
+
+/// `ggml_vec_silu_f32` over whole vectors of `8H` lanes: `x / (1 + exp(0 − x))`; returns how
+/// many elements were done (the caller finishes the rest with libm).
+pub(crate) fn silu<const H: usize>(_t: Avx2Fma, x: &[f32], out: &mut [f32]) -> usize {
+    assert_eq!(x.len(), out.len());
+    let whole = x.len() / (8 * H) * (8 * H);
+    for (xc, oc) in x[..whole].chunks_exact(8 * H).zip(out[..whole].chunks_exact_mut(8 * H)) {
+        // SAFETY: the token proves the features; both chunks hold 8H f32s; unaligned.
+        unsafe {
+            let xs: [__m256; H] = std::array::from_fn(|h| _mm256_loadu_ps(xc.as_ptr().add(8 * h)));
+            let e = exp_vector::<H>(xs.map(|v| _mm256_sub_ps(_mm256_setzero_ps(), v)));
+            for h in 0..H {
+                let y = _mm256_div_ps(xs[h], _mm256_add_ps(_mm256_set1_ps(1.0), e[h]));
+                _mm256_storeu_ps(oc.as_mut_ptr().add(8 * h), y);
+            }
+        }
+    }
+    whole
 }

@@ -2,10 +2,14 @@
 //! rounding the way ggml's CPU backend does for a single token.
 //!
 //! The free functions are the scalar oracles; [`FloatKernel`] dispatches the hot ones
-//! (dots, f16 conversion, softmax) to AVX2 twins that compute identical bits.
+//! (dots, f16 conversion, softmax, SiLU) to AVX2 or AVX-512 twins that compute identical
+//! bits. Those whose bits depend on the ISA the reference was built for take a
+//! [`RefProfile`](crate::profile::RefProfile).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod dot;
 mod kernel;
 pub mod rope;
@@ -17,7 +21,7 @@ pub use dot::{
 };
 pub use kernel::FloatKernel;
 pub use rope::Rope;
-pub use softmax::softmax_scaled;
+pub use softmax::{exp_lane, silu, softmax_scaled};
 
 /// RMSNorm then the weight, as `ggml_rms_norm` + `ggml_mul`:
 /// the sum of squares is accumulated in f64 over f32 products, the mean narrowed to f32,

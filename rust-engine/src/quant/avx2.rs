@@ -58,7 +58,7 @@ impl Avx2Token {
 /// If a row's byte length times 4 differs from `q.len()`, or `q.len()` is not a multiple of 128.
 #[inline]
 pub(crate) fn qk256_dots<const R: usize>(_t: Avx2Token, rows: [&[u8]; R], q: &[i8]) -> [i32; R] {
-    assert!(q.len() % 128 == 0, "QK256 row length must be a multiple of 128");
+    assert!(q.len().is_multiple_of(128), "QK256 row length must be a multiple of 128");
     for r in &rows {
         assert_eq!(r.len() * 4, q.len(), "QK256 weight row and activations differ in length");
     }

@@ -29,7 +29,7 @@ impl SiblingScaleType {
 }
 
 fn check_len(what: &'static str, len: usize, multiple: usize) -> Result<(), QuantError> {
-    if len == 0 || len % multiple != 0 {
+    if len == 0 || !len.is_multiple_of(multiple) {
         return Err(QuantError::BadLength { what, len, multiple });
     }
     Ok(())

@@ -22,6 +22,7 @@ mod model;
 mod quantize;
 mod sys;
 mod tensors;
+mod type_traits;
 pub mod worker;
 
 pub use build_info::{

@@ -41,14 +41,21 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
-    /// From `BITNET_CPP_LOG` (`none`, `error`, `warn`, `info`, `debug`); `warn` when unset.
+    /// From `BITNET_CPP_LOG` (`none`, `error`, `warn`, `info`, `debug`); `warn` when unset,
+    /// empty or not a level (the harness refuses such a value before it starts a worker).
     pub fn from_env() -> LogLevel {
-        match std::env::var("BITNET_CPP_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
-            "none" | "off" => LogLevel::None,
-            "error" => LogLevel::Error,
-            "info" => LogLevel::Info,
-            "debug" => LogLevel::Debug,
-            _ => LogLevel::Warn,
+        Self::parse(&std::env::var("BITNET_CPP_LOG").unwrap_or_default()).unwrap_or(LogLevel::Warn)
+    }
+
+    /// A level's name (`none` or `off`, `error`, `warn`, `info`, `debug`, any case).
+    pub fn parse(s: &str) -> Option<LogLevel> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" | "off" => Some(LogLevel::None),
+            "error" => Some(LogLevel::Error),
+            "warn" => Some(LogLevel::Warn),
+            "info" => Some(LogLevel::Info),
+            "debug" => Some(LogLevel::Debug),
+            _ => None,
         }
     }
 }

@@ -181,6 +181,39 @@ impl Reference {
         }
     }
 
+    /// Prepares the reference's product with weights of any ggml block or float type `ty`
+    /// whose rows its type traits describe (Q8_0, Q4_K, Q6_K, BF16, F16, ...), reading `bytes`
+    /// in place: `rows` rows of `cols` values, e.g. a model's mapped `token_embd`. For one
+    /// column, `ggml_mul_mat` converts the input to the type's `vec_dot_type` and calls its
+    /// `vec_dot` per row (the lm_head). Every [`Matmul::compute`] runs `repeats` identical
+    /// products with the current input.
+    pub fn block_matmul<'w>(
+        &self,
+        ty: u32,
+        bytes: &'w [u8],
+        rows: usize,
+        cols: usize,
+        repeats: usize,
+        threads: usize,
+    ) -> Result<Matmul<'w>> {
+        let bad = |m: String| Err(Error::InvalidArgument(format!("matmul of type {ty}, {rows}×{cols}: {m}")));
+        let row_bytes = self.ggml_row_bytes(ty, cols)?;
+        if rows == 0 || rows.checked_mul(row_bytes) != Some(bytes.len()) {
+            return bad(format!("{} bytes given, rows × {row_bytes} needed", bytes.len()));
+        }
+        if !(1..=MAX_REPEATS).contains(&repeats) || !(1..=512).contains(&threads) {
+            return bad(format!(
+                "need 1 ≤ repeats ≤ {MAX_REPEATS} (got {repeats}), 1 ≤ threads ≤ 512 (got {threads})"
+            ));
+        }
+        // ggml only reads src0 (the weights); the pointer is cast to mut for the tensor struct.
+        let ptr = bytes.as_ptr() as *mut u8;
+        // SAFETY: `ptr` is valid for rows · row_bytes bytes (checked above; ggml_nbytes of a
+        // block type is exactly that) for 'w, the life of the result, and ggml never writes
+        // through a mul_mat's src0.
+        unsafe { self.build(ty, ptr, Aligned::zeroed(0), rows, cols, 1, repeats, threads) }
+    }
+
     /// The graph of `repeats` identical `W · X` nodes, W of type `ty` at `w_ptr`.
     ///
     /// # Safety

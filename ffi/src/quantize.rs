@@ -21,11 +21,26 @@ pub struct QuantizeOptions {
     /// (REFERENCE.md). The file loads and produces garbage. Only use `threads > 1` to
     /// reproduce that bug on purpose; [`Reference::quantize_i2s`] always uses 1.
     pub threads: u32,
+    /// ggml type id for `output.weight` (`--output-tensor-type`), or `None` for the quantizer's
+    /// own choice. The quantizer treats a tied `token_embd.weight` (no `output.weight` in the
+    /// file) as the output: this type applies to it too, unless `token_embedding_type` is set.
+    #[serde(default)]
+    pub output_tensor_type: Option<u32>,
+    /// ggml type id for `token_embd.weight` (`--token-embedding-type`), or `None` for the
+    /// quantizer's own choice (for ftype I2_S: F16, or for a tied head Q8_0 when the row length
+    /// is not a multiple of 256).
+    #[serde(default)]
+    pub token_embedding_type: Option<u32>,
 }
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
-        QuantizeOptions { ftype: FTYPE_MOSTLY_I2_S, threads: 1 }
+        QuantizeOptions {
+            ftype: FTYPE_MOSTLY_I2_S,
+            threads: 1,
+            output_tensor_type: None,
+            token_embedding_type: None,
+        }
     }
 }
 
@@ -49,6 +64,14 @@ impl Reference {
         if options.threads == 0 {
             return Err(err("threads must be at least 1 (0 would mean all cores)".into()));
         }
+        for (what, ty) in [
+            ("output_tensor_type", options.output_tensor_type),
+            ("token_embedding_type", options.token_embedding_type),
+        ] {
+            if ty.is_some_and(|t| t >= sys::ggml_type_GGML_TYPE_COUNT) {
+                return Err(err(format!("{what} {} is not a ggml type id", ty.unwrap_or_default())));
+            }
+        }
         let cin = std::ffi::CString::new(input.as_os_str().as_encoded_bytes())
             .map_err(|_| err("input path contains a NUL byte".into()))?;
         let cout = std::ffi::CString::new(output.as_os_str().as_encoded_bytes())
@@ -61,6 +84,12 @@ impl Reference {
             let mut p = api.llama_model_quantize_default_params();
             p.nthread = options.threads as i32;
             p.ftype = options.ftype;
+            if let Some(t) = options.output_tensor_type {
+                p.output_tensor_type = t;
+            }
+            if let Some(t) = options.token_embedding_type {
+                p.token_embedding_type = t;
+            }
             api.llama_model_quantize(cin.as_ptr(), cout.as_ptr(), &p)
         };
         if status != 0 {

@@ -16,7 +16,9 @@ use tabled::settings::Style;
 
 use crate::exit::{Exit, Failure, OrExit};
 use crate::gate::num;
-use crate::receipt::{Divergence, Percentiles, ReferenceProfile, Summary};
+use crate::hazards::{find, HazardKind};
+use crate::receipt::{Divergence, Hazard, Percentiles, ReferenceProfile, Summary};
+use crate::report::term::printable;
 use crate::schema::{self, LoadedReceipt};
 use crate::trace::Trace;
 
@@ -136,8 +138,8 @@ pub struct Side {
     pub ignored_fields: Vec<String>,
     /// The reference-build profile the Rust engine mirrored (null: not recorded, schema 1.0).
     pub reference_profile: Option<ReferenceProfile>,
-    /// Why the reference build has no profile, if it has none.
-    pub profile_hazard: Option<String>,
+    /// The receipt's reference hazards (its `hazards`; empty before schema 1.1).
+    pub hazards: Vec<Hazard>,
 }
 
 /// Everything `diff` reports; also the JSON shape of `diff --json`.
@@ -158,6 +160,10 @@ pub struct DiffReport {
 }
 
 pub fn run(args: &DiffArgs) -> Result<Exit, Failure> {
+    if let Some(path) = &args.html {
+        crate::files::check_output(path)?;
+        crate::files::check_not_input(path, &[&args.old, &args.new])?;
+    }
     let old = schema::load_receipt(&args.old)?;
     let new = schema::load_receipt(&args.new)?;
     let tolerance = Tolerance { absolute: args.tolerance, relative: args.rel_tolerance };
@@ -169,7 +175,7 @@ pub fn run(args: &DiffArgs) -> Result<Exit, Failure> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).or_exit(Exit::Internal)?);
     } else {
-        print!("{}", render(&report));
+        print!("{}", printable(&render(&report)));
     }
     if args.fail_on_regression && report.regressions > 0 {
         if !args.json {
@@ -199,7 +205,7 @@ pub fn compare(old: &LoadedReceipt, new: &LoadedReceipt, tolerance: Tolerance) -
         cases: l.receipt.cases.len(),
         ignored_fields: l.ignored_fields.clone(),
         reference_profile: l.receipt.engines.rust.reference_profile.clone(),
-        profile_hazard: l.receipt.engines.reference.profile_hazard.clone(),
+        hazards: l.receipt.hazards.clone(),
     };
     let name = |l: &LoadedReceipt| l.receipt.engines.rust.reference_profile.as_ref().map(|p| p.name.clone());
     DiffReport {
@@ -387,7 +393,7 @@ fn trace_rows(old: Option<&Trace>, new: Option<&Trace>, tol: Tolerance) -> Vec<M
 /// The identifying parts of a receipt, by section name, as pretty JSON (time fields left out).
 fn identity_parts(json: &Value) -> Vec<(String, String)> {
     let mut parts = Vec::new();
-    for key in ["tool", "model", "engines", "settings", "tokenizer", "verdict", "run_state"] {
+    for key in ["tool", "model", "engines", "settings", "tokenizer", "hazards", "verdict", "run_state"] {
         parts.push((key.to_string(), pretty(json.get(key))));
     }
     let cases = json.get("cases").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
@@ -456,6 +462,7 @@ pub fn render(r: &DiffReport) -> String {
         }
     }
     out.push_str(&profile_lines(r));
+    out.push_str(&hazard_lines(r));
     if r.tolerance != Tolerance::EXACT {
         out.push_str(&format!(
             "tolerance: absolute {}, relative {}\n",
@@ -492,7 +499,7 @@ pub fn render(r: &DiffReport) -> String {
     }
 
     if r.sections.is_empty() {
-        out.push_str("\nidentity: no change (tool, model, engines, settings, tokenizer, verdict, run state, prompts, token ids, logits digests)\n");
+        out.push_str("\nidentity: no change (tool, model, engines, settings, tokenizer, hazards, verdict, run state, prompts, token ids, logits digests)\n");
     } else {
         let names: Vec<&str> = r.sections.iter().map(|s| s.section.as_str()).collect();
         out.push_str(&format!("\nidentity: changed in {}\n", names.join(", ")));
@@ -518,7 +525,7 @@ fn profile_lines(r: &DiffReport) -> String {
             .reference_profile
             .as_ref()
             .map_or("not recorded".to_string(), |p| format!("{} ({})", p.name, p.source));
-        match &s.profile_hazard {
+        match find(&s.hazards, HazardKind::ReferenceProfile) {
             Some(_) => format!("{p}, the build has no profile"),
             None => p,
         }
@@ -535,8 +542,45 @@ fn profile_lines(r: &DiffReport) -> String {
         format!("reference profile: {o} -> {n}\n")
     };
     for s in [&r.old, &r.new] {
-        if let Some(h) = &s.profile_hazard {
-            out.push_str(&format!("note: {}: the reference build has no profile: {h}\n", s.path));
+        if let Some(h) = find(&s.hazards, HazardKind::ReferenceProfile) {
+            out.push_str(&format!("note: {}: {}\n", s.path, h.detail));
+        }
+    }
+    out
+}
+
+/// `hazards: none -> untied_output_ignored`, then one note per hazard other than the profile's
+/// (shown by [`profile_lines`]); nothing when neither receipt has any.
+fn hazard_lines(r: &DiffReport) -> String {
+    let kinds = |s: &Side| {
+        let k: Vec<&str> = s.hazards.iter().map(|h| h.kind.as_str()).collect();
+        if k.is_empty() {
+            "none".to_string()
+        } else {
+            k.join(", ")
+        }
+    };
+    if r.old.hazards.is_empty() && r.new.hazards.is_empty() {
+        return String::new();
+    }
+    let (o, n) = (kinds(&r.old), kinds(&r.new));
+    let mut out = if r.old.hazards == r.new.hazards {
+        format!("hazards: {o} in both\n")
+    } else {
+        format!("hazards: {o} -> {n}\n")
+    };
+    let others = |s: &Side| -> Vec<Hazard> {
+        s.hazards.iter().filter(|h| h.kind != HazardKind::ReferenceProfile.name()).cloned().collect()
+    };
+    if r.old.hazards == r.new.hazards {
+        for h in others(&r.old) {
+            out.push_str(&format!("note: {}\n", crate::hazards::line(&h)));
+        }
+    } else {
+        for s in [&r.old, &r.new] {
+            for h in others(s) {
+                out.push_str(&format!("note: {}: {}\n", s.path, crate::hazards::line(&h)));
+            }
         }
     }
     out

@@ -74,6 +74,17 @@ impl Failure {
     }
 }
 
+/// A file refused or unreadable is bad input (exit 2); one that cannot be written is exit 8.
+impl From<crate::files::FileError> for Failure {
+    fn from(e: crate::files::FileError) -> Failure {
+        let exit = match e {
+            crate::files::FileError::Write { .. } => Exit::OutputFailed,
+            _ => Exit::BadInput,
+        };
+        Failure::new(exit, e)
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // One line: the error and its causes joined with ": ".

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use bitnet_engine::profile::RefProfile;
 
 use crate::exit::{Exit, Failure};
+use crate::hazards::{self, HazardKind, HazardPolicy};
 use crate::receipt::{Divergence, Receipt};
+use crate::report::term::printable;
 use crate::schema::{self, LoadedReceipt};
 use crate::thresholds::{self, Overrides, Resolved, Sourced};
 
@@ -23,9 +25,11 @@ the receipt (settings.thresholds, what `run` used). The output says where each v
 
 Checks, in order: the run completed (run_state.completed); its verdict is not invalid_input
 (the model itself is broken) nor incomplete; the Rust engine mirrored the reference build's own
-profile (engines.reference.profile_hazard is null: the build has a profile, unless
---reference-profile chose one deliberately; receipts before schema 1.1 record none and are not
-checked); at least one position was compared; no position
+profile (no `reference_profile` hazard: the build has a profile, unless --reference-profile
+chose one deliberately; receipts before schema 1.1 record none and are not checked); every other
+hazard of the receipt's `hazards` list is shown, and fails only when it fails on its own
+(fails_verdict) or when fail_on_hazards names its kind (true: every kind, including a
+deliberately overridden reference_profile); at least one position was compared; no position
 has NaN or Inf logits (summary.nonfinite_positions = 0); summary.cosine_min >= min_cosine;
 summary.exact_match_rate >= min_exact_match; summary.kl_max <= max_kl; and, when
 max_first_divergence is set, no case's first divergence comes before that position. A metric
@@ -41,8 +45,8 @@ pub struct GateArgs {
     /// The receipt to check (written by `harness run`).
     pub receipt: PathBuf,
     /// Thresholds file: TOML, or JSON when the name ends in .json. Keys: min_cosine,
-    /// min_exact_match, max_kl (required), max_first_divergence (optional). The project's
-    /// own is receipts/thresholds.toml.
+    /// min_exact_match, max_kl (required), max_first_divergence, fail_on_hazards (optional).
+    /// The project's own is receipts/thresholds.toml.
     #[arg(long, value_name = "FILE")]
     pub thresholds: Option<PathBuf>,
     /// Lowest acceptable summary.cosine_min (between -1 and 1).
@@ -61,6 +65,16 @@ pub struct GateArgs {
     /// case's first token, prompt included. 0 accepts any divergence position.
     #[arg(long, value_name = "N")]
     pub max_first_divergence: Option<usize>,
+    /// Make the receipt's hazards fail the gate: `all` (the default when given without a
+    /// value), `none`, or kinds separated by commas (reference_profile, untied_output_ignored).
+    #[arg(
+        long,
+        value_name = "KINDS",
+        num_args = 0..=1,
+        default_missing_value = "all",
+        value_parser = HazardPolicy::parse_flag
+    )]
+    pub fail_on_hazards: Option<HazardPolicy>,
 }
 
 fn float_flag(s: &str, check: fn(f64) -> Result<(), thresholds::ThresholdsError>) -> Result<f64, String> {
@@ -69,7 +83,8 @@ fn float_flag(s: &str, check: fn(f64) -> Result<(), thresholds::ThresholdsError>
     Ok(v)
 }
 
-fn parse_min_cosine(s: &str) -> Result<f64, String> {
+/// `--min-cosine` (of `gate` and `run`): a number in [-1, 1], checked as a thresholds file's.
+pub(crate) fn parse_min_cosine(s: &str) -> Result<f64, String> {
     float_flag(s, thresholds::check_min_cosine)
 }
 
@@ -127,11 +142,12 @@ pub fn run(args: &GateArgs) -> Result<Exit, Failure> {
         min_exact_match: args.min_exact_match,
         max_kl: args.max_kl,
         max_first_divergence: args.max_first_divergence,
+        fail_on_hazards: args.fail_on_hazards.clone(),
     };
     let resolved =
         thresholds::resolve(&loaded.receipt.settings.thresholds, file.as_ref().map(|(p, t)| (*p, t)), &flags);
     let checks = evaluate(&loaded.receipt, &resolved);
-    print!("{}", render(&loaded, &resolved, &checks));
+    print!("{}", printable(&render(&loaded, &resolved, &checks)));
     let failed = checks.iter().filter(|c| c.outcome == Outcome::Fail).count();
     Ok(if failed == 0 { Exit::Ok } else { Exit::CheckFailed })
 }
@@ -175,6 +191,8 @@ pub fn render(loaded: &LoadedReceipt, t: &Resolved, checks: &[Check]) -> String 
         None => writeln!(out, "  max_first_divergence not checked (from {})", mfd.source),
     }
     .ok();
+    let _ =
+        writeln!(out, "  fail_on_hazards {} (from {})", t.fail_on_hazards.value, t.fail_on_hazards.source);
     for c in checks {
         let _ = writeln!(out, "{}", c.line());
     }
@@ -249,7 +267,8 @@ pub fn evaluate(r: &Receipt, t: &Resolved) -> Vec<Check> {
         ));
     }
 
-    checks.extend(profile_check(r));
+    checks.extend(profile_check(r, &t.fail_on_hazards));
+    checks.extend(hazard_checks(r, &t.fail_on_hazards));
 
     checks.push(if s.positions > 0 {
         Check::new(Outcome::Pass, "positions", format!("{} > 0", s.positions))
@@ -309,33 +328,37 @@ pub fn evaluate(r: &Receipt, t: &Resolved) -> Vec<Check> {
     checks
 }
 
-/// Whether the Rust engine mirrored the reference build it faced. A build without a profile
-/// fails unless the profile was chosen by `--reference-profile`; a recorded profile that its
-/// source contradicts (the build's ISA macros imply another) fails too. `None` for receipts
-/// written before profiles were recorded.
-fn profile_check(r: &Receipt) -> Option<Check> {
+/// Whether the Rust engine mirrored the reference build it faced. A build without a profile (a
+/// `reference_profile` hazard) fails unless the profile was chosen by `--reference-profile` and
+/// `fail_on_hazards` does not name the kind; a recorded profile that its source contradicts (the
+/// build's ISA macros imply another) fails too. `None` for receipts written before profiles
+/// were recorded.
+fn profile_check(r: &Receipt, policy: &Sourced<HazardPolicy>) -> Option<Check> {
     const NAME: &str = "reference_profile";
     let reference = &r.engines.reference;
+    let hazard = hazards::find(&r.hazards, HazardKind::ReferenceProfile);
     let Some(p) = &r.engines.rust.reference_profile else {
-        return reference
-            .profile_hazard
-            .as_ref()
-            .map(|h| Check::new(Outcome::Fail, NAME, format!("the reference build has no profile: {h}")));
+        return hazard.map(|h| Check::new(Outcome::Fail, NAME, h.detail.clone()));
     };
     let overridden = p.source == "override";
-    Some(match &reference.profile_hazard {
-        Some(h) if overridden => Check::new(
-            Outcome::Note,
+    Some(match hazard {
+        Some(h) if overridden && !h.fails_verdict && policy.value.selects(NAME) => Check::new(
+            Outcome::Fail,
             NAME,
-            format!("{} chosen by --reference-profile; the reference build has no profile: {h}", p.name),
+            format!(
+                "{} chosen by --reference-profile, but {} (fail_on_hazards {} from {})",
+                p.name, h.detail, policy.value, policy.source
+            ),
         ),
+        Some(h) if overridden && !h.fails_verdict => {
+            Check::new(Outcome::Note, NAME, format!("{} chosen by --reference-profile; {}", p.name, h.detail))
+        }
         Some(h) => Check::new(
             Outcome::Fail,
             NAME,
             format!(
-                "the reference build has no profile: {h}; the Rust engine mirrored {} ({}), not \
-                 this build's float code",
-                p.name, p.source
+                "{}; the Rust engine mirrored {} ({}), not this build's float code",
+                h.detail, p.name, p.source
             ),
         ),
         None if overridden => {
@@ -357,6 +380,37 @@ fn profile_check(r: &Receipt) -> Option<Check> {
             ),
         },
     })
+}
+
+/// One line for every hazard but `reference_profile` (see [`profile_check`]): a failure when
+/// it fails on its own or `fail_on_hazards` names its kind, else a note.
+fn hazard_checks(r: &Receipt, policy: &Sourced<HazardPolicy>) -> Vec<Check> {
+    const NAME: &str = "hazard";
+    r.hazards
+        .iter()
+        .filter(|h| h.kind != HazardKind::ReferenceProfile.name())
+        .map(|h| {
+            let what = format!("{}: {}", h.kind, h.detail);
+            if h.fails_verdict {
+                Check::new(Outcome::Fail, NAME, format!("{what} (fails on its own)"))
+            } else if policy.value.selects(&h.kind) {
+                Check::new(
+                    Outcome::Fail,
+                    NAME,
+                    format!("{what} (fail_on_hazards {} from {})", policy.value, policy.source),
+                )
+            } else {
+                Check::new(
+                    Outcome::Note,
+                    NAME,
+                    format!(
+                        "{what} (does not fail the gate: fail_on_hazards {} from {})",
+                        policy.value, policy.source
+                    ),
+                )
+            }
+        })
+        .collect()
 }
 
 fn at_least(name: &'static str, value: Option<f64>, t: &Sourced<f64>, key: &str) -> Check {

@@ -8,6 +8,9 @@ use bitnet_engine::quant::{check_i2s_integrity, detect_flavor, I2sFlavor};
 use serde::Serialize;
 
 use crate::exit::{Exit, Failure, OrExit};
+use crate::hazards::{head_report, model_hazards, HeadReport, OUTPUT, TOKEN_EMBD};
+use crate::receipt::Hazard;
+use crate::report::term::printable;
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
@@ -28,6 +31,12 @@ pub struct InspectReport {
     pub alignment: u64,
     pub data_offset: u64,
     pub architecture: Option<String>,
+    /// The head: token_embd's and output.weight's types (null: tied), and what the reference's
+    /// graph for the architecture multiplies by.
+    pub head: HeadReport,
+    /// The reference hazards the file brings to any run (`untied_output_ignored`), as a
+    /// receipt's `hazards` records them.
+    pub hazards: Vec<Hazard>,
     /// `<architecture>.*` keys with the prefix removed, plus `general.*` scalars.
     pub hyperparameters: BTreeMap<String, serde_json::Value>,
     pub tokenizer: Option<TokenizerSummary>,
@@ -128,7 +137,7 @@ pub fn run(args: &InspectArgs) -> Result<Exit, Failure> {
         serde_json::to_writer_pretty(&mut out, &json).or_exit(Exit::Internal)?;
         writeln!(out).or_exit(Exit::Internal)?;
     } else {
-        print!("{}", render_text(&report));
+        print!("{}", printable(&render_text(&report)));
         let line = match &reference_build {
             Some(ReferenceBuild { isa_profile: Some(p), .. }) => format!("profile {p}"),
             Some(ReferenceBuild { profile_hazard: Some(h), .. }) => format!("no profile ({h})"),
@@ -186,6 +195,8 @@ pub fn describe(file: &GgufFile) -> InspectReport {
         alignment: file.alignment(),
         data_offset: file.data_offset(),
         architecture,
+        head: head_report(file),
+        hazards: model_hazards(file),
         hyperparameters,
         tokenizer: tokenizer_summary(file),
         metadata_keys: file.metadata().len(),
@@ -276,6 +287,24 @@ fn json_value(v: &Value) -> serde_json::Value {
     }
 }
 
+/// `head: token_embd.weight q8_0, output.weight tied; the reference's lm_head: token_embd.weight`.
+fn head_line(h: &HeadReport) -> String {
+    let embd = match h.token_embd_type.as_deref() {
+        Some(t) if h.token_embd_supported => t.to_string(),
+        Some(t) => format!("{t} (the Rust engine has no mirror of this type: run stops with exit 5)"),
+        None => "missing".to_string(),
+    };
+    let output = match &h.output_type {
+        Some(t) => format!("{t} (untied)"),
+        None => "tied".to_string(),
+    };
+    let lm_head = match h.reference_lm_head {
+        Some(t) => format!("; the reference's lm_head: {t}"),
+        None => String::new(),
+    };
+    format!("head: {TOKEN_EMBD} {embd}, {OUTPUT} {output}{lm_head}")
+}
+
 fn render_text(r: &InspectReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
@@ -290,7 +319,15 @@ fn render_text(r: &InspectReport) -> String {
         r.metadata_keys,
         r.tensors.len()
     );
-    let _ = writeln!(s, "architecture: {}", r.architecture.as_deref().unwrap_or("(none)"));
+    let graph = r.head.graph.map_or(String::new(), |g| format!(" (the reference's graph: {g})"));
+    let _ = writeln!(s, "architecture: {}{graph}", r.architecture.as_deref().unwrap_or("(none)"));
+    let _ = writeln!(s, "{}", head_line(&r.head));
+    if let Some(note) = r.head.output_note.as_ref().filter(|_| r.hazards.is_empty()) {
+        let _ = writeln!(s, "note: {note}");
+    }
+    for h in &r.hazards {
+        let _ = writeln!(s, "{}", crate::hazards::line(h));
+    }
     let _ = writeln!(s, "hyper-parameters:");
     for (k, v) in &r.hyperparameters {
         let _ = writeln!(s, "  {k} = {v}");

@@ -11,13 +11,15 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(exit) => exit.into(),
         Err(failure) => {
-            eprintln!("error: {failure}");
+            // Errors quote paths and fields from files: never raw control characters.
+            eprintln!("error: {}", harness::report::term::printable(&failure.to_string()));
             failure.exit.into()
         }
     }
 }
 
 fn run(cli: Cli) -> Result<Exit, Failure> {
+    harness::environment::check()?;
     match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(args) => harness::run::run(&args),
         Command::Inspect(args) => harness::inspect::run(&args),

@@ -9,10 +9,11 @@
 //! version (minor versions only add optional fields) and refuses other majors.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::hazards::HazardPolicy;
 
 /// Version written by this build.
 pub const SCHEMA_VERSION: &str = "1.1.0";
@@ -31,6 +32,10 @@ pub struct Receipt {
     pub tokenizer: TokenizerAgreement,
     pub cases: Vec<Case>,
     pub summary: Summary,
+    /// Known ways the reference computes something other than what the model means, met by
+    /// this run (since 1.1.0; see `crate::hazards`). Empty when none; absent in 1.0 receipts.
+    #[serde(default)]
+    pub hazards: Vec<Hazard>,
     pub verdict: Verdict,
     /// A time field: excluded from reproducibility comparisons.
     pub timings: Timings,
@@ -38,6 +43,19 @@ pub struct Receipt {
     /// Layer-by-layer comparison at one position (`run --trace`), if requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<crate::trace::Trace>,
+}
+
+/// One reference hazard of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hazard {
+    /// `reference_profile` or `untied_output_ignored` (`crate::hazards::HazardKind`); newer
+    /// harnesses may add kinds.
+    pub kind: String,
+    /// One line: what the hazard is in this run (tensors and types, or the build's ISA macros).
+    pub detail: String,
+    /// Whether it fails the verdict (and the gate) whatever the thresholds say; the others fail
+    /// only when `settings.thresholds.fail_on_hazards` names them.
+    pub fails_verdict: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,7 +128,7 @@ pub struct ReferenceProfile {
     pub name: String,
     /// `build-info` (the live reference's ISA macros), `saved-reference` (those of the replayed
     /// file's footer), `override` (`--reference-profile`) or `host` (the build has no profile:
-    /// the host's, see `engines.reference.profile_hazard`).
+    /// the host's, see the `reference_profile` hazard in `hazards`).
     pub source: String,
 }
 
@@ -127,11 +145,6 @@ pub struct ReferenceEngine {
     pub threads: usize,
     pub kv_cache_type: String,
     pub flash_attention: bool,
-    /// Why no reference-build profile mirrors this build (the deciding ISA macros and the
-    /// reason), or null when one does (since 1.1.0). A hazard fails the verdict unless
-    /// `engines.rust.reference_profile.source` is `override`.
-    #[serde(default)]
-    pub profile_hazard: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,11 +170,21 @@ pub struct Thresholds {
     /// The first divergence may not come earlier than this position (null: no divergence allowed
     /// is expressed by `min_exact_match = 1` and `min_cosine`; null here means "not checked").
     pub max_first_divergence: Option<usize>,
+    /// Which hazards fail the gate besides those that fail on their own: `false` (default),
+    /// `true` (all) or a list of kinds (since 1.1.0; see `crate::hazards::HazardPolicy`).
+    #[serde(default)]
+    pub fail_on_hazards: HazardPolicy,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { min_cosine: 0.99999, min_exact_match: 1.0, max_kl: 1e-4, max_first_divergence: None }
+        Thresholds {
+            min_cosine: 0.99999,
+            min_exact_match: 1.0,
+            max_kl: 1e-4,
+            max_first_divergence: None,
+            fail_on_hazards: HazardPolicy::None,
+        }
     }
 }
 
@@ -387,29 +410,12 @@ pub fn piece_text(bytes: &[u8]) -> String {
     out
 }
 
-/// Writes `receipt` to `path` atomically: a temporary file in the same folder, flushed and
-/// synced, then renamed over `path`. A crash or a full disk leaves either the old file or the
-/// complete new one, never half a receipt.
-pub fn write_atomic(path: &Path, receipt: &Receipt) -> std::io::Result<()> {
-    let text = serde_json::to_string_pretty(receipt).map_err(std::io::Error::other)?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)?;
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+/// Writes `receipt` to `path` atomically ([`crate::files::write_atomic`]): a crash or a full
+/// disk leaves either the old file or the complete new one, never half a receipt.
+pub fn write_atomic(path: &Path, receipt: &Receipt) -> Result<(), crate::files::FileError> {
+    let mut text = serde_json::to_string_pretty(receipt).expect("a receipt serializes");
+    text.push('\n');
+    crate::files::write_atomic(path, text.as_bytes())
 }
 
 #[cfg(test)]

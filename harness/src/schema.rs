@@ -110,7 +110,10 @@ pub fn read_receipt(path: &Path) -> Result<Receipt, Failure> {
 pub fn load_receipt(path: &Path) -> Result<LoadedReceipt, Failure> {
     let failure =
         |e: ReceiptError| Failure::new(Exit::BadInput, anyhow::anyhow!("receipt {}: {e}", path.display()));
-    let text = std::fs::read(path).map_err(|e| failure(e.into()))?;
+    let text = crate::files::read_bounded(path, crate::files::RECEIPT).map_err(|e| match e {
+        crate::files::FileError::Read { error, .. } => failure(error.into()),
+        other => other.into(),
+    })?;
     let (version, receipt, json, ignored_fields) = parse_receipt(&text).map_err(failure)?;
     Ok(LoadedReceipt { path: path.to_path_buf(), version, receipt, json, ignored_fields })
 }

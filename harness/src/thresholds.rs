@@ -3,13 +3,16 @@
 //!
 //! A thresholds file is a complete policy with the keys of [`Thresholds`]: `min_cosine`,
 //! `min_exact_match` and `max_kl` are required, `max_first_divergence` is optional (absent
-//! means "not checked"), and any other key is refused — a gate must never silently skip a
-//! limit it was given. Every problem with the file is `Exit::ThresholdsInvalid`.
+//! means "not checked"), `fail_on_hazards` is optional (absent means `false`: only hazards that
+//! fail on their own fail the gate; `true` or a list of kinds makes those fail it too), and any
+//! other key is refused — a gate must never silently skip a limit it was given. Every problem
+//! with the file is `Exit::ThresholdsInvalid`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::exit::{Exit, Failure};
+use crate::hazards::{HazardKind, HazardPolicy};
 use crate::receipt::Thresholds;
 
 /// Where a threshold's value came from.
@@ -48,6 +51,8 @@ pub struct Resolved {
     pub max_kl: Sourced<f64>,
     /// `None`: not checked.
     pub max_first_divergence: Sourced<Option<usize>>,
+    /// Which hazards fail besides those that fail on their own.
+    pub fail_on_hazards: Sourced<HazardPolicy>,
 }
 
 /// Values given as flags (each overrides the file's or the receipt's).
@@ -57,6 +62,7 @@ pub struct Overrides {
     pub min_exact_match: Option<f64>,
     pub max_kl: Option<f64>,
     pub max_first_divergence: Option<usize>,
+    pub fail_on_hazards: Option<HazardPolicy>,
 }
 
 /// Precedence: flag, then file, then the receipt's recorded thresholds.
@@ -86,6 +92,12 @@ pub fn resolve(recorded: &Thresholds, file: Option<(&Path, &Thresholds)>, flags:
             &base.max_first_divergence,
             &base_source,
         ),
+        fail_on_hazards: pick(
+            flags.fail_on_hazards.clone(),
+            "--fail-on-hazards",
+            &base.fail_on_hazards,
+            &base_source,
+        ),
     }
 }
 
@@ -98,12 +110,15 @@ pub enum ThresholdsError {
     Syntax(String),
     #[error("`{key}` = {value}: {why}")]
     OutOfRange { key: &'static str, value: f64, why: &'static str },
+    #[error("`fail_on_hazards` names {kind:?}, which is not a hazard kind (known: {known})")]
+    UnknownHazard { kind: String, known: String },
 }
 
 /// Reads a thresholds file: JSON when the name ends in `.json`, TOML otherwise.
 pub fn read_file(path: &Path) -> Result<Thresholds, Failure> {
+    let text = crate::files::read_text(path, crate::files::THRESHOLDS)
+        .map_err(|e| Failure::new(Exit::ThresholdsInvalid, e))?;
     let parse = || -> Result<Thresholds, ThresholdsError> {
-        let text = std::fs::read_to_string(path)?;
         let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
         let t = if is_json { parse_json(&text)? } else { parse_toml(&text)? };
         check(&t)?;
@@ -136,7 +151,18 @@ pub fn parse_json(text: &str) -> Result<Thresholds, ThresholdsError> {
 pub fn check(t: &Thresholds) -> Result<(), ThresholdsError> {
     check_min_cosine(t.min_cosine)?;
     check_min_exact_match(t.min_exact_match)?;
-    check_max_kl(t.max_kl)
+    check_max_kl(t.max_kl)?;
+    check_fail_on_hazards(&t.fail_on_hazards)
+}
+
+/// A kind a file names but this harness does not know is a typo, never silently nothing.
+pub fn check_fail_on_hazards(p: &HazardPolicy) -> Result<(), ThresholdsError> {
+    match p.unknown_kinds().first() {
+        Some(kind) => {
+            Err(ThresholdsError::UnknownHazard { kind: kind.to_string(), known: HazardKind::known_names() })
+        }
+        None => Ok(()),
+    }
 }
 
 pub fn check_min_cosine(v: f64) -> Result<(), ThresholdsError> {
@@ -179,9 +205,30 @@ mod tests {
                 min_cosine: 0.999,
                 min_exact_match: 1.0,
                 max_kl: 1e-3,
-                max_first_divergence: Some(4)
+                max_first_divergence: Some(4),
+                fail_on_hazards: HazardPolicy::None,
             }
         );
+    }
+
+    #[test]
+    fn fail_on_hazards_is_optional_and_names_known_kinds() {
+        let base = "min_cosine = 0.9\nmin_exact_match = 0.5\nmax_kl = 0.1\n";
+        assert_eq!(parse_toml(base).unwrap().fail_on_hazards, HazardPolicy::None);
+        let t = parse_toml(&format!("{base}fail_on_hazards = true\n")).unwrap();
+        assert_eq!(t.fail_on_hazards, HazardPolicy::All);
+        let t = parse_toml(&format!("{base}fail_on_hazards = [\"untied_output_ignored\"]\n")).unwrap();
+        assert!(check(&t).is_ok());
+        assert!(t.fail_on_hazards.selects("untied_output_ignored"));
+        let t = parse_toml(&format!("{base}fail_on_hazards = [\"untied\"]\n")).unwrap();
+        let e = check(&t).unwrap_err().to_string();
+        assert!(e.contains("\"untied\"") && e.contains("untied_output_ignored"), "{e}");
+        let e = parse_toml(&format!("{base}fail_on_hazards = 1\n")).unwrap_err().to_string();
+        assert!(e.starts_with("line 4:") && e.contains("true, false or a list of hazard kinds"), "{e}");
+        let j = parse_json(
+            r#"{"min_cosine": 0.9, "min_exact_match": 0.5, "max_kl": 0.1, "fail_on_hazards": true}"#,
+        );
+        assert_eq!(j.unwrap().fail_on_hazards, HazardPolicy::All);
     }
 
     #[test]
@@ -216,8 +263,7 @@ mod tests {
 
     #[test]
     fn ranges() {
-        let ok =
-            Thresholds { min_cosine: 0.9, min_exact_match: 0.5, max_kl: 0.0, max_first_divergence: None };
+        let ok = Thresholds { min_cosine: 0.9, min_exact_match: 0.5, max_kl: 0.0, ..Thresholds::default() };
         assert!(check(&ok).is_ok());
         for (bad, key) in [
             (Thresholds { min_cosine: 1.5, ..ok.clone() }, "min_cosine"),
@@ -234,8 +280,7 @@ mod tests {
     #[test]
     fn precedence_flag_then_file_then_receipt() {
         let recorded = Thresholds::default();
-        let file =
-            Thresholds { min_cosine: 0.5, min_exact_match: 0.5, max_kl: 0.5, max_first_divergence: None };
+        let file = Thresholds { min_cosine: 0.5, min_exact_match: 0.5, max_kl: 0.5, ..Thresholds::default() };
         let flags = Overrides { max_kl: Some(0.25), max_first_divergence: Some(3), ..Overrides::default() };
         let r = resolve(&recorded, Some((Path::new("t.toml"), &file)), &flags);
         assert_eq!(r.min_cosine, Sourced { value: 0.5, source: Source::File("t.toml".into()) });

@@ -7,34 +7,15 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Operations compared in each layer, in graph order (names as the reference reports them).
-pub const LAYER_OPS: [&str; 15] = [
-    "attn_norm",
-    "Qcur",
-    "Kcur",
-    "Vcur",
-    "kqv_out",
-    "attn_sub_norm",
-    "attn_o_out",
-    "ffn_inp",
-    "ffn_norm",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_out",
-    "ffn_sub_norm",
-    "ffn_down",
-    "l_out",
-];
+/// Operations after the last layer (the engine's list).
+pub use bitnet_engine::model::FINAL_OPS;
 
-/// Operations after the last layer.
-pub const FINAL_OPS: [&str; 2] = ["result_norm", "result_output"];
-
-/// Every traced name of a model with `n_layer` layers, in graph order.
-pub fn traced_names(n_layer: usize) -> Vec<String> {
-    let mut v: Vec<String> =
-        (0..n_layer).flat_map(|l| LAYER_OPS.iter().map(move |op| format!("{op}-{l}"))).collect();
-    v.extend(FINAL_OPS.iter().map(|s| s.to_string()));
-    v
+/// The names compared for `model`, in graph order: the engine reports, for its architecture
+/// and the layer's optional tensors, the names the reference's eval callback gives the same
+/// tensors (`Model::traced_names`, e.g. `ffn_out` for `bitnet-b1.58`, `ffn_silu` and
+/// `ffn_sub_out` for `bitnet`).
+pub fn traced_names(model: &bitnet_engine::model::Model<'_>) -> Vec<String> {
+    model.traced_names()
 }
 
 /// The `trace` section of a receipt.
@@ -73,7 +54,7 @@ pub struct TraceOp {
 }
 
 /// Splits `Qcur-1` into (`Qcur`, Some(1)); names without a layer suffix give None.
-fn split_name(name: &str) -> (String, Option<usize>) {
+pub(crate) fn split_name(name: &str) -> (String, Option<usize>) {
     match name.rsplit_once('-') {
         Some((op, l)) if l.chars().all(|c| c.is_ascii_digit()) && !l.is_empty() => {
             (op.to_string(), l.parse().ok())
@@ -180,13 +161,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_split_and_order() {
+    fn names_split() {
         assert_eq!(split_name("Qcur-12"), ("Qcur".to_string(), Some(12)));
+        assert_eq!(split_name("ffn_sqr(relu)-3"), ("ffn_sqr(relu)".to_string(), Some(3)));
         assert_eq!(split_name("result_norm"), ("result_norm".to_string(), None));
-        let n = traced_names(2);
-        assert_eq!(n[0], "attn_norm-0");
-        assert_eq!(n[15], "attn_norm-1");
-        assert_eq!(n.last().unwrap(), "result_output");
     }
 
     #[test]

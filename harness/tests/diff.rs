@@ -62,7 +62,7 @@ struct Side {
     cases: usize,
     ignored_fields: Vec<String>,
     reference_profile: Option<Value>,
-    profile_hazard: Option<String>,
+    hazards: Vec<Value>,
 }
 
 #[derive(Debug, Deserialize)]

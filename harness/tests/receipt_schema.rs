@@ -62,7 +62,8 @@ fn assert_keys_match(root: &Value, node: &Value, value: &Value, path: &str, seen
             assert_eq!(written, listed, "{path}: keys written vs keys in the schema");
             let required: BTreeSet<&str> =
                 node["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-            let optional = ["trace", "injected_fault", "token_texts", "reference_profile", "profile_hazard"];
+            let optional =
+                ["trace", "injected_fault", "token_texts", "reference_profile", "hazards", "fail_on_hazards"];
             let expected: BTreeSet<&str> = listed.iter().copied().filter(|k| !optional.contains(k)).collect();
             assert_eq!(required, expected, "{path}: every field but the optional ones is required");
             seen.insert(node as *const Value as usize);
@@ -198,21 +199,43 @@ fn versions_other_majors_refused_newer_minors_read_with_new_fields_ignored() {
     assert_eq!(schema_error(&v).0, "summary");
 }
 
-/// A receipt of schema 1.0.0, written before the reference-build profile was recorded, still
-/// reads (strictly: it is an older minor version), and `gate` makes no profile check of it.
+/// A receipt of schema 1.0.0, written before the reference-build profile and the hazards were
+/// recorded, still reads (strictly: it is an older minor version), and `gate` makes no profile
+/// or hazard check of it.
 #[test]
 fn receipts_of_schema_1_0_without_profile_fields_still_read() {
     let mut v = to_value(&maximal());
     v["schema_version"] = json!("1.0.0");
     v["engines"]["rust"].as_object_mut().unwrap().remove("reference_profile");
-    v["engines"]["reference"].as_object_mut().unwrap().remove("profile_hazard");
+    v.as_object_mut().unwrap().remove("hazards");
+    v["settings"]["thresholds"].as_object_mut().unwrap().remove("fail_on_hazards");
     let (version, r, _, ignored) = schema::parse_receipt(&serde_json::to_vec(&v).unwrap()).unwrap();
     assert_eq!((version.major, version.minor), (1, 0));
     assert!(ignored.is_empty());
     assert_eq!(r.engines.rust.reference_profile, None);
-    assert_eq!(r.engines.reference.profile_hazard, None);
+    assert!(r.hazards.is_empty());
+    assert_eq!(r.settings.thresholds.fail_on_hazards, harness::hazards::HazardPolicy::None);
     let t = harness::thresholds::resolve(&r.settings.thresholds, None, &Default::default());
-    assert!(harness::gate::evaluate(&r, &t).iter().all(|c| c.name != "reference_profile"));
+    assert!(harness::gate::evaluate(&r, &t)
+        .iter()
+        .all(|c| c.name != "reference_profile" && c.name != "hazard"));
+
+    // The draft of 1.1 that kept the profile's hazard as a string in engines.reference is not a
+    // format this harness writes or reads.
+    let mut v = to_value(&maximal());
+    v["engines"]["reference"]["profile_hazard"] = json!("no profile");
+    assert_eq!(schema_error(&v).0, "engines.reference");
+
+    // A hazard needs its three fields; a kind is a snake_case name.
+    let mut v = to_value(&maximal());
+    v["hazards"][1].as_object_mut().unwrap().remove("fails_verdict");
+    assert_eq!(schema_error(&v).0, "hazards[1]");
+    let mut v = to_value(&maximal());
+    v["hazards"][0]["kind"] = json!("Reference Profile");
+    assert_eq!(schema_error(&v).0, "hazards[0].kind");
+    let mut v = to_value(&maximal());
+    v["settings"]["thresholds"]["fail_on_hazards"] = json!("yes");
+    assert_eq!(schema_error(&v).0, "settings.thresholds.fail_on_hazards");
 
     // A profile source this version does not know is drift.
     let mut v = to_value(&maximal());
@@ -268,11 +291,32 @@ struct StrictReceipt {
     tokenizer: Value,
     cases: Vec<StrictCase>,
     summary: StrictSummary,
+    hazards: Vec<StrictHazard>,
     verdict: Value,
     timings: Value,
     run_state: StrictRunState,
     #[serde(default)]
     trace: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct StrictHazard {
+    kind: String,
+    detail: String,
+    fails_verdict: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct StrictThresholds {
+    min_cosine: f64,
+    min_exact_match: f64,
+    max_kl: f64,
+    max_first_divergence: Option<usize>,
+    fail_on_hazards: Value,
 }
 
 #[derive(Deserialize)]
@@ -318,7 +362,6 @@ struct StrictReferenceEngine {
     threads: usize,
     kv_cache_type: String,
     flash_attention: bool,
-    profile_hazard: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -331,7 +374,7 @@ struct StrictSettings {
     ids_from: Option<String>,
     add_bos: bool,
     parse_special: bool,
-    thresholds: Value,
+    thresholds: StrictThresholds,
 }
 
 #[derive(Deserialize)]

@@ -62,8 +62,9 @@ fn saved_as(d: &Path, name: &str, isa: &[&str]) -> PathBuf {
     std::fs::copy(d.join("ref.bin"), &path).unwrap();
     rewrite_footer(&path, |f| {
         f["reference"]["isa"] = json!(isa);
-        // As in files saved before the hazard was recorded: the field is optional on read.
-        f["reference"].as_object_mut().unwrap().remove("profile_hazard");
+        // As in files saved by the 1.1 draft that kept the hazard in the reference's identity:
+        // the field is ignored on read (the run derives the hazard from the ISA macros).
+        f["reference"]["profile_hazard"] = json!(null);
     });
     path
 }
@@ -82,6 +83,11 @@ fn replay(saved: &Path, out: &str, args: &[&str]) -> (Value, String, String) {
 fn gate(receipt: &Path) -> (i32, String) {
     let o = harness(receipt.parent().unwrap(), &["gate", receipt.to_str().unwrap()]);
     (code(&o), stdout(&o))
+}
+
+/// The receipt's `reference_profile` hazard, if it has one.
+fn profile_hazard(r: &Value) -> Option<&Value> {
+    r["hazards"].as_array().unwrap().iter().find(|h| h["kind"] == "reference_profile")
 }
 
 fn reasons(r: &Value) -> String {
@@ -109,7 +115,8 @@ fn a_live_run_mirrors_the_profile_its_reference_was_built_for() {
     match expected(&reference["isa"]) {
         Ok(profile) => {
             assert_eq!(p, &json!({"name": profile.name(), "source": "build-info"}));
-            assert_eq!(reference["profile_hazard"], Value::Null);
+            assert_eq!(profile_hazard(&r), None);
+            assert_eq!(r["hazards"], json!([]));
             assert!(out.contains(&format!("reference profile: {profile} (from build-info)\n")), "{out}");
             assert!(!reasons(&r).contains("reference_profile"), "{}", reasons(&r));
             let (_, g) = gate(&d.join("live.json"));
@@ -118,7 +125,7 @@ fn a_live_run_mirrors_the_profile_its_reference_was_built_for() {
         Err(why) => {
             // An x86 machine without AVX2: the hazard path, as below.
             assert_eq!(p["source"], "host", "{why}");
-            assert!(reference["profile_hazard"].is_string());
+            assert_eq!(profile_hazard(&r).unwrap()["fails_verdict"], true);
         }
     }
 
@@ -184,7 +191,7 @@ fn a_replay_mirrors_the_build_its_saved_footer_names() {
             json!({"name": profile.name(), "source": "saved-reference"})
         );
         assert_eq!(r["engines"]["reference"]["isa"], json!(isa));
-        assert_eq!(r["engines"]["reference"]["profile_hazard"], Value::Null);
+        assert_eq!(profile_hazard(&r), None);
         assert!(out.contains(&format!("reference profile: {profile} (from saved-reference)")), "{out}");
     }
     // The unedited file replays with the live run's own profile and the same numbers.
@@ -203,8 +210,10 @@ fn a_build_without_profile_fails_the_verdict_unless_the_profile_is_chosen() {
     live(t.path());
     let saved = saved_as(t.path(), "avx-only.bin", AVX_ONLY);
     let (r, out, err) = replay(&saved, "hazard.json", &[]);
-    let hazard =
-        r["engines"]["reference"]["profile_hazard"].as_str().expect("a hazard is recorded").to_string();
+    let h = profile_hazard(&r).expect("a hazard is recorded").clone();
+    assert_eq!(h["fails_verdict"], true);
+    let hazard = h["detail"].as_str().unwrap().to_string();
+    assert!(hazard.starts_with("the reference build has no profile: "), "{hazard}");
     assert!(hazard.contains("deciding macros: __AVX__"), "{hazard}");
     assert_eq!(
         r["engines"]["rust"]["reference_profile"],
@@ -225,18 +234,27 @@ fn a_build_without_profile_fails_the_verdict_unless_the_profile_is_chosen() {
     // With --reference-profile the hazard is still recorded and warned about (even with
     // --quiet), but decides nothing.
     let (r, _, err) = replay(&saved, "chosen.json", &["--reference-profile", "avx2", "--quiet"]);
-    assert_eq!(r["engines"]["reference"]["profile_hazard"], json!(hazard));
+    assert_eq!(
+        profile_hazard(&r).unwrap(),
+        &json!({"kind": "reference_profile", "detail": hazard, "fails_verdict": false})
+    );
     assert_eq!(r["engines"]["rust"]["reference_profile"], json!({"name": "avx2", "source": "override"}));
     assert!(err.contains("warning: the reference build has no profile"), "{err}");
     assert!(!reasons(&r).contains("reference_profile"), "{}", reasons(&r));
-    let (_, g) = gate(&saved.parent().unwrap().join("chosen.json"));
+    let chosen = saved.parent().unwrap().join("chosen.json");
+    let (c, g) = gate(&chosen);
+    assert_eq!(c, 0, "{g}");
     assert!(g.contains("note reference_profile avx2 chosen by --reference-profile"), "{g}");
     assert!(!g.contains("FAIL reference_profile"), "{g}");
+    // ... unless the thresholds make hazards fail: then the overridden one fails too.
+    let o = harness(chosen.parent().unwrap(), &["gate", chosen.to_str().unwrap(), "--fail-on-hazards"]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    assert!(stdout(&o).contains("FAIL reference_profile avx2 chosen by --reference-profile, but the reference build has no profile"), "{}", stdout(&o));
 
     // A build that records no ISA macros at all (a prebuilt library) is a hazard too.
     let saved = saved_as(t.path(), "unknown.bin", &[]);
     let (r, _, _) = replay(&saved, "unknown.json", &["--quiet"]);
-    let hazard = r["engines"]["reference"]["profile_hazard"].as_str().unwrap();
+    let hazard = profile_hazard(&r).unwrap()["detail"].as_str().unwrap();
     assert!(hazard.contains("no ISA macros recorded"), "{hazard}");
     assert_eq!(r["verdict"]["status"], "fail");
 }
@@ -293,9 +311,23 @@ fn gate_checks_the_recorded_profile_against_the_build() {
     assert_eq!(c, 1, "{g}");
     assert!(g.contains("FAIL reference_profile avx2 (from saved-reference) but the reference build's ISA macros imply avx512"), "{g}");
     let unexcused = common::receipts::edited(&d.join("g.json"), d, "hazard.json", |v| {
-        v["engines"]["reference"]["profile_hazard"] = json!("made up");
+        v["hazards"] = json!([{
+            "kind": "reference_profile",
+            "detail": "the reference build has no profile: made up",
+            "fails_verdict": true
+        }]);
     });
     let (c, g) = gate(&unexcused);
     assert_eq!(c, 1, "{g}");
     assert!(g.contains("FAIL reference_profile the reference build has no profile: made up"), "{g}");
+    // A hazard that claims not to fail is not believed when no --reference-profile excused it.
+    let claimed = common::receipts::edited(&d.join("g.json"), d, "claimed.json", |v| {
+        v["hazards"] = json!([{
+            "kind": "reference_profile",
+            "detail": "the reference build has no profile: made up",
+            "fails_verdict": false
+        }]);
+    });
+    let (c, g) = gate(&claimed);
+    assert_eq!(c, 1, "{g}");
 }

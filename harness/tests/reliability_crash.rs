@@ -224,7 +224,7 @@ fn assert_clean_output_failure(done: &Finished, dir: &Path, old_receipt: &[u8]) 
     assert_eq!(done.code(), Some(8), "exit code for an unwritable receipt\n{}", done.stderr);
     let lines: Vec<&str> = done.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{}", done.stderr);
-    assert!(lines[0].starts_with("error: cannot write the "), "{}", lines[0]);
+    assert!(lines[0].starts_with("error: cannot write "), "{}", lines[0]);
     // The previous receipt is untouched and nothing half-written is left.
     assert_eq!(std::fs::read(dir.join("receipt.json")).unwrap(), old_receipt);
     assert!(procs::leftovers(dir).is_empty(), "{:?}", procs::leftovers(dir));

@@ -92,8 +92,10 @@ fn a_multi_thread_reference_quantization_is_flagged_and_judged_invalid_input() {
     let reference = Reference::open_built().unwrap();
     let single = dir.path().join("one-thread.gguf");
     let multi = dir.path().join("four-threads.gguf");
-    reference.quantize(&source, &single, QuantizeOptions { ftype: FTYPE_MOSTLY_I2_S, threads: 1 }).unwrap();
-    reference.quantize(&source, &multi, QuantizeOptions { ftype: FTYPE_MOSTLY_I2_S, threads: 4 }).unwrap();
+    let options =
+        |threads| QuantizeOptions { ftype: FTYPE_MOSTLY_I2_S, threads, ..QuantizeOptions::default() };
+    reference.quantize(&source, &single, options(1)).unwrap();
+    reference.quantize(&source, &multi, options(4)).unwrap();
 
     // The single-threaded file is clean: the detector does not flag the reference's own output.
     let clean = inspect_json(&single);

@@ -1,8 +1,10 @@
 //! A pure-Rust BitNet b1.58 inference engine.
 //!
 //! It reads the same GGUF files as bitnet.cpp (memory-mapped, zero-copy), decodes every
-//! I2_S flavour, runs the bitnet-b1.58 forward pass with the reference's int8 activation
-//! quantization, and tokenizes with the vocabulary embedded in the file.
+//! I2_S flavour and every embedding / lm_head type it mirrors ([`ops::blocks`]), runs the
+//! forward pass of each BitNet architecture the reference knows
+//! (`bitnet-b1.58`, `bitnet-25`, `bitnet`: [`model::Arch`]) with the reference's int8
+//! activation quantization, and tokenizes with the vocabulary embedded in the file.
 #![deny(unsafe_code)]
 
 pub mod gguf;

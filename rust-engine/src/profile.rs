@@ -16,11 +16,22 @@
 //! | `ggml_v_expf` | ends `k + k·j` with `k = 2ⁿ` built from the exponent bits, special cases past `|n| > 126` | ends `scalef(j, n)` with the `+1` inside `j`; special cases past `|n| > 192` only |
 //! | `ggml_vec_soft_max_f32` | groups of 8, each group's horizontal sum (hi+lo, movehl, movehdup) added in f64 | groups of 16, each group's `_mm512_reduce_add_ps` added in f64 |
 //! | `ggml_vec_silu_f32` | `x / (1 + exp(−x))` 8 at a time with that `expf` | 16 at a time with that `expf` |
+//! | `ggml_vec_dot_bf16` (a BF16 head) | 4 accumulators × 8 lanes, 32 elements a step (FMA; bf16 products are exact); accumulators (0+2)+(1+3), `hsum_float_8`; the rest in f64 | **with AVX512BF16**: 2 accumulators × 16 lanes of `VDPBF16PS` (odd then even products, each step an FMA with subnormals flushed), 64 a step; each `_mm512_reduce_add_ps` added in f64; the rest in f64 |
+//! | `ggml_fp32_to_bf16_row` (its input) | one at a time, round to nearest even | **with AVX512BF16**: groups of 32 by `_mm512_cvtne2ps_pbh` (subnormals become ±0), the rest one at a time |
 //!
 //! Everything else on the forward pass is the same on both builds: the I2_S kernels and
 //! `quantize_row_i8_s` (integer sums, no AVX-512 path), RMSNorm (a scalar f64 sum), RoPE
 //! (scalar, fused by gcc on both since AVX-512F implies FMA), the f16 conversions (round to
-//! nearest even either way) and element-wise products.
+//! nearest even either way), element-wise products, and the Q8_0, Q4_K and Q6_K heads (their
+//! `__AVX2__` code on both: `quantize_row_q8_0` / `quantize_row_q8_K_ref`, the dots, the
+//! `dequantize_row_*` of the embedding; see [`crate::ops::blocks`] and [`crate::ops::qdot`]).
+//!
+//! **The BF16 assumption.** [`RefProfile::Avx512`] is chosen from AVX-512F and DQ, but the
+//! BF16 head's numerics come from AVX512BF16: every AVX-512 CPU this project has seen (Zen 4,
+//! Sapphire Rapids) has it. A build with AVX-512F but without AVX512BF16 (Skylake-SP, Ice Lake)
+//! compiles a third BF16 dot (2 × 16 lanes of multiply then add, 32 elements a step) and the
+//! scalar activation conversion; the engine does not mirror it. Everything else about such a
+//! build is the AVX-512 profile's. [`bf16_caveat`] says when a build is one of these.
 
 use std::fmt;
 
@@ -30,7 +41,8 @@ pub enum RefProfile {
     /// A build for AVX2 + FMA + F16C without AVX-512 (`-march=x86-64-v3`, Zen 3, Haswell...).
     Avx2,
     /// A build with AVX-512F and AVX-512DQ (`-march=native` on Zen 4, Skylake-SP, Sapphire
-    /// Rapids...; AVX512-FP16, BF16, VNNI and AMX do not change these numbers).
+    /// Rapids...; AVX512-FP16, VNNI and AMX do not change these numbers; a BF16 head assumes
+    /// AVX512BF16, see [`bf16_caveat`]).
     Avx512,
 }
 
@@ -114,6 +126,17 @@ impl RefProfile {
     }
 }
 
+/// Why a BF16 head would not be bit-exact against a build with these ISA macros, if it would
+/// not: an AVX-512 build without AVX512BF16 (see the module docs). `None` for every build
+/// whose BF16 numerics a profile mirrors.
+pub fn bf16_caveat<S: AsRef<str>>(macros: &[S]) -> Option<&'static str> {
+    let has = |m: &str| macros.iter().any(|x| x.as_ref() == m);
+    (has("__AVX512F__") && !has("__AVX512BF16__")).then_some(
+        "an AVX-512 build without AVX512BF16 computes the BF16 lm_head with 16-lane multiply-adds \
+         that no profile mirrors: a BF16 head will not be bit-exact",
+    )
+}
+
 impl fmt::Display for RefProfile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -139,6 +162,16 @@ mod tests {
         assert_eq!(err.present, ["__AVX__"]);
         assert!(RefProfile::from_isa_macros(&["__ARM_NEON"]).is_err());
         assert!(RefProfile::from_isa_macros::<&str>(&[]).is_err());
+    }
+
+    #[test]
+    fn only_avx512_builds_without_bf16_have_the_bf16_caveat() {
+        let v3 = ["__AVX__", "__AVX2__", "__FMA__", "__F16C__"];
+        assert_eq!(bf16_caveat(&v3), None);
+        let skx = [&v3[..], &["__AVX512F__", "__AVX512DQ__"]].concat();
+        assert!(bf16_caveat(&skx).is_some());
+        let zen4 = [&skx[..], &["__AVX512BF16__"]].concat();
+        assert_eq!(bf16_caveat(&zen4), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use bitnet_engine::ops::{self, FloatKernel};
+use bitnet_engine::ops::{self, BlockInput, BlockType, FloatKernel};
 use bitnet_engine::profile::RefProfile;
 use serde_json::Value;
 
@@ -55,8 +55,7 @@ fn golden(name: &str) -> Vec<Case> {
         .collect()
 }
 
-/// What `kernel` computes for `case`, or `None` for ops the engine does not take from this
-/// file (the quantized and BF16 heads).
+/// What `kernel` computes for `case`, or `None` for an op this test does not know.
 fn compute(kernel: FloatKernel, case: &Case) -> Option<Vec<f32>> {
     match case.op.as_str() {
         "mul_mat_f16" => {
@@ -99,9 +98,63 @@ fn compute(kernel: FloatKernel, case: &Case) -> Option<Vec<f32>> {
             kernel.silu(&x, &mut y);
             Some(y)
         }
-        _ => None,
+        op => {
+            // A head in a block type: ggml converts x to the type's vec_dot_type, then one
+            // vec_dot per row.
+            let ty = block_type(op)?;
+            let (n, rows) = (case.usize("n"), case.usize("rows"));
+            let (w, x) = (case.bytes("w"), case.f32s("x"));
+            let rb = ty.row_bytes(n);
+            assert_eq!((w.len(), x.len()), (rb * rows, n), "{op} n={n}");
+            let row = |r: usize| &w[rb * r..rb * (r + 1)];
+            let mut input = BlockInput::with_capacity(n);
+            kernel.prepare_block_input(ty, &x, &mut input);
+            let y: Vec<f32> = (0..rows).map(|r| kernel.dot_block_rows(ty, [row(r)], &input)[0]).collect();
+            // The scalar oracle, and several rows at once, give the same bits.
+            let scalar = FloatKernel::scalar(kernel.profile());
+            for (r, yr) in y.iter().enumerate() {
+                assert_eq!(
+                    yr.to_bits(),
+                    scalar.dot_block_rows(ty, [row(r)], &input)[0].to_bits(),
+                    "{op} n={n}"
+                );
+            }
+            if rows >= 3 {
+                let three = kernel.dot_block_rows(ty, [row(0), row(1), row(2)], &input);
+                assert_eq!(
+                    three.map(f32::to_bits),
+                    [y[0], y[1], y[2]].map(f32::to_bits),
+                    "{op} 3 rows n={n}"
+                );
+            }
+            Some(y)
+        }
     }
 }
+
+/// The block type of a `mul_mat_<type>` case.
+fn block_type(op: &str) -> Option<BlockType> {
+    Some(match op {
+        "mul_mat_q8_0" => BlockType::Q8_0,
+        "mul_mat_q4_K" => BlockType::Q4_K,
+        "mul_mat_q6_K" => BlockType::Q6_K,
+        "mul_mat_bf16" => BlockType::BF16,
+        _ => return None,
+    })
+}
+
+/// Ops whose outputs differ between the two builds (the rest: Q8_0, Q4_K, Q6_K, identical).
+const BUILD_DEPENDENT: [&str; 4] = ["mul_mat_f16", "soft_max", "silu", "mul_mat_bf16"];
+/// Every op of the files, and the fewest cases each must have.
+const OPS: [(&str, usize); 7] = [
+    ("mul_mat_f16", 50),
+    ("soft_max", 50),
+    ("silu", 50),
+    ("mul_mat_q8_0", 4),
+    ("mul_mat_q4_K", 4),
+    ("mul_mat_q6_K", 4),
+    ("mul_mat_bf16", 4),
+];
 
 /// Cases of each op whose every output is bit-identical, and the cases compared.
 fn agreement(kernel: FloatKernel, cases: &[Case]) -> BTreeMap<String, (usize, usize)> {
@@ -122,9 +175,14 @@ fn check_profile(file: &str, profile: RefProfile) {
     for kernel in FloatKernel::available(profile) {
         let tally = agreement(kernel, &cases);
         eprintln!("{file} with the {} kernel, profile {profile}: {tally:?}", kernel.name());
-        assert_eq!(tally.len(), 3, "mul_mat_f16, soft_max and silu cases expected in {file}");
-        for (op, (exact, total)) in &tally {
-            assert!(*total > 50, "{file}: only {total} {op} cases");
+        assert_eq!(
+            tally.keys().map(String::as_str).collect::<Vec<_>>().len(),
+            OPS.len(),
+            "{file}: {tally:?}"
+        );
+        for (op, fewest) in OPS {
+            let (exact, total) = tally[op];
+            assert!(total >= fewest, "{file}: only {total} {op} cases");
             assert_eq!(exact, total, "{file}, kernel {}, profile {profile}: {op}", kernel.name());
         }
     }
@@ -146,9 +204,14 @@ fn avx512_profile_reproduces_the_avx512_build() {
 fn the_wrong_profile_does_not_reproduce_the_other_build() {
     for (file, wrong) in [("ops-avx512.json", RefProfile::Avx2), ("ops-avx2.json", RefProfile::Avx512)] {
         let tally = agreement(FloatKernel::best(wrong), &golden(file));
-        for op in ["mul_mat_f16", "soft_max", "silu"] {
+        for (op, _) in OPS {
             let (exact, total) = tally[op];
-            assert!(exact < total * 3 / 4, "{file} under {wrong}: {op} {exact}/{total} exact");
+            if BUILD_DEPENDENT.contains(&op) {
+                assert!(exact < total * 3 / 4, "{file} under {wrong}: {op} {exact}/{total} exact");
+            } else {
+                // The Q8_0 and K-quant products are the same code on both builds.
+                assert_eq!(exact, total, "{file} under {wrong}: {op}");
+            }
         }
     }
 }

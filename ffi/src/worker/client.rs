@@ -1,6 +1,12 @@
 //! The parent side: a handle on a worker process whose methods mirror the safe wrapper.
 
 use std::io::{BufReader, BufWriter};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
@@ -30,6 +36,13 @@ pub enum WorkerError {
     /// The worker answered something unreadable.
     #[error("reference worker protocol error during {during}: {message}")]
     Protocol { during: String, message: String },
+    /// The worker stopped answering (a stopped process, or no answer within the timeout set
+    /// with [`RefWorker::set_timeout`]); it has been killed.
+    #[error("reference worker stopped answering during {during}: {reason}; it was killed")]
+    Unresponsive { during: String, reason: String },
+    /// The caller's cancel flag was raised (Ctrl-C) while waiting; the worker was killed.
+    #[error("interrupted during {during}; the reference worker was stopped")]
+    Interrupted { during: String },
     /// A request after the worker died; carries the original failure.
     #[error("the reference worker is gone ({0})")]
     Gone(Box<WorkerError>),
@@ -77,7 +90,16 @@ pub struct RefWorker {
     /// A `start_eval_token` awaits its `finish_eval`.
     in_flight: bool,
     last_eval: std::time::Duration,
+    /// Raised by the caller (a Ctrl-C handler) to stop waiting for an answer.
+    cancel: Option<Arc<AtomicBool>>,
+    /// The longest wait for one answer, if bounded.
+    timeout: Option<Duration>,
 }
+
+/// How often a wait for the worker looks at the cancel flag and the worker's state.
+const POLL_SLICE: Duration = Duration::from_millis(100);
+/// How long the worker may stay stopped (SIGSTOP, SIGTSTP) before it counts as unresponsive.
+const STOPPED_GRACE: Duration = Duration::from_secs(3);
 
 /// An evaluation started with [`RefWorker::start_eval_token`], to be finished exactly once.
 #[must_use = "finish the evaluation with RefWorker::finish_eval"]
@@ -117,6 +139,8 @@ impl RefWorker {
             model: None,
             in_flight: false,
             last_eval: std::time::Duration::ZERO,
+            cancel: None,
+            timeout: None,
         };
         let mut hello = Enc::new().u32(PROTOCOL_VERSION);
         hello = match &library {
@@ -132,6 +156,18 @@ impl RefWorker {
         w.library = PathBuf::from(d.str("library path").map_err(|m| proto(during, m))?);
         w.system_info = d.str("system info").map_err(|m| proto(during, m))?;
         Ok(w)
+    }
+
+    /// A flag that, once raised (by a Ctrl-C handler, say), ends any wait for an answer with
+    /// [`WorkerError::Interrupted`] and kills the worker.
+    pub fn set_cancel(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = Some(flag);
+    }
+
+    /// The longest wait for one answer (`None`: unbounded, the default; a stopped worker is
+    /// detected either way).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
     }
 
     /// Process id of the worker (for tests and diagnostics).
@@ -185,8 +221,52 @@ impl RefWorker {
         })
     }
 
+    /// Waits until the worker's answer starts to arrive, watching the cancel flag, the timeout
+    /// and whether the worker process is stopped; kills the worker on any of those.
+    fn wait_for_answer(&mut self, during: &str) -> R<()> {
+        if !self.stdout.buffer().is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut stopped_since: Option<Instant> = None;
+        loop {
+            let fd = self.stdout.get_ref().as_fd();
+            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+            let slice = Timespec { tv_sec: 0, tv_nsec: POLL_SLICE.as_nanos() as _ };
+            match poll(&mut fds, Some(&slice)) {
+                // Readable, or the pipe closed (read_frame then says how the worker ended).
+                Ok(n) if n > 0 => return Ok(()),
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(proto(during, format!("cannot wait for the worker: {e}"))),
+            }
+            let failure = if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                Some(WorkerError::Interrupted { during: during.to_string() })
+            } else if process_stopped(self.child.id()) {
+                let since = *stopped_since.get_or_insert_with(Instant::now);
+                (since.elapsed() >= STOPPED_GRACE).then(|| WorkerError::Unresponsive {
+                    during: during.to_string(),
+                    reason: format!("its process {} is stopped (SIGSTOP?)", self.child.id()),
+                })
+            } else {
+                stopped_since = None;
+                self.timeout.filter(|t| started.elapsed() >= *t).map(|t| WorkerError::Unresponsive {
+                    during: during.to_string(),
+                    reason: format!("no answer in {} s", t.as_secs_f64()),
+                })
+            };
+            if let Some(err) = failure {
+                self.stdin = None;
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.dead = Some(err.clone());
+                return Err(err);
+            }
+        }
+    }
+
     /// Read the response to the request sent last.
     fn receive(&mut self, during: &str) -> R<Vec<u8>> {
+        self.wait_for_answer(during)?;
         match read_frame(&mut self.stdout) {
             Ok(Some((OK, body))) => Ok(body),
             Ok(Some((ERR, body))) => Err(WorkerError::Request {
@@ -380,6 +460,14 @@ impl Drop for RefWorker {
         }
         let _ = self.child.wait();
     }
+}
+
+/// Whether process `pid` is stopped (state `T` or `t` in `/proc/<pid>/stat`).
+fn process_stopped(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state follows the command name, which is in parentheses and may hold anything.
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].trim_start().chars().next());
+    matches!(state, Some('T' | 't'))
 }
 
 fn proto(during: &str, message: impl Into<String>) -> WorkerError {

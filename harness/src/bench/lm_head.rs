@@ -1,9 +1,11 @@
-//! The lm_head alone: the output product of one decode step (`token_embd · h`, F16 weights,
-//! f32 input rounded to f16, 128256 × 2560 on the 2B shapes: 626 MB read per product), timed in
-//! both engines on the **same mapped bytes** of the model file.
+//! The lm_head alone: the output product of one decode step (`token_embd · h`: F16 weights with
+//! the f32 input rounded to f16, 128256 × 2560 on the 2B shapes: 626 MB read per product; or
+//! a Q8_0, Q4_K, Q6_K or BF16 head with the input converted to the type's `vec_dot_type`),
+//! timed in both engines on the **same mapped bytes** of the model file.
 //!
 //! It is the largest item of a decode step, so it bounds the decode ratio: the reference runs
-//! its own `ggml_mul_mat` reading the map in place (`bitnet_cpp::Reference::f16_matmul`); the
+//! its own `ggml_mul_mat` reading the map in place (`bitnet_cpp::Reference::f16_matmul`,
+//! `block_matmul`); the
 //! Rust engine runs `Model::project_output` (its forward pass's own code path, thread split
 //! included). The two alternate batch by batch (reference first in even batches), since this
 //! product is bound by memory bandwidth, which drifts on a shared machine; the speed-up is the
@@ -16,6 +18,7 @@ use anyhow::{bail, Context};
 use bitnet_cpp::Reference;
 use bitnet_engine::gguf::{GgmlType, GgufFile};
 use bitnet_engine::model::{Model, ModelOptions};
+use bitnet_engine::ops::BlockType;
 use bitnet_engine::profile::RefProfile;
 use bitnet_fixtures::rng::Rng;
 
@@ -27,8 +30,8 @@ pub const REPEATS: usize = 4;
 
 /// Times the lm_head of `model` at `threads` threads over `batches` alternating batches (after
 /// one warm-up batch each), the Rust engine mirroring `profile` (the reference build's: the
-/// F16 dot products differ between builds). `Ok(None)` when `token_embd` is not F16 (nothing
-/// comparable to time).
+/// F16 and BF16 dot products differ between builds). `Ok(None)` when `token_embd` is of
+/// another type (F32, I2_S: nothing comparable to time).
 pub fn bench(
     model: &Path,
     threads: usize,
@@ -40,7 +43,8 @@ pub fn bench(
     let Some(info) = file.tensor("token_embd.weight") else {
         bail!("{}: no token_embd.weight", model.display())
     };
-    if info.ggml_type != GgmlType::F16 || info.dims.len() != 2 {
+    let block = BlockType::from_ggml(info.ggml_type);
+    if (info.ggml_type != GgmlType::F16 && block.is_none()) || info.dims.len() != 2 {
         return Ok(None);
     }
     let (cols, rows) = (info.dims[0] as usize, info.dims[1] as usize);
@@ -52,9 +56,11 @@ pub fn bench(
     let mut rust =
         Model::load(&file, ModelOptions { n_ctx: 1, exact_reference_rounding: true, threads, profile })
             .context("cannot load the model in the Rust engine")?;
-    let mut cpp = reference
-        .f16_matmul(data, rows, cols, REPEATS, threads)
-        .context("cannot build the reference's lm_head product")?;
+    let mut cpp = match block {
+        Some(ty) => reference.block_matmul(ty.ggml().id(), data, rows, cols, REPEATS, threads),
+        None => reference.f16_matmul(data, rows, cols, REPEATS, threads),
+    }
+    .context("cannot build the reference's lm_head product")?;
     cpp.set_input(&h)?;
 
     let mut rust_s = Vec::with_capacity(batches);

@@ -316,7 +316,7 @@ pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
 
     let json = serde_json::to_string_pretty(&report).or_exit(Exit::Internal)?;
     if let Some(out) = &args.out {
-        write_atomic(out, json.as_bytes()).or_exit(Exit::BadInput)?;
+        crate::files::write_atomic(out, json.as_bytes())?;
     }
     if args.json {
         println!("{json}");
@@ -324,15 +324,6 @@ pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
         print!("{}", table::render(&report));
     }
     Ok(Exit::Ok)
-}
-
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(".bench.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Both engines at `threads` threads, each in its own worker process, alternating which one

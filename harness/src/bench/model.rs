@@ -68,7 +68,7 @@ fn is_complete(path: &Path, spec: &ModelSpec) -> bool {
         && tensors.iter().zip(&plans).all(|(t, p)| {
             let ty_ok = match p.role {
                 spec::Role::Embedding => t.ggml_type == GgmlType::F16,
-                spec::Role::Norm => t.ggml_type == GgmlType::F32,
+                spec::Role::Norm | spec::Role::Scale => t.ggml_type == GgmlType::F32,
                 spec::Role::Linear => t.ggml_type == GgmlType::I2_S,
             };
             t.name == p.name && t.dims == p.dims && ty_ok
@@ -118,7 +118,7 @@ fn generate(spec: &ModelSpec, path: &Path) -> anyhow::Result<()> {
         .map(|p| {
             let ty = match p.role {
                 spec::Role::Embedding => GgmlType::F16,
-                spec::Role::Norm => GgmlType::F32,
+                spec::Role::Norm | spec::Role::Scale => GgmlType::F32,
                 spec::Role::Linear => GgmlType::I2_S,
             };
             ty.tensor_bytes(&p.dims).unwrap_or(0)

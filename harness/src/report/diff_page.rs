@@ -48,6 +48,14 @@ pub fn render(old: &LoadedReceipt, new: &LoadedReceipt, d: &DiffReport) -> Strin
         );
     }
     for side in [&d.old, &d.new] {
+        for h in &side.hazards {
+            let _ = writeln!(
+                b,
+                "<div class=\"warn\">{}: {}</div>",
+                code(&side.path),
+                super::page::hazard_html(h)
+            );
+        }
         if !side.ignored_fields.is_empty() {
             let _ = writeln!(
                 b,

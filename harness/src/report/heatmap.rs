@@ -9,16 +9,48 @@ use std::fmt::Write;
 
 use super::html::{self, esc};
 use super::scale::{agreement_digits, ramp_colour, text_on, BIT_EXACT_COLOUR, MAX_DIGITS};
-use crate::trace::{Trace, TraceOp, FINAL_OPS, LAYER_OPS};
+use crate::trace::{split_name, Trace, TraceOp};
 
 const CELL_W: f64 = 46.0;
 const CELL_H: f64 = 22.0;
 const LEFT: f64 = 70.0;
 const TOP: f64 = 96.0;
 
-/// Columns: every per-layer operation, then the operations after the last layer.
-fn columns() -> Vec<&'static str> {
-    LAYER_OPS.iter().chain(FINAL_OPS.iter()).copied().collect()
+/// Columns: every per-layer operation of the trace (they depend on the architecture and on
+/// each layer's optional tensors), in graph order, including those an engine did not report;
+/// then the operations after the last layer. Returns them and how many are per-layer.
+fn columns(t: &Trace) -> (Vec<String>, usize) {
+    // `unmatched` entries are `name (why)`.
+    let unmatched = t.unmatched.iter().map(|u| split_name(u.split(" (").next().unwrap_or(u)));
+    let all: Vec<(String, Option<usize>)> =
+        t.ops.iter().map(|o| (o.op.clone(), o.layer)).chain(unmatched).collect();
+    let (mut layer_ops, mut final_ops): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    // A layer's operation missing from the columns goes right after the one before it in
+    // that layer, so layers with and without an optional operation merge in graph order.
+    let mut prev: Option<(Option<usize>, usize)> = None;
+    for (op, layer) in all {
+        let Some(l) = layer else {
+            if !final_ops.contains(&op) {
+                final_ops.push(op);
+            }
+            continue;
+        };
+        let at = match layer_ops.iter().position(|c| *c == op) {
+            Some(i) => i,
+            None => {
+                let i = match prev {
+                    Some((Some(pl), pi)) if pl == l => pi + 1,
+                    _ => 0,
+                };
+                layer_ops.insert(i, op);
+                i
+            }
+        };
+        prev = Some((Some(l), at));
+    }
+    let n = layer_ops.len();
+    layer_ops.extend(final_ops);
+    (layer_ops, n)
 }
 
 /// Rows: each layer present in the trace, then `output` when the final operations are.
@@ -35,7 +67,7 @@ fn row_keys(t: &Trace) -> Vec<Option<usize>> {
 
 /// The heat map as SVG. `title` goes above it (e.g. which receipt, in a diff).
 pub fn heat_map(t: &Trace, title: &str) -> String {
-    let cols = columns();
+    let (cols, n_layer_ops) = columns(t);
     let rows = row_keys(t);
     let width = LEFT + CELL_W * cols.len() as f64 + 20.0;
     let legend_top = TOP + CELL_H * rows.len() as f64 + 24.0;
@@ -66,7 +98,7 @@ pub fn heat_map(t: &Trace, title: &str) -> String {
             let op = t.ops.iter().find(|o| o.layer == *key && o.op == *name);
             match op {
                 Some(op) => cell(&mut s, op, x, y, t.first_divergent_op.as_deref() == Some(op.name.as_str())),
-                None if key.is_some() == (c < LAYER_OPS.len()) => {
+                None if key.is_some() == (c < n_layer_ops) => {
                     // An operation the trace should have but does not (not reported by an engine).
                     let _ = write!(
                         s,
@@ -238,4 +270,42 @@ pub fn layer_table(t: &Trace) -> String {
         s.push_str("</ul>\n");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(name: &str) -> TraceOp {
+        let (op, layer) = split_name(name);
+        TraceOp {
+            name: name.into(),
+            op,
+            layer,
+            elements: 1,
+            cosine: 1.0,
+            max_abs_diff: 0.0,
+            nmse: 0.0,
+            bit_exact: true,
+            below_threshold: false,
+        }
+    }
+
+    #[test]
+    fn columns_merge_layers_with_and_without_an_optional_op_in_graph_order() {
+        let names = ["a-0", "up-0", "out-0", "a-1", "up-1", "up_s-1", "out-1", "result_norm"];
+        let t = Trace {
+            case: 0,
+            pos: 0,
+            token: 0,
+            reason: "requested".into(),
+            min_cosine: 0.99,
+            ops: names.iter().map(|n| op(n)).collect(),
+            first_divergent_op: None,
+            unmatched: vec!["silu-1 (rust did not report it)".into()],
+        };
+        let (cols, n) = columns(&t);
+        assert_eq!(cols, ["a", "up", "up_s", "out", "silu", "result_norm"]);
+        assert_eq!(n, 5);
+    }
 }

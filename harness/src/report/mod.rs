@@ -12,8 +12,6 @@ pub mod term;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::anyhow;
-
 use crate::diff::DiffReport;
 use crate::exit::{Exit, Failure};
 use crate::schema::{self, LoadedReceipt};
@@ -29,10 +27,22 @@ pub struct ReportArgs {
 
 pub fn run(args: &ReportArgs) -> Result<crate::exit::Exit, Failure> {
     let loaded = schema::load_receipt(&args.receipt)?;
-    let out = args.out.clone().unwrap_or_else(|| args.receipt.with_extension("html"));
+    let out = args.out.clone().unwrap_or_else(|| default_page_path(&args.receipt));
+    crate::files::check_not_input(&out, &[&args.receipt])?;
     write_page(&out, &render(&loaded))?;
     println!("report: {}", out.display());
     Ok(Exit::Ok)
+}
+
+/// The receipt's path with `.html` for its extension; never the receipt itself (a receipt
+/// named `r.html` gets `r.report.html`).
+fn default_page_path(receipt: &Path) -> PathBuf {
+    let page = receipt.with_extension("html");
+    if page == receipt {
+        receipt.with_extension("report.html")
+    } else {
+        page
+    }
 }
 
 /// The report page of one receipt.
@@ -45,22 +55,8 @@ pub fn render_diff(old: &LoadedReceipt, new: &LoadedReceipt, report: &DiffReport
     diff_page::render(old, new, report)
 }
 
-/// Writes `html` to `path` through a temporary file renamed into place, so a failed write never
-/// leaves half a page where a whole one was. Failures are `Exit::OutputFailed`.
+/// Writes `html` to `path` atomically ([`crate::files::write_atomic`]): a failed write never
+/// leaves half a page where a whole one was.
 pub fn write_page(path: &Path, html: &str) -> Result<(), Failure> {
-    let fail = |e: std::io::Error| {
-        Failure::new(Exit::OutputFailed, anyhow!("cannot write the report {}: {e}", path.display()))
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(fail)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = std::fs::write(&tmp, html).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(fail)
+    Ok(crate::files::write_atomic(path, html.as_bytes())?)
 }

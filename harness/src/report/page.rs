@@ -6,7 +6,8 @@ use std::fmt::Write;
 use super::heatmap;
 use super::html::{self, code, esc, key_values, verdict_badge};
 use super::plot::{self, Plot, Series};
-use crate::receipt::{Case, Receipt, Summary};
+use crate::hazards::{find, HazardKind};
+use crate::receipt::{Case, Hazard, Receipt, Summary};
 use crate::schema::LoadedReceipt;
 
 /// Colour of a receipt's series when the page shows one receipt.
@@ -76,9 +77,10 @@ fn verdict_block(rc: &Receipt) -> String {
     s
 }
 
-/// What makes the numbers mean less than they seem: injected faults, corrupt weights, failures.
+/// What makes the numbers mean less than they seem: reference hazards, injected faults, corrupt
+/// weights, failures.
 fn warnings(rc: &Receipt) -> String {
-    let mut w: Vec<String> = Vec::new();
+    let mut w: Vec<String> = rc.hazards.iter().map(hazard_html).collect();
     if let Some(f) = &rc.engines.rust.injected_fault {
         w.push(format!("A fault was injected into the Rust engine on purpose: {}.", code(f)));
     }
@@ -103,6 +105,16 @@ fn warnings(rc: &Receipt) -> String {
         ));
     }
     w.iter().map(|x| format!("<div class=\"warn\">{x}</div>\n")).collect()
+}
+
+/// `Hazard <code>untied_output_ignored</code>: DETAIL (does not fail the verdict by default).`
+pub fn hazard_html(h: &Hazard) -> String {
+    let effect = if h.fails_verdict {
+        "fails the verdict"
+    } else {
+        "does not fail the verdict; the thresholds setting fail_on_hazards can make it"
+    };
+    format!("Hazard {}: {} ({effect}).", code(&h.kind), esc(&h.detail))
 }
 
 fn prompt_line(case: &Case) -> String {
@@ -272,9 +284,8 @@ fn identity(rc: &Receipt) -> String {
         ("ISA", code(&r.isa.join(" "))),
         (
             "profile hazard",
-            r.profile_hazard.as_deref().map_or("none".to_string(), |h| {
-                format!("<span class=\"warn\">no profile mirrors this build: {}</span>", esc(h))
-            }),
+            find(&rc.hazards, HazardKind::ReferenceProfile)
+                .map_or("none".to_string(), |h| format!("<span class=\"warn\">{}</span>", esc(&h.detail))),
         ),
         ("library", opt(&r.library_path)),
         ("threads", r.threads.to_string()),

@@ -12,6 +12,25 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
+/// `text` with every control character other than line breaks and tabs shown as an escape
+/// (`\x1b`, `\u{9b}`), so that strings from files (a receipt's prompts, paths, reasons; an
+/// error naming a field) cannot move the cursor, recolour or retitle the user's terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            c if !unsafe_char(c) => out.push(c),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Whether to colour a stream that `is_terminal`, given the value of `NO_COLOR`.
 pub fn colour_wanted(is_terminal: bool, no_color: Option<&OsStr>) -> bool {
     is_terminal && no_color.is_none_or(OsStr::is_empty)
@@ -108,11 +127,13 @@ impl Progress {
         self.visible
     }
 
-    /// A line for the user (not with `--quiet`), above the bar when there is one.
+    /// A line for the user (not with `--quiet`), above the bar when there is one; control
+    /// characters (from a model's strings, say) escaped.
     pub fn say(&self, msg: &str) {
         if self.quiet {
             return;
         }
+        let msg = &*printable(msg);
         match self.current.borrow().as_ref() {
             Some(bar) if self.visible => bar.println(msg),
             _ => eprintln!("{msg}"),

@@ -2,9 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-
-use crate::exit::{Exit, Failure, OrExit};
+use crate::exit::{Exit, Failure};
 use crate::tokenize_check::corpus::parse_corpus;
 
 /// The fixture built into the binary, used when no model is given.
@@ -20,30 +18,29 @@ pub struct ModelSource {
 }
 
 /// `--model`, else `CROSSVAL_GGUF` (clap reads both into `model`), else the embedded fixture,
-/// written once to the user's cache folder (the C++ reference needs a real file).
+/// written once to the user's cache folder ([`crate::files::cache_root`]; the C++ reference
+/// needs a real file).
 pub fn resolve_model(model: Option<&Path>) -> Result<ModelSource, Failure> {
     if let Some(p) = model {
         if !p.is_file() {
+            let why = if p.exists() {
+                "not a regular file (a model is memory-mapped)"
+            } else {
+                "no such model file"
+            };
             return Err(Failure::new(
                 Exit::BadInput,
-                anyhow::anyhow!("{}: no such model file (from --model or CROSSVAL_GGUF)", p.display()),
+                anyhow::anyhow!("{}: {why} (from --model or CROSSVAL_GGUF)", p.display()),
             ));
         }
         return Ok(ModelSource { path: p.to_path_buf(), label: p.display().to_string(), embedded: false });
     }
-    let dir = std::env::temp_dir().join("bitnet-parity");
+    let dir = crate::files::cache_root()?;
     let path = dir.join(format!("embedded-{}-{}", env!("CARGO_PKG_VERSION"), DEFAULT_FIXTURE_NAME));
-    let up_to_date = std::fs::read(&path).map(|b| b == DEFAULT_FIXTURE).unwrap_or(false);
+    let limit = crate::files::Limit { bytes: DEFAULT_FIXTURE.len() as u64, what: "the embedded fixture" };
+    let up_to_date = crate::files::read_bounded(&path, limit).is_ok_and(|b| b == DEFAULT_FIXTURE);
     if !up_to_date {
-        (|| -> anyhow::Result<()> {
-            std::fs::create_dir_all(&dir)?;
-            let tmp = dir.join(format!(".{DEFAULT_FIXTURE_NAME}.{}.tmp", std::process::id()));
-            std::fs::write(&tmp, DEFAULT_FIXTURE)?;
-            std::fs::rename(&tmp, &path)?;
-            Ok(())
-        })()
-        .with_context(|| format!("cannot write the embedded fixture to {}", path.display()))
-        .or_exit(Exit::BadInput)?;
+        crate::files::write_atomic(&path, DEFAULT_FIXTURE)?;
     }
     Ok(ModelSource { path, label: format!("embedded:{DEFAULT_FIXTURE_NAME}"), embedded: true })
 }
@@ -52,9 +49,7 @@ pub fn resolve_model(model: Option<&Path>) -> Result<ModelSource, Failure> {
 /// comment line; blank lines are skipped; escapes `\n \t \r \s \\ \# \u{HEX} \e`; see
 /// `tokenize_check::corpus`).
 pub fn read_prompts(path: &Path) -> Result<Vec<String>, Failure> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read prompts from {}", path.display()))
-        .or_exit(Exit::BadInput)?;
+    let text = crate::files::read_text(path, crate::files::TEXT)?;
     // Lines of only whitespace are skipped like empty ones (a prompt of spaces is written
     // `\s\s`); blanking them keeps the line numbers of error messages right.
     let lines: Vec<&str> = text.split('\n').map(|l| if l.trim().is_empty() { "" } else { l }).collect();

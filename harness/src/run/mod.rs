@@ -36,6 +36,45 @@ use reference::{
 };
 pub use verdict::judge;
 
+/// The continuation recorded in the receipt: `--continue`, else (a replay of a saved file)
+/// the longest continuation compared.
+fn continue_tokens(args: &RunArgs, plans: &[Plan]) -> usize {
+    args.continue_tokens
+        .unwrap_or_else(|| plans.iter().map(|p| p.n_positions.saturating_sub(p.n_prompt)).max().unwrap_or(0))
+}
+
+/// A saved reference must fit the model before any logit is read: its vocabulary size (the
+/// length of every stored row) and its token ids.
+fn check_saved_against_model(
+    s: &SavedReference,
+    path: &std::path::Path,
+    n_vocab: usize,
+) -> Result<(), Failure> {
+    if s.footer.n_vocab != n_vocab {
+        return Err(Failure::new(
+            Exit::BadInput,
+            anyhow!(
+                "{}: footer n_vocab {} does not match the model's {n_vocab}",
+                path.display(),
+                s.footer.n_vocab
+            ),
+        ));
+    }
+    for (i, c) in s.footer.cases.iter().enumerate() {
+        if let Some(&bad) = c.token_ids.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(Failure::new(
+                Exit::PromptInvalid,
+                anyhow!(
+                    "{}: case {} holds token id {bad}, outside the vocabulary of the model ({n_vocab} tokens)",
+                    path.display(),
+                    i + 1
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whose token ids to use when the two tokenizers disagree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum IdsFrom {
@@ -58,20 +97,22 @@ pub struct RunArgs {
     /// Threads for each engine.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads: u32,
-    /// Evaluate at most this many tokens per prompt (prompt plus continuation).
+    /// Evaluate at most this many tokens per prompt (prompt plus continuation). With
+    /// `--reference`, default: every position the file saved.
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<usize>,
     /// Extend each prompt with N tokens generated greedily by the reference, then compare over
-    /// prompt and continuation.
-    #[arg(long = "continue", value_name = "N", default_value_t = 0)]
-    pub continue_tokens: usize,
+    /// prompt and continuation. Default 0; with `--reference`, what the file saved.
+    #[arg(long = "continue", value_name = "N")]
+    pub continue_tokens: Option<usize>,
     /// When the tokenizers disagree on a prompt, use this side's ids instead of stopping.
     #[arg(long, value_enum)]
     pub ids_from: Option<IdsFrom>,
-    /// Context size for both engines. Default: what the prompts need, up to the model's
-    /// context length.
-    #[arg(long, value_name = "N")]
-    pub n_ctx: Option<usize>,
+    /// The context the reference is created with, which bounds every case (prompt plus
+    /// continuation); at most the model's context length, its default. (The Rust engine's
+    /// cache holds what the cases need; results do not depend on either size.)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub n_ctx: Option<u32>,
     /// Where to write the receipt. Default: receipts/runs/<model>.json.
     #[arg(long, value_name = "PATH")]
     pub out: Option<PathBuf>,
@@ -89,8 +130,9 @@ pub struct RunArgs {
     /// Compare against a saved reference instead of running bitnet.cpp (same model required).
     #[arg(long, value_name = "FILE", conflicts_with = "save_reference")]
     pub reference: Option<PathBuf>,
-    /// Cosine under which a position counts as the first divergence and the run fails.
-    #[arg(long, value_name = "X")]
+    /// Cosine under which a position counts as the first divergence and the run fails
+    /// (between -1 and 1, as in a thresholds file).
+    #[arg(long, value_name = "X", value_parser = crate::gate::parse_min_cosine, allow_negative_numbers = true)]
     pub min_cosine: Option<f64>,
     /// Mirror this reference-build profile (avx2, avx512) instead of the one the reference's
     /// own build implies (its build-info, or a saved reference's footer): for experiments.
@@ -102,8 +144,8 @@ pub struct RunArgs {
     /// diverged; `CASE:POS` (1-based case, 0-based position) at that position.
     #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "always")]
     pub trace: Option<String>,
-    /// Cosine under which a traced operation counts as divergent.
-    #[arg(long, value_name = "X", default_value_t = 0.99999)]
+    /// Cosine under which a traced operation counts as divergent (between -1 and 1).
+    #[arg(long, value_name = "X", default_value_t = 0.99999, value_parser = crate::gate::parse_min_cosine, allow_negative_numbers = true)]
     pub trace_min_cosine: f64,
     /// Inject a deliberate fault into the Rust engine (KIND@LAYER: rope-adjacent,
     /// skip-attn-sub-norm, skip-ffn-sub-norm), to check that tracing finds it.
@@ -148,13 +190,30 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
 
     // The model, as the Rust engine sees it.
     let src = resolve_model(args.model.as_deref())?;
+    // The outputs, checked before any work: only regular files (or new paths), never an input.
+    let out = args.out.clone().unwrap_or_else(|| default_receipt_path(&src.label));
+    let inputs: Vec<&std::path::Path> =
+        [Some(src.path.as_path()), args.prompts_file.as_deref(), args.reference.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+    for o in [Some(&out), args.save_reference.as_ref()].into_iter().flatten() {
+        crate::files::check_output(o)?;
+        crate::files::check_not_input(o, &inputs)?;
+    }
     say(&format!("model: {}", src.label));
     ui.step("reading the model");
     let t0 = Instant::now();
     let file = GgufFile::open(&src.path).or_exit(Exit::BadInput)?;
     let config = Config::from_gguf(&file).map_err(model_failure)?;
     let threads = args.threads as usize;
-    let limit = args.n_ctx.unwrap_or(config.n_ctx_train);
+    if let Some(n) = args.n_ctx.filter(|&n| n as usize > config.n_ctx_train) {
+        return Err(Failure::new(
+            Exit::PromptInvalid,
+            anyhow!("--n-ctx {n} is more than the model's context_length {}", config.n_ctx_train),
+        ));
+    }
+    let limit = args.n_ctx.map_or(config.n_ctx_train, |n| n as usize);
     let tokenizer = Tokenizer::from_gguf(&file).or_exit(Exit::ModelInvalid)?;
     // Hyper-parameters that contradict the tensors are the model's fault (exit 5): find them
     // before the reference does, which would refuse the same file less clearly (exit 4). (This
@@ -184,10 +243,10 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     };
     let starting_reference = args.reference.is_none().then(|| {
         ui.step("starting the C++ reference (it loads the model)");
-        let (path, n_ctx) = (src.path.clone(), provisional_ctx(limit));
+        let (path, n_ctx, cancel) = (src.path.clone(), provisional_ctx(limit), Arc::clone(&interrupted));
         std::thread::spawn(move || {
             let t = Instant::now();
-            let live = LiveReference::start(library, &path, n_ctx, threads);
+            let live = LiveReference::start(library, &path, n_ctx, threads, cancel);
             (live, t.elapsed().as_secs_f64())
         })
     });
@@ -195,6 +254,12 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     let model_info = model_info(&file, &src.label);
     for p in &model_info.integrity_problems {
         say(&format!("warning: {}: {}", p.tensor, p.problem));
+    }
+    // What the file itself brings (an untied head the reference ignores): recorded and shown,
+    // failing nothing unless the thresholds say so.
+    let model_hazards = crate::hazards::model_hazards(&file);
+    for h in &model_hazards {
+        say(&format!("warning: {}", crate::hazards::line(h)));
     }
     // The Rust side's own setup so far (the reference loads at the same time).
     let mut rust_load_s = t0.elapsed().as_secs_f64();
@@ -226,6 +291,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
                     ),
                 ));
             }
+            check_saved_against_model(&s, path, config.n_vocab)?;
             Some(s)
         }
         None => None,
@@ -271,7 +337,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
         RefSide::Saved(_) => ProfileSource::SavedReference,
     };
     let profile = ProfileChoice::for_build(&reference_identity.isa, from, args.reference_profile);
-    reference_identity.profile_hazard = profile.hazard.clone();
+    let hazards: Vec<receipt::Hazard> = profile.hazard_record().into_iter().chain(model_hazards).collect();
     if let Some(w) = profile.warning() {
         // Shown even with --quiet: unless overridden, it decides the verdict.
         if args.quiet {
@@ -348,8 +414,33 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
                 ),
             ));
         }
-        let total = ids.len() + args.continue_tokens;
-        let n_positions = args.max_tokens.map_or(total, |m| m.min(total));
+        let n_positions = match (&side, args.continue_tokens, args.max_tokens) {
+            // A replay compares what was saved, unless told otherwise.
+            (RefSide::Saved(s), None, None) => s.footer.cases[i].n_positions,
+            _ => {
+                let total = ids.len() + args.continue_tokens.unwrap_or(0);
+                args.max_tokens.map_or(total, |m| m.min(total))
+            }
+        };
+        if let RefSide::Saved(s) = &side {
+            let saved = s.footer.cases[i].n_positions;
+            if n_positions > saved {
+                return Err(Failure::new(
+                    Exit::BadInput,
+                    anyhow!(
+                        "prompt {}: --continue/--max-tokens ask for {n_positions} positions, {} saved {saved}",
+                        i + 1,
+                        args.reference.as_ref().expect("replaying").display()
+                    ),
+                ));
+            }
+            if n_positions < saved {
+                say(&format!(
+                    "note: prompt {}: comparing {n_positions} of the {saved} positions saved (--continue/--max-tokens)",
+                    i + 1
+                ));
+            }
+        }
         if n_positions == 0 {
             return Err(Failure::new(
                 Exit::PromptInvalid,
@@ -403,7 +494,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
     rust_load_s += t_load.elapsed().as_secs_f64();
 
     let mut saver = match &args.save_reference {
-        Some(p) => Some(SavedWriter::create(p).or_exit(Exit::OutputFailed)?),
+        Some(p) => Some(SavedWriter::create(p)?),
         None => None,
     };
 
@@ -485,7 +576,13 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
             }
             let reference_logits = match (&mut side, pending) {
                 (RefSide::Live(l), Some(p)) => {
-                    let r = l.worker.finish_eval(p).map_err(|e| e.to_string());
+                    let r = l.worker.finish_eval(p);
+                    if let Err(WorkerError::Interrupted { .. }) = r {
+                        // Ctrl-C while the reference computed: the run ends like any interruption.
+                        state.interrupted = true;
+                        break;
+                    }
+                    let r = r.map_err(|e| e.to_string());
                     ref_s += l.worker.last_eval_time().as_secs_f64();
                     r
                 }
@@ -524,10 +621,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
                 if let Some(w) = saver.take() {
                     w.abandon();
                 }
-                return Err(Failure::new(
-                    Exit::OutputFailed,
-                    anyhow!("cannot write the saved reference: {e}"),
-                ));
+                return Err(e.into());
             }
             // The teacher token that follows (for Δp): known for prompt positions; for the last
             // prompt position with a continuation it is the reference's greedy choice.
@@ -638,9 +732,9 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
             reference: reference_identity.clone(),
         },
         settings: Settings {
-            n_ctx,
+            n_ctx: provisional_ctx(limit),
             max_tokens: args.max_tokens,
-            continue_tokens: args.continue_tokens,
+            continue_tokens: continue_tokens(args, &plans),
             ids_from: args.ids_from.map(|s| format!("{s:?}").to_lowercase()),
             add_bos: true,
             parse_special: false,
@@ -650,6 +744,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
         tokenizer: tokenizer_agreement,
         cases,
         summary,
+        hazards,
         verdict: receipt::Verdict { status: String::new(), reasons: Vec::new() },
         timings: Timings {
             wall_s: wall.elapsed().as_secs_f64(),
@@ -672,17 +767,14 @@ pub fn run(args: &RunArgs) -> Result<Exit, Failure> {
                 reference: reference_identity,
                 cases: saved_cases,
             };
-            w.finish(&footer).or_exit(Exit::OutputFailed)?;
+            w.finish(&footer)?;
         } else {
             w.abandon();
             say("the run did not complete: no reference saved");
         }
     }
 
-    let out = args.out.clone().unwrap_or_else(|| default_receipt_path(&src.label));
-    receipt::write_atomic(&out, &receipt).map_err(|e| {
-        Failure::new(Exit::OutputFailed, anyhow!("cannot write the receipt {}: {e}", out.display()))
-    })?;
+    receipt::write_atomic(&out, &receipt)?;
     ui.done();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&receipt).or_exit(Exit::Internal)?);
@@ -777,7 +869,7 @@ fn trace_position(
         worker.eval_token(t as i32, p as u32)?;
     }
     let token = ids[pos];
-    let names = crate::trace::traced_names(model.config().n_layer);
+    let names = crate::trace::traced_names(model);
     let mut rust: Vec<(String, Vec<f32>)> = Vec::new();
     let mut keep = |name: &str, data: &[f32]| {
         if names.iter().any(|n| n == name) {

@@ -5,13 +5,14 @@
 //! build-info ISA macros, or those a saved reference's footer recorded. `--reference-profile`
 //! overrides it. A build no profile mirrors (an AVX-only or ARM build, a prebuilt library of
 //! unknown ISA) is a hazard: the run goes on with the host's profile, the receipt records the
-//! hazard and the verdict fails on it, unless the user chose the profile explicitly.
+//! hazard (kind `reference_profile` in `hazards`) and the verdict fails on it, unless the user
+//! chose the profile explicitly.
 
 use std::fmt;
 
 use bitnet_engine::profile::{NoProfile, RefProfile};
 
-use crate::receipt::ReferenceProfile;
+use crate::receipt::{Hazard, ReferenceProfile};
 
 /// Where the profile the Rust engine mirrors came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,13 @@ impl ProfileChoice {
         ProfileChoice { profile, source, hazard }
     }
 
+    /// The receipt's `reference_profile` hazard, when the build has no profile: it fails the
+    /// verdict unless `--reference-profile` chose the profile.
+    pub fn hazard_record(&self) -> Option<Hazard> {
+        let why = self.hazard.as_ref()?;
+        Some(crate::hazards::profile_hazard(why, self.source == ProfileSource::Override))
+    }
+
     /// The receipt's record of it.
     pub fn record(&self) -> ReferenceProfile {
         ReferenceProfile { name: self.profile.name().into(), source: self.source.name().into() }
@@ -95,7 +103,7 @@ impl ProfileChoice {
     }
 }
 
-/// The hazard recorded in `engines.reference.profile_hazard`.
+/// Why the build has no profile: the detail of the receipt's `reference_profile` hazard.
 fn hazard_text(no_macros: bool, e: &NoProfile) -> String {
     if no_macros {
         return "no ISA macros recorded for this build (a prebuilt library, or build-info without \

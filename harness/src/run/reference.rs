@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context};
@@ -11,6 +11,7 @@ use bitnet_cpp::{BuildInfo, ContextParams};
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{Exit, Failure};
+use crate::files::{AtomicFile, FileError};
 use crate::receipt::ReferenceEngine;
 
 /// How the reference process is started: the harness binary itself, re-executed as the
@@ -51,19 +52,71 @@ pub fn engine_identity(info: &BuildInfo, library: Option<&Path>, threads: usize)
         ("registry", Some(pkg)) => format!("registry:{pkg}"),
         (kind, _) => format!("{kind}:{}", info.source.path.display()),
     };
-    let flags = info.compile.iter().map(|g| format!("{}: {}", g.group, g.args.join(" "))).collect();
+    let portable = |s: &str| portable_path(s, &info.source.path);
+    let flags =
+        info.compile.iter().map(|g| portable(&format!("{}: {}", g.group, g.args.join(" ")))).collect();
     ReferenceEngine {
         source,
         version: info.source.version.clone(),
         compiler: info.compiler.as_ref().map(|c| c.cxx_version.clone()),
         flags,
         isa: info.isa.as_ref().map(|i| i.macros.clone()).unwrap_or_default(),
-        library_path: library.map(|p| p.display().to_string()),
+        library_path: library.map(|p| portable(&p.display().to_string())),
         threads,
         kv_cache_type: "f16".into(),
         flash_attention: false,
-        // Set by the run, which decides the profile (see `profile.rs`).
-        profile_hazard: None,
+    }
+}
+
+/// `text` with the machine's own folders replaced by names that mean the same on any
+/// machine, so that receipts committed as baselines leak no home folder and a diff between
+/// two machines does not report paths as identity changes: the reference's source root
+/// becomes `$BITNET_CPP`, the build cache `<target>/bitnet-cpp-ref/` becomes
+/// `$TARGET/bitnet-cpp-ref/`, and the home folder `~`.
+pub fn portable_path(text: &str, source_root: &Path) -> String {
+    let mut out = text.to_string();
+    let root = source_root.display().to_string();
+    if root.len() > 1 {
+        out = out.replace(&root, "$BITNET_CPP");
+    }
+    // Every absolute path that runs into the build cache (flags are space-separated).
+    const CACHE: &str = "/bitnet-cpp-ref/";
+    let mut rebuilt = String::with_capacity(out.len());
+    for (i, word) in out.split(' ').enumerate() {
+        if i > 0 {
+            rebuilt.push(' ');
+        }
+        match (word.find('/'), word.find(CACHE)) {
+            (Some(start), Some(at)) if start < at => {
+                rebuilt.push_str(&word[..start]);
+                rebuilt.push_str("$TARGET");
+                rebuilt.push_str(&word[at..]);
+            }
+            _ => rebuilt.push_str(word),
+        }
+    }
+    out = rebuilt;
+    if let Some(home) =
+        std::env::var_os("HOME").map(|h| h.to_string_lossy().into_owned()).filter(|h| h.len() > 1)
+    {
+        out = out.replace(&format!("{}/", home.trim_end_matches('/')), "~/");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::portable_path;
+    use std::path::Path;
+
+    #[test]
+    fn machine_folders_become_portable_names() {
+        let root = Path::new("/home/ci/.cargo/registry/src/x/bitnet-llm-sys-1.0.2/bitnet.cpp");
+        let flags = "ggml-c: -O3 -I/home/ci/.cargo/registry/src/x/bitnet-llm-sys-1.0.2/bitnet.cpp/include -march=native";
+        assert_eq!(portable_path(flags, root), "ggml-c: -O3 -I$BITNET_CPP/include -march=native");
+        let lib = "/work/main/target/bitnet-cpp-ref/0123/libbitnet_cpp_ref.so";
+        assert_eq!(portable_path(lib, root), "$TARGET/bitnet-cpp-ref/0123/libbitnet_cpp_ref.so");
+        assert_eq!(portable_path("-L/opt/x y", root), "-L/opt/x y");
     }
 }
 
@@ -73,13 +126,17 @@ pub struct LiveReference {
 }
 
 impl LiveReference {
+    /// Starts a worker and loads the model; raising `cancel` (Ctrl-C) ends any wait for the
+    /// worker, now or later, and stops it.
     pub fn start(
         library: LibraryChoice,
         model: &Path,
         n_ctx: usize,
         threads: usize,
+        cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<LiveReference, WorkerError> {
         let mut worker = spawn_worker(library)?;
+        worker.set_cancel(cancel);
         worker.load_model(model, ContextParams { n_ctx: n_ctx as u32, n_threads: threads as u32 })?;
         Ok(LiveReference { worker })
     }
@@ -119,67 +176,48 @@ pub struct SavedCase {
     pub n_positions: usize,
 }
 
-/// Streams logits to a temporary file and renames it into place when finished.
+/// Streams logits to a temporary file ([`AtomicFile`]) renamed into place when finished. Every
+/// error names the file being saved.
 pub struct SavedWriter {
-    path: PathBuf,
-    tmp: PathBuf,
     out: BufWriter<File>,
+    file: AtomicFile,
 }
 
 impl SavedWriter {
-    pub fn create(path: &Path) -> anyhow::Result<SavedWriter> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let tmp = dir.join(format!(
-            ".{}.{}.tmp",
-            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            std::process::id()
-        ));
-        let mut out =
-            BufWriter::new(File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?);
-        out.write_all(MAGIC)?;
-        out.write_all(&FORMAT_VERSION.to_le_bytes())?;
-        Ok(SavedWriter { path: path.to_path_buf(), tmp, out })
+    pub fn create(path: &Path) -> Result<SavedWriter, FileError> {
+        let mut file = AtomicFile::create(path)?;
+        let handle = file.file().try_clone().map_err(|e| file.write_error(e))?;
+        let mut w = SavedWriter { out: BufWriter::new(handle), file };
+        w.write(MAGIC)?;
+        w.write(&FORMAT_VERSION.to_le_bytes())?;
+        Ok(w)
     }
 
-    pub fn push_logits(&mut self, logits: &[f32]) -> std::io::Result<()> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), FileError> {
+        self.out.write_all(bytes).map_err(|e| self.file.write_error(e))
+    }
+
+    pub fn push_logits(&mut self, logits: &[f32]) -> Result<(), FileError> {
         for v in logits {
-            self.out.write_all(&v.to_le_bytes())?;
+            self.write(&v.to_le_bytes())?;
         }
         Ok(())
     }
 
     /// Writes the footer and renames the file into place; on any failure (a full disk) the
     /// temporary file is removed, so no half-written file is left.
-    pub fn finish(self, footer: &SavedFooter) -> anyhow::Result<()> {
-        let tmp = self.tmp.clone();
-        let result = self.finish_inner(footer);
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
-    }
-
-    fn finish_inner(mut self, footer: &SavedFooter) -> anyhow::Result<()> {
-        let ctx = |e: std::io::Error| anyhow!("cannot write {}: {e}", self.tmp.display());
-        let json = serde_json::to_vec(footer)?;
-        self.out.write_all(&json).map_err(ctx)?;
-        self.out.write_all(&(json.len() as u64).to_le_bytes()).map_err(ctx)?;
-        self.out.write_all(MAGIC).map_err(ctx)?;
-        let file = self
-            .out
-            .into_inner()
-            .map_err(|e| anyhow!("cannot write {}: {}", self.tmp.display(), e.error()))?;
-        file.sync_all().map_err(ctx)?;
-        std::fs::rename(&self.tmp, &self.path)
-            .with_context(|| format!("cannot rename {} to {}", self.tmp.display(), self.path.display()))
+    pub fn finish(mut self, footer: &SavedFooter) -> Result<(), FileError> {
+        let json = serde_json::to_vec(footer).expect("a footer serializes");
+        self.write(&json)?;
+        self.write(&(json.len() as u64).to_le_bytes())?;
+        self.write(MAGIC)?;
+        self.out.flush().map_err(|e| self.file.write_error(e))?;
+        self.file.commit()
     }
 
     /// Removes the temporary file (a run that could not finish saves nothing).
     pub fn abandon(self) {
-        let tmp = self.tmp.clone();
-        drop(self.out);
-        let _ = std::fs::remove_file(tmp);
+        drop(self);
     }
 }
 
@@ -195,6 +233,12 @@ impl SavedReference {
     /// Opens `path`, checking its framing, format version and sizes.
     pub fn open(path: &Path) -> anyhow::Result<SavedReference> {
         let ctx = || format!("{}: not a usable saved reference", path.display());
+        // Checked before opening: opening a FIFO would wait for a writer, and a stream cannot
+        // be read by seeking.
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("{}: not a regular file (a saved reference is read by seeking)", path.display());
+        }
         let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let len = f.metadata()?.len();
         let min = (MAGIC.len() * 2 + 4 + 8) as u64;

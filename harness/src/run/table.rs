@@ -6,6 +6,7 @@ use tabled::settings::object::{Cell, Rows};
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 
+use crate::hazards::{find, HazardKind};
 use crate::receipt::{Receipt, Summary};
 use crate::report::term::{verdict_tone, Paint, Tone};
 
@@ -118,6 +119,11 @@ pub fn render(r: &Receipt, paint: Paint) -> String {
     if let Some(line) = profile_line(r, paint) {
         let _ = writeln!(out, "{line}");
     }
+    // Every other hazard, one line each (the profile's is on the line above).
+    for h in r.hazards.iter().filter(|h| h.kind != HazardKind::ReferenceProfile.name()) {
+        let tone = if h.fails_verdict { Tone::Bad } else { Tone::Warn };
+        let _ = writeln!(out, "{}", paint.paint(tone, &crate::hazards::line(h)));
+    }
     let reasons = if r.verdict.reasons.is_empty() {
         String::new()
     } else {
@@ -135,9 +141,9 @@ fn profile_line(r: &Receipt, paint: Paint) -> Option<String> {
         "host" => "the host's".to_string(),
         other => format!("from {other}"),
     };
-    let hazard = r.engines.reference.profile_hazard.as_ref().map_or(String::new(), |h| {
-        let tone = if p.source == "override" { Tone::Warn } else { Tone::Bad };
-        paint.paint(tone, &format!(" — the reference build has no profile: {h}"))
+    let hazard = find(&r.hazards, HazardKind::ReferenceProfile).map_or(String::new(), |h| {
+        let tone = if h.fails_verdict { Tone::Bad } else { Tone::Warn };
+        paint.paint(tone, &format!(" — {}", h.detail))
     });
     Some(format!("reference profile: {} ({source}){hazard}", p.name))
 }

@@ -86,10 +86,16 @@ pub fn run(args: &TokenizeCheckArgs) -> Result<Exit, Failure> {
     let tokenizer = Tokenizer::from_gguf(&file).or_exit(Exit::ModelInvalid)?;
     let (strings, name) = match &args.corpus {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Failure::new(Exit::BadInput, anyhow!("cannot read {}: {e}", path.display())))?;
+            let text = crate::files::read_text(path, crate::files::TEXT)?;
             let strings = corpus::parse_corpus(&text)
                 .map_err(|e| Failure::new(Exit::BadInput, anyhow!("{}: {e}", path.display())))?;
+            if strings.is_empty() {
+                // Agreement on nothing would read as 100 %.
+                return Err(Failure::new(
+                    Exit::BadInput,
+                    anyhow!("{}: the corpus holds no strings", path.display()),
+                ));
+            }
             (strings, path.display().to_string())
         }
         None => (corpus::builtin_corpus(), "builtin".to_string()),

@@ -2,15 +2,13 @@
 
 use crate::gguf::{GgufErrorKind, GgufFile};
 
+use super::arch::Arch;
 use super::error::ModelError;
-
-/// Architectures whose graph this engine implements (the reference runs both through
-/// `build_bitnet_158`).
-pub const SUPPORTED_ARCHITECTURES: [&str; 2] = ["bitnet-b1.58", "bitnet-25"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    pub architecture: String,
+    /// The architecture, parsed from `general.architecture`: which graph the forward pass runs.
+    pub arch: Arch,
     pub n_vocab: usize,
     pub n_embd: usize,
     pub n_ff: usize,
@@ -26,10 +24,9 @@ pub struct Config {
 
 impl Config {
     pub fn from_gguf(file: &GgufFile) -> Result<Config, ModelError> {
-        let arch = file.get_str("general.architecture")?.to_string();
-        if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
-            return Err(ModelError::UnsupportedArchitecture(arch));
-        }
+        let name = file.get_str("general.architecture")?;
+        let arch =
+            Arch::from_name(name).ok_or_else(|| ModelError::UnsupportedArchitecture(name.to_string()))?;
         let key = |k: &str| format!("{arch}.{k}");
         let count = |k: &str| -> Result<usize, ModelError> {
             let v = file.get_u64(&key(k))?;
@@ -70,7 +67,8 @@ impl Config {
                 format!("head size {head_dim} is odd; RoPE needs pairs"),
             ));
         }
-        // The reference asserts n_rot == head size for this graph.
+        // The reference asserts n_rot == head size for bitnet-b1.58 and bitnet-25; for bitnet it
+        // would rotate only the first n_rot values of each head, which the engine does not do.
         if let Some(n_rot) = optional("rope.dimension_count")? {
             if n_rot != head_dim {
                 return Err(bad(
@@ -120,7 +118,7 @@ impl Config {
             ));
         }
         Ok(Config {
-            architecture: arch,
+            arch,
             n_vocab,
             n_embd,
             n_ff,

@@ -4,6 +4,8 @@ use crate::gguf::GgufError;
 use crate::parallel::PoolError;
 use crate::quant::QuantError;
 
+use super::arch::{Arch, SUPPORTED_ARCHITECTURES};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(transparent)]
@@ -12,8 +14,12 @@ pub enum ModelError {
     Quant(#[from] QuantError),
     #[error(transparent)]
     Threads(#[from] PoolError),
-    #[error("architecture {0:?} is not supported (bitnet-b1.58 and bitnet-25 are)")]
+    #[error("architecture {0:?} is not supported (the engine runs {runs})", runs = SUPPORTED_ARCHITECTURES.join(", "))]
     UnsupportedArchitecture(String),
+    /// A tensor the reference's loader does not create for the architecture: bitnet.cpp
+    /// refuses such a file ("wrong number of tensors").
+    #[error("tensor {tensor:?} is not part of architecture {arch} (bitnet.cpp refuses the file: wrong number of tensors)")]
+    NotInArchitecture { tensor: String, arch: Arch },
     #[error("hyper-parameter {key}: {reason}")]
     BadHyperParameter { key: String, reason: String },
     #[error("tensor {0:?} is missing")]
@@ -22,6 +28,12 @@ pub enum ModelError {
     ShapeMismatch { tensor: String, expected: Vec<u64>, found: Vec<u64> },
     #[error("tensor {tensor:?} has type {ggml_type}, which the engine cannot use there")]
     UnsupportedType { tensor: String, ggml_type: String },
+    /// The embedding / lm_head in a type the engine does not mirror.
+    #[error(
+        "tensor {tensor:?} has type {ggml_type}; the engine reads the embedding and lm_head only as \
+         f32, f16, bf16, q8_0, q6_K, q4_K or i2_s"
+    )]
+    UnsupportedHeadType { tensor: String, ggml_type: String },
     #[error("a batch needs at least one token")]
     EmptyBatch,
     #[error("token id {token} is outside the vocabulary (size {n_vocab})")]

@@ -6,6 +6,7 @@
 use crate::ops::{self, rope::RopeMode, FloatKernel, Rope};
 use crate::parallel::{Pool, Rows};
 
+use super::arch::FfnActivation;
 use super::attention::{attend, AttnScratch};
 use super::config::Config;
 use super::fault::{Fault, FaultKind};
@@ -131,21 +132,43 @@ impl Forward<'_, '_> {
             // Feed-forward block.
             mm.rms_norm_each(&s.x[..n * e], &layer.ffn_norm, c.rms_eps, &mut s.h[..n * e]);
             emit("ffn_norm", Some(l), &s.h[..e]);
+            // `llm_build_ffn` reports the gate and up products before their multipliers
+            // (`ffn_up`, then `ffn_up_s`), so those are applied after the products here.
             mm.two(
-                [
-                    product(&layer.ffn_gate, scale_idx::GATE, &NO_BIAS),
-                    product(&layer.ffn_up, scale_idx::UP, &NO_BIAS),
-                ],
+                [Product::new(&layer.ffn_gate, None, &NO_BIAS), Product::new(&layer.ffn_up, None, &NO_BIAS)],
                 &s.h[..n * e],
                 &mut s.input,
                 [&mut s.tg[..n * f], &mut s.tu[..n * f]],
             );
             mm.token_major(&s.tg, &mut s.gate[..n * f]);
             mm.token_major(&s.tu, &mut s.up[..n * f]);
-            emit("ffn_gate", Some(l), &s.gate[..f]);
-            emit("ffn_up", Some(l), &s.up[..f]);
-            ops::relu_sqr_mul(&mut s.gate[..n * f], &s.up[..n * f]);
-            emit("ffn_out", Some(l), &s.gate[..f]);
+            // The activation, into `s.gate`.
+            match c.arch.ffn_activation() {
+                FfnActivation::ReluSqr => {
+                    // No `.scale` tensors in this architecture (see `arch.rs`).
+                    emit("ffn_gate", Some(l), &s.gate[..f]);
+                    emit("ffn_up", Some(l), &s.up[..f]);
+                    ops::relu_sqr_mul(&mut s.gate[..n * f], &s.up[..n * f]);
+                    emit("ffn_out", Some(l), &s.gate[..f]);
+                }
+                FfnActivation::Silu => {
+                    // `silu(gate · gate_scale) · (up · up_scale)`, reported in ggml's order.
+                    emit("ffn_gate", Some(l), &s.gate[..f]);
+                    if let Some(k) = layer.scales[scale_idx::GATE] {
+                        ops::scale(&mut s.gate[..n * f], k);
+                        emit("ffn_gate_s", Some(l), &s.gate[..f]);
+                    }
+                    mm.silu_each(&s.gate[..n * f], &mut s.ff[..n * f]);
+                    emit("ffn_silu", Some(l), &s.ff[..f]);
+                    emit("ffn_up", Some(l), &s.up[..f]);
+                    if let Some(k) = layer.scales[scale_idx::UP] {
+                        ops::scale(&mut s.up[..n * f], k);
+                        emit("ffn_up_s", Some(l), &s.up[..f]);
+                    }
+                    ops::mul(&s.ff[..n * f], &s.up[..n * f], &mut s.gate[..n * f]);
+                    emit("ffn_sub_out", Some(l), &s.gate[..f]);
+                }
+            }
             if faulty(FaultKind::SkipFfnSubNorm) {
                 s.ff[..n * f].copy_from_slice(&s.gate[..n * f]);
             } else {
@@ -229,6 +252,23 @@ impl Mm<'_> {
             norm(Rows::new(out, d, 1));
         } else {
             self.pool.split(Rows::new(out, d, 1), norm);
+        }
+    }
+
+    /// SiLU of each token of `x` (token-major, `n_ff` values each) into `out`:
+    /// `ggml_vec_silu_f32` row by row, so its vectors start again at every token. The
+    /// tokens are split across threads when there are several.
+    fn silu_each(&self, x: &[f32], out: &mut [f32]) {
+        let d = x.len() / self.n;
+        let act = |o: Rows<'_, f32>| {
+            for (ot, t) in o.data.chunks_exact_mut(d).zip(o.range) {
+                self.kernel.silu(&x[t * d..(t + 1) * d], ot);
+            }
+        };
+        if self.n == 1 {
+            act(Rows::new(out, d, 1));
+        } else {
+            self.pool.split(Rows::new(out, d, 1), act);
         }
     }
 

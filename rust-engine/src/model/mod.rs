@@ -1,14 +1,21 @@
-//! The bitnet-b1.58 forward pass with a KV cache: one token at a time ([`Model::eval`]), or
-//! several through each weight at once ([`Model::eval_batch`], same bits).
+//! The BitNet forward pass with a KV cache: one token at a time ([`Model::eval`]), or
+//! several through each weight at once ([`Model::eval_batch`], same bits). The graph is the
+//! one of the file's architecture ([`Arch`], parsed once by [`Config::from_gguf`]).
 //!
-//! Per layer, as the reference's `build_bitnet_158` (names are what the hook reports):
-//! `attn_norm` → `Qcur`/`Kcur`/`Vcur` (I2_S matmuls, optional biases, NEOX RoPE on Q and K)
-//! → attention (`kqv_out`) → `attn_sub_norm` → `attn_o_out` → `ffn_inp` (residual) →
-//! `ffn_norm` → `ffn_gate`, `ffn_up` → `ffn_out` = relu(gate)²·up → `ffn_sub_norm` →
-//! `ffn_down` → `l_out` (residual). Then `result_norm` and `result_output` (the logits).
+//! Per layer, as the reference's `build_bitnet_158` (`bitnet-b1.58`, `bitnet-25`; names are
+//! what the hook reports): `attn_norm` → `Qcur`/`Kcur`/`Vcur` (I2_S matmuls, optional biases,
+//! NEOX RoPE on Q and K) → attention (`kqv_out`) → `attn_sub_norm` → `attn_o_out` → `ffn_inp`
+//! (residual) → `ffn_norm` → `ffn_gate`, `ffn_up` → `ffn_out` = relu(gate)²·up →
+//! `ffn_sub_norm` → `ffn_down` → `l_out` (residual). Then `result_norm` and `result_output`
+//! (the logits).
 //!
-//! Like the reference's graph for this architecture, the lm_head is always `token_embd`
-//! (even when an `output.weight` exists: the reference loads it and never uses it).
+//! `build_bitnet` (`bitnet`) is the same skeleton without biases, with optional per-tensor
+//! multipliers (`blk.N.*.scale`, `ggml_mul` right after each of the seven products) and a
+//! SiLU-gated FFN: `ffn_gate` → `ffn_gate_s` → `ffn_silu`, `ffn_up` → `ffn_up_s`, then
+//! `ffn_sub_out` = silu(gate)·up (see [`Arch::layer_ops`]).
+//!
+//! Like the reference's graphs, the lm_head is always `token_embd` (even when a
+//! `bitnet-b1.58` file has an `output.weight`: the reference loads it and never uses it).
 //!
 //! With [`ModelOptions::exact_reference_rounding`] (the default) the engine also rounds
 //! where the reference's default context does: keys and values stored as f16, the query
@@ -33,6 +40,7 @@
 //! batch, so logits are bit-identical across all of them (`tests/model_kernels.rs`), and
 //! nothing is allocated per token (`tests/model_alloc.rs`).
 
+mod arch;
 mod attention;
 mod config;
 mod error;
@@ -42,21 +50,23 @@ mod kv;
 mod scratch;
 mod weights;
 
-use crate::gguf::GgufFile;
+use crate::gguf::{GgmlType, GgufFile};
 use crate::ops::{FloatKernel, Rope};
 use crate::parallel::Pool;
 use crate::profile::RefProfile;
 use crate::quant::{FlavorDetection, Qk256Kernel};
 
+pub use arch::{Arch, FfnActivation, FINAL_OPS, SUPPORTED_ARCHITECTURES};
 use attention::AttnScratch;
-pub use config::{Config, SUPPORTED_ARCHITECTURES};
+pub use config::Config;
 pub use error::ModelError;
 pub use fault::{Fault, FaultKind};
 use forward::Forward;
 use kv::KvCache;
 pub use kv::KV_PAD;
 use scratch::Scratch;
-use weights::{load_layer, load_linear, load_vector, Layer, Linear};
+pub use weights::HEAD_TYPES;
+use weights::{load_head, load_layer, load_vector, scale_idx, Layer, Linear};
 
 /// Tokens evaluated together by [`Model::eval_batch`] (longer batches go in chunks of this).
 pub const BATCH_TOKENS: usize = 32;
@@ -120,7 +130,7 @@ impl<'a> Model<'a> {
         let c = &config;
         let qk256 = Qk256Kernel::from_env()?;
         let mut flavors = Vec::new();
-        let token_embd = load_linear(file, "token_embd.weight", c.n_embd, c.n_vocab, &mut flavors)?;
+        let token_embd = load_head(file, "token_embd.weight", c.n_embd, c.n_vocab, &mut flavors)?;
         let output_norm = load_vector(file, "output_norm.weight", c.n_embd)?;
         let layers =
             (0..c.n_layer).map(|l| load_layer(file, c, l, &mut flavors)).collect::<Result<Vec<_>, _>>()?;
@@ -159,6 +169,12 @@ impl<'a> Model<'a> {
     /// Context size actually allocated (the requested one rounded up to 32).
     pub fn n_ctx(&self) -> usize {
         self.cache.n_ctx
+    }
+
+    /// The ggml type of `token_embd.weight`: the embedding and, in every bitnet graph, the
+    /// lm_head (one of [`HEAD_TYPES`]; a file with another is refused at load).
+    pub fn head_type(&self) -> GgmlType {
+        self.token_embd.ggml_type()
     }
 
     /// The I2_S flavour detected for each ternary tensor, in load order.
@@ -283,6 +299,22 @@ impl<'a> Model<'a> {
             None => hook(name, t),
         });
         Ok(&self.s.logits)
+    }
+
+    /// The names of the traced operations, in the order [`eval_traced`](Self::eval_traced)
+    /// reports them: each layer's ([`Arch::layer_ops`], which depend on the architecture and
+    /// on the layer's `.scale` tensors) with the layer appended (`Qcur-1`), then
+    /// [`FINAL_OPS`]. These are the reference's names for the same tensors, so a trace of
+    /// both engines compares by name. (`eval_traced` also reports the embedding row,
+    /// `inp_embd`, before them.)
+    pub fn traced_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (up, gate) = (layer.scales[scale_idx::UP].is_some(), layer.scales[scale_idx::GATE].is_some());
+            v.extend(self.config.arch.layer_ops(up, gate).into_iter().map(|op| format!("{op}-{l}")));
+        }
+        v.extend(FINAL_OPS.iter().map(|op| op.to_string()));
+        v
     }
 
     /// The model's parts, borrowed for one forward pass, and the pool.

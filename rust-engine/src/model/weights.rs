@@ -4,7 +4,8 @@
 use std::ops::Range;
 
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
-use crate::ops::{f16_to_f32, FloatKernel};
+use crate::ops::blocks::dequantize_row;
+use crate::ops::{f16_to_f32, BlockInput, BlockType, FloatKernel};
 use crate::quant::{detect_flavor, FlavorDetection, Qk256Kernel, QuantizedActs, TernaryMatrix};
 
 use super::config::Config;
@@ -18,6 +19,10 @@ pub enum Linear<'a> {
     F16 { data: &'a [u8], rows: usize, cols: usize },
     /// F32 weights, decoded once at load.
     F32 { data: Vec<f32>, rows: usize, cols: usize },
+    /// Q8_0, Q4_K, Q6_K or BF16 bytes from the map (the embedding / lm_head only, see
+    /// [`load_head`]): the input is converted to the type's `vec_dot_type` (Q8_0, Q8_K, BF16)
+    /// first, as the reference does, whatever `exact_rounding` says.
+    Blocks { ty: BlockType, data: &'a [u8], rows: usize, cols: usize },
 }
 
 /// The input of a matrix product for `n` tokens, prepared once and shared by every thread
@@ -26,6 +31,9 @@ pub enum Linear<'a> {
 pub struct LinearInput {
     pub acts: Vec<QuantizedActs>,
     pub f16: Vec<u16>,
+    /// One converted activation per token for [`Linear::Blocks`] (room for one token at load;
+    /// more are added the first time a batch needs them).
+    pub blocks: Vec<BlockInput>,
 }
 
 impl LinearInput {
@@ -34,6 +42,7 @@ impl LinearInput {
         LinearInput {
             acts: (0..cap).map(|_| QuantizedActs::with_kernel(max_cols, kernel)).collect(),
             f16: Vec::with_capacity(cap * max_cols),
+            blocks: vec![BlockInput::with_capacity(max_cols)],
         }
     }
 }
@@ -42,14 +51,24 @@ impl<'a> Linear<'a> {
     pub fn rows(&self) -> usize {
         match self {
             Linear::Ternary(m) => m.rows(),
-            Linear::F16 { rows, .. } | Linear::F32 { rows, .. } => *rows,
+            Linear::F16 { rows, .. } | Linear::F32 { rows, .. } | Linear::Blocks { rows, .. } => *rows,
         }
     }
 
     pub fn cols(&self) -> usize {
         match self {
             Linear::Ternary(m) => m.cols(),
-            Linear::F16 { cols, .. } | Linear::F32 { cols, .. } => *cols,
+            Linear::F16 { cols, .. } | Linear::F32 { cols, .. } | Linear::Blocks { cols, .. } => *cols,
+        }
+    }
+
+    /// The ggml type of the weights.
+    pub fn ggml_type(&self) -> GgmlType {
+        match self {
+            Linear::Ternary(_) => GgmlType::I2_S,
+            Linear::F16 { .. } => GgmlType::F16,
+            Linear::F32 { .. } => GgmlType::F32,
+            Linear::Blocks { ty, .. } => ty.ggml(),
         }
     }
 
@@ -77,6 +96,14 @@ impl<'a> Linear<'a> {
                 kernel.f32_to_f16_row(x, &mut input.f16);
             }
             Linear::F16 { .. } | Linear::F32 { .. } => {}
+            Linear::Blocks { ty, cols, .. } => {
+                if input.blocks.len() < n {
+                    input.blocks.resize_with(n, || BlockInput::with_capacity(*cols));
+                }
+                for (b, xt) in input.blocks.iter_mut().zip(x.chunks_exact(*cols)) {
+                    kernel.prepare_block_input(*ty, xt, b);
+                }
+            }
         }
     }
 
@@ -148,6 +175,29 @@ impl<'a> Linear<'a> {
                     }
                 }
             }
+            Linear::Blocks { ty, data, cols, .. } => {
+                let rb = ty.row_bytes(*cols);
+                let row = |r: usize| &data[r * rb..(r + 1) * rb];
+                if n == 1 {
+                    // Two streams from the two halves of the range, as for F16.
+                    let half = rows.len() / 2;
+                    let (lo, hi) = out.split_at_mut(half);
+                    for (i, (a, b)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+                        let r = rows.start + i;
+                        [*a, *b] = kernel.dot_block_rows(*ty, [row(r), row(r + half)], &input.blocks[0]);
+                    }
+                    if rows.len() % 2 == 1 {
+                        out[rows.len() - 1] =
+                            kernel.dot_block_rows(*ty, [row(rows.end - 1)], &input.blocks[0])[0];
+                    }
+                } else {
+                    for (o, r) in out.chunks_exact_mut(n).zip(rows) {
+                        for (ot, b) in o.iter_mut().zip(&input.blocks[..n]) {
+                            *ot = kernel.dot_block_rows(*ty, [row(r)], b)[0];
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -169,7 +219,60 @@ impl<'a> Linear<'a> {
                 }
             }
             Linear::F32 { data, cols, .. } => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
+            Linear::Blocks { ty, data, cols, .. } => {
+                let rb = ty.row_bytes(*cols);
+                dequantize_row(*ty, &data[r * rb..(r + 1) * rb], out);
+            }
         }
+    }
+}
+
+/// The types the engine reads `token_embd.weight` (the embedding and lm_head) in; a file
+/// with any other is refused at load ([`ModelError::UnsupportedHeadType`]).
+pub const HEAD_TYPES: [GgmlType; 7] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q6_K,
+    GgmlType::Q4_K,
+    GgmlType::I2_S,
+];
+
+/// Loads the embedding matrix, which every bitnet graph also uses as the lm_head
+/// (`token_embd.weight`, ggml dims `[cols, rows]`): the types of [`load_linear`] and the head
+/// types of [`BlockType`] (Q8_0, Q4_K, Q6_K, BF16), read as the reference reads them (the
+/// embedding row through the type's `to_float`, the product through its `vec_dot`). Any other
+/// type is refused with an error naming the tensor and the type: nothing is guessed.
+pub fn load_head<'a>(
+    file: &'a GgufFile,
+    name: &str,
+    cols: usize,
+    rows: usize,
+    flavors: &mut Vec<(String, FlavorDetection)>,
+) -> Result<Linear<'a>, ModelError> {
+    let t = require(file, name)?;
+    match (t.ggml_type, BlockType::from_ggml(t.ggml_type)) {
+        (_, Some(ty)) => {
+            check_shape(t, &[cols as u64, rows as u64])?;
+            let data = file.tensor_data(t);
+            // The reader sized the tensor with ggml's block sizes; a row that is not whole
+            // blocks cannot get here, but is refused rather than misread.
+            if !cols.is_multiple_of(ty.block_elems()) || data.len() != ty.row_bytes(cols) * rows {
+                return Err(ModelError::UnsupportedHeadType {
+                    tensor: name.to_string(),
+                    ggml_type: format!("{} with rows of {cols} values", ty.ggml().name()),
+                });
+            }
+            Ok(Linear::Blocks { ty, data, rows, cols })
+        }
+        (GgmlType::I2_S | GgmlType::F16 | GgmlType::F32, None) => {
+            load_linear(file, name, cols, rows, flavors)
+        }
+        (other, None) => Err(ModelError::UnsupportedHeadType {
+            tensor: name.to_string(),
+            ggml_type: other.name().to_string(),
+        }),
     }
 }
 
@@ -311,6 +414,14 @@ pub mod scale_idx {
     pub const DOWN: usize = 6;
 }
 
+/// A tensor the architecture's loader does not read: an error when the file has it.
+fn refuse_if_present(file: &GgufFile, name: &str, c: &Config) -> Result<(), ModelError> {
+    match file.tensor(name) {
+        Some(_) => Err(ModelError::NotInArchitecture { tensor: name.to_string(), arch: c.arch }),
+        None => Ok(()),
+    }
+}
+
 pub fn load_layer<'a>(
     file: &'a GgufFile,
     c: &Config,
@@ -320,8 +431,19 @@ pub fn load_layer<'a>(
     let w = |s: &str| format!("blk.{l}.{s}.weight");
     let b = |s: &str| format!("blk.{l}.{s}.bias");
     let (e, f, kv) = (c.n_embd, c.n_ff, c.n_embd_kv());
+    // Optional tensors exist only in the architectures whose loader reads them (see `arch.rs`).
     let scale = |s: &str| -> Result<Option<f32>, ModelError> {
-        Ok(load_optional_vector(file, &format!("blk.{l}.{s}.scale"), 1)?.map(|v| v[0]))
+        let name = format!("blk.{l}.{s}.scale");
+        if !c.arch.has_scales() {
+            return refuse_if_present(file, &name, c).map(|()| None);
+        }
+        Ok(load_optional_vector(file, &name, 1)?.map(|v| v[0]))
+    };
+    let bias = |s: &str, len: usize| -> Result<Option<Vec<f32>>, ModelError> {
+        if !c.arch.has_attn_biases() {
+            return refuse_if_present(file, &b(s), c).map(|()| None);
+        }
+        load_optional_vector(file, &b(s), len)
     };
     Ok(Layer {
         attn_norm: load_vector(file, &w("attn_norm"), e)?,
@@ -329,10 +451,10 @@ pub fn load_layer<'a>(
         wk: load_linear(file, &w("attn_k"), e, kv, flavors)?,
         wv: load_linear(file, &w("attn_v"), e, kv, flavors)?,
         wo: load_linear(file, &w("attn_output"), e, e, flavors)?,
-        bq: load_optional_vector(file, &b("attn_q"), e)?,
-        bk: load_optional_vector(file, &b("attn_k"), kv)?,
-        bv: load_optional_vector(file, &b("attn_v"), kv)?,
-        bo: load_optional_vector(file, &b("attn_output"), e)?,
+        bq: bias("attn_q", e)?,
+        bk: bias("attn_k", kv)?,
+        bv: bias("attn_v", kv)?,
+        bo: bias("attn_output", e)?,
         attn_sub_norm: load_vector(file, &w("attn_sub_norm"), e)?,
         ffn_norm: load_vector(file, &w("ffn_norm"), e)?,
         ffn_gate: load_linear(file, &w("ffn_gate"), e, f, flavors)?,

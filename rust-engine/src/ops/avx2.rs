@@ -287,11 +287,12 @@ pub(crate) fn round_through_f16(_t: Avx2Fma, x: &mut [f32]) {
     }
 }
 
-/// ggml's `ggml_v_expf` (AVX2 + FMA), eight lanes; [`exp_lane`](super::softmax::exp_lane)
-/// is one lane of it.
+/// The start both builds' `ggml_v_expf` share, on eight lanes: `z` (n in its low bits), `n`,
+/// `b = x − n·ln2`, `u = b²`, and the polynomial's inner part `p = (c4·b + c3)·u + (c2·b + c1)`.
+/// The builds then end `j` differently (see `softmax.rs`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn exp8(x: __m256) -> __m256 {
+fn exp8_start(x: __m256) -> [__m256; 5] {
     let r = _mm256_set1_ps(12_582_912.0);
     let z = _mm256_fmadd_ps(x, _mm256_set1_ps(f32::from_bits(0x3fb8_aa3b)), r);
     let n = _mm256_sub_ps(z, r);
@@ -300,28 +301,37 @@ fn exp8(x: __m256) -> __m256 {
         _mm256_set1_ps(f32::from_bits(0x35bf_be8e)),
         _mm256_fnmadd_ps(n, _mm256_set1_ps(f32::from_bits(0x3f31_7200)), x),
     );
+    let u = _mm256_mul_ps(b, b);
+    let p = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_set1_ps(f32::from_bits(0x3c07_2010)),
+            b,
+            _mm256_set1_ps(f32::from_bits(0x3d2b_9f17)),
+        ),
+        u,
+        _mm256_fmadd_ps(
+            _mm256_set1_ps(f32::from_bits(0x3e2a_af33)),
+            b,
+            _mm256_set1_ps(f32::from_bits(0x3eff_fedb)),
+        ),
+    );
+    [z, n, b, u, p]
+}
+
+/// `c0`, the polynomial's last coefficient.
+const EXP_C0: f32 = f32::from_bits(0x3f7f_fff6);
+
+/// ggml's `ggml_v_expf` (AVX2 + FMA), eight lanes; [`exp_lane`](super::softmax::exp_lane)
+/// is one lane of it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp8(x: __m256) -> __m256 {
+    let [z, n, b, u, p] = exp8_start(x);
     let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
     let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0))));
     let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
     let c = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(126.0));
-    let u = _mm256_mul_ps(b, b);
-    let j = _mm256_fmadd_ps(
-        _mm256_fmadd_ps(
-            _mm256_fmadd_ps(
-                _mm256_set1_ps(f32::from_bits(0x3c07_2010)),
-                b,
-                _mm256_set1_ps(f32::from_bits(0x3d2b_9f17)),
-            ),
-            u,
-            _mm256_fmadd_ps(
-                _mm256_set1_ps(f32::from_bits(0x3e2a_af33)),
-                b,
-                _mm256_set1_ps(f32::from_bits(0x3eff_fedb)),
-            ),
-        ),
-        u,
-        _mm256_mul_ps(_mm256_set1_ps(f32::from_bits(0x3f7f_fff6)), b),
-    );
+    let j = _mm256_fmadd_ps(p, u, _mm256_mul_ps(_mm256_set1_ps(EXP_C0), b));
     if _mm256_movemask_ps(c) == 0 {
         return _mm256_fmadd_ps(j, k, k);
     }
@@ -350,34 +360,10 @@ fn exp8(x: __m256) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn exp8_avx512(x: __m256) -> __m256 {
-    let r = _mm256_set1_ps(12_582_912.0);
-    let z = _mm256_fmadd_ps(x, _mm256_set1_ps(f32::from_bits(0x3fb8_aa3b)), r);
-    let n = _mm256_sub_ps(z, r);
-    let b = _mm256_fnmadd_ps(
-        n,
-        _mm256_set1_ps(f32::from_bits(0x35bf_be8e)),
-        _mm256_fnmadd_ps(n, _mm256_set1_ps(f32::from_bits(0x3f31_7200)), x),
-    );
+    let [_, n, b, u, p] = exp8_start(x);
     let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
     let d = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0));
-    let u = _mm256_mul_ps(b, b);
-    let j = _mm256_fmadd_ps(
-        _mm256_fmadd_ps(
-            _mm256_fmadd_ps(
-                _mm256_set1_ps(f32::from_bits(0x3c07_2010)),
-                b,
-                _mm256_set1_ps(f32::from_bits(0x3d2b_9f17)),
-            ),
-            u,
-            _mm256_fmadd_ps(
-                _mm256_set1_ps(f32::from_bits(0x3e2a_af33)),
-                b,
-                _mm256_set1_ps(f32::from_bits(0x3eff_fedb)),
-            ),
-        ),
-        u,
-        _mm256_fmadd_ps(_mm256_set1_ps(f32::from_bits(0x3f7f_fff6)), b, _mm256_set1_ps(1.0)),
-    );
+    let j = _mm256_fmadd_ps(p, u, _mm256_fmadd_ps(_mm256_set1_ps(EXP_C0), b, _mm256_set1_ps(1.0)));
     // n is integral here; lanes with |n| > 192 or ±∞ are replaced below, and a NaN lane has
     // a NaN j, so its result stays NaN whatever the conversion made of n.
     let ni = _mm256_cvtps_epi32(n);

@@ -10,6 +10,7 @@ use std::arch::x86_64::*;
 
 use super::avx2::{bytes_of, Avx2Fma};
 use super::dot::f16_to_f32;
+use super::qdot_avx512::{Bf16Dot, Vnni};
 
 /// Elements per step: 4 accumulators × 16 lanes.
 const STEP: usize = 64;
@@ -21,13 +22,20 @@ pub(crate) struct Avx512 {
     /// The AVX2 kernels, which an AVX-512 CPU runs for the AVX2 profile and for the
     /// operations that do not depend on the profile (f16 conversions).
     pub(crate) avx2: Avx2Fma,
+    /// AVX512-VNNI, if the CPU has it: the Q8_0 head dot's integer sums (`qdot_avx512.rs`).
+    pub(crate) vnni: Option<Vnni>,
+    /// AVX512-BF16, if the CPU has it: the BF16 head dot of the AVX-512 profile.
+    pub(crate) bf16: Option<Bf16Dot>,
 }
 
 impl Avx512 {
     pub(crate) fn detect() -> Option<Self> {
         let avx2 = Avx2Fma::detect()?;
-        (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq"))
-            .then_some(Avx512 { avx2 })
+        (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq")).then(|| Avx512 {
+            avx2,
+            vnni: Vnni::detect(),
+            bf16: Bf16Dot::detect(),
+        })
     }
 }
 

@@ -5,9 +5,10 @@
 //! see [`crate::profile`]) are separate choices: every kernel computes every profile, with
 //! identical bits; only speed differs.
 
+use super::blocks::{self, BlockQ8K, BlockQ8_0, BlockType, QK8_0, QK_K};
 #[cfg(target_arch = "x86_64")]
-use super::{avx2, avx512};
-use super::{dot, softmax};
+use super::{avx2, avx512, qdot_avx2, qdot_avx512};
+use super::{dot, qdot, softmax};
 use crate::profile::RefProfile;
 
 /// A float-kernel implementation with the profile it mirrors. Only constructible for kernels
@@ -277,5 +278,141 @@ impl FloatKernel {
             Path::Avx512(t) => avx512::silu(t, x, out),
         };
         softmax::silu(self.profile, &x[done..], &mut out[done..]);
+    }
+}
+
+/// An activation converted to a block type's `vec_dot_type` (what `ggml_mul_mat` does before
+/// its dots): Q8_0 blocks for Q8_0, Q8_K blocks for Q4_K and Q6_K, bf16 for BF16. Made by
+/// [`FloatKernel::prepare_block_input`], read by [`FloatKernel::dot_block_rows`]; reused
+/// without allocating once it has held a row as long.
+#[derive(Debug, Clone, Default)]
+pub struct BlockInput {
+    ty: Option<BlockType>,
+    q8_0: Vec<BlockQ8_0>,
+    q8_k: Vec<BlockQ8K>,
+    bf16: Vec<u16>,
+}
+
+impl BlockInput {
+    /// Room for a row of up to `n` values of any block type.
+    pub fn with_capacity(n: usize) -> BlockInput {
+        BlockInput {
+            ty: None,
+            q8_0: Vec::with_capacity(n / QK8_0),
+            q8_k: Vec::with_capacity(n / QK_K),
+            bf16: Vec::with_capacity(n),
+        }
+    }
+
+    /// The weight type it was prepared for.
+    pub fn block_type(&self) -> Option<BlockType> {
+        self.ty
+    }
+
+    /// The Q8_0 activation (after preparing for Q8_0).
+    pub fn q8_0(&self) -> &[BlockQ8_0] {
+        &self.q8_0
+    }
+
+    /// The Q8_K activation (after preparing for Q4_K or Q6_K).
+    pub fn q8_k(&self) -> &[BlockQ8K] {
+        &self.q8_k
+    }
+
+    /// The bf16 activation (after preparing for BF16).
+    pub fn bf16(&self) -> &[u16] {
+        &self.bf16
+    }
+
+    /// Sets a Q8_0 activation made elsewhere (tests give blocks no quantizer writes).
+    pub fn set_q8_0(&mut self, blocks: &[BlockQ8_0]) {
+        self.ty = Some(BlockType::Q8_0);
+        self.q8_0.clear();
+        self.q8_0.extend_from_slice(blocks);
+    }
+
+    /// Sets a Q8_K activation made elsewhere, for `ty` (Q4_K or Q6_K).
+    ///
+    /// # Panics
+    /// If `ty` is not a K-quant.
+    pub fn set_q8_k(&mut self, ty: BlockType, blocks: &[BlockQ8K]) {
+        assert!(matches!(ty, BlockType::Q4_K | BlockType::Q6_K), "{ty:?} does not take Q8_K");
+        self.ty = Some(ty);
+        self.q8_k.clear();
+        self.q8_k.extend_from_slice(blocks);
+    }
+}
+
+impl FloatKernel {
+    /// Converts `x` to the `vec_dot_type` of `ty` into `input`: [`blocks::quantize_row_q8_0`],
+    /// [`blocks::quantize_row_q8_k`] or [`blocks::fp32_to_bf16_row`] (the profile's).
+    ///
+    /// # Panics
+    /// If `x.len()` is not a whole number of `ty`'s blocks.
+    pub fn prepare_block_input(self, ty: BlockType, x: &[f32], input: &mut BlockInput) {
+        assert_eq!(x.len() % ty.block_elems(), 0, "{ty:?} activation of {} values", x.len());
+        input.ty = Some(ty);
+        match ty {
+            BlockType::Q8_0 => {
+                input.q8_0.resize(x.len() / QK8_0, BlockQ8_0::ZERO);
+                blocks::quantize_row_q8_0(x, &mut input.q8_0);
+            }
+            BlockType::Q4_K | BlockType::Q6_K => {
+                input.q8_k.resize(x.len() / QK_K, BlockQ8K::ZERO);
+                blocks::quantize_row_q8_k(x, &mut input.q8_k);
+            }
+            BlockType::BF16 => {
+                input.bf16.resize(x.len(), 0);
+                blocks::fp32_to_bf16_row(self.profile, x, &mut input.bf16);
+            }
+        }
+    }
+
+    /// `R` rows of type `ty` (the file's bytes) dotted with `input` (prepared for `ty`):
+    /// `ggml_vec_dot_q8_0_q8_0`, `_q4_K_q8_K`, `_q6_K_q8_K` or `ggml_vec_dot_bf16` of the
+    /// profile's build ([`qdot`]).
+    ///
+    /// # Panics
+    /// If `input` was prepared for another type, or a row's length does not match it.
+    #[inline]
+    pub fn dot_block_rows<const R: usize>(
+        self,
+        ty: BlockType,
+        rows: [&[u8]; R],
+        input: &BlockInput,
+    ) -> [f32; R] {
+        assert_eq!(input.ty, Some(ty), "activation prepared for {:?}, rows are {ty:?}", input.ty);
+        #[cfg(target_arch = "x86_64")]
+        if let Imp::Avx512(t) = self.imp {
+            // The reference's own instructions where the CPU has them (same bits as the forms
+            // below, which compute what they compute).
+            match (ty, self.profile, t.vnni, t.bf16) {
+                (BlockType::Q8_0, _, Some(v), _) => {
+                    return qdot_avx512::dot_q8_0_rows_vnni(v, rows, &input.q8_0)
+                }
+                (BlockType::BF16, RefProfile::Avx512, _, Some(b)) => {
+                    return qdot_avx512::dot_bf16_rows_native(b, rows, &input.bf16)
+                }
+                _ => {}
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = self.avx2_token() {
+            return match (ty, self.profile) {
+                (BlockType::Q8_0, _) => qdot_avx2::dot_q8_0_rows(t, rows, &input.q8_0),
+                (BlockType::Q4_K, _) => qdot_avx2::dot_q4_k_rows(t, rows, &input.q8_k),
+                (BlockType::Q6_K, _) => qdot_avx2::dot_q6_k_rows(t, rows, &input.q8_k),
+                (BlockType::BF16, RefProfile::Avx2) => qdot_avx2::dot_bf16_rows::<R, 1>(t, rows, &input.bf16),
+                (BlockType::BF16, RefProfile::Avx512) => {
+                    qdot_avx2::dot_bf16_rows::<R, 2>(t, rows, &input.bf16)
+                }
+            };
+        }
+        match ty {
+            BlockType::Q8_0 => rows.map(|r| qdot::dot_q8_0(r, &input.q8_0)),
+            BlockType::Q4_K => rows.map(|r| qdot::dot_q4_k(r, &input.q8_k)),
+            BlockType::Q6_K => rows.map(|r| qdot::dot_q6_k(r, &input.q8_k)),
+            BlockType::BF16 => rows.map(|r| qdot::dot_bf16(self.profile, r, &input.bf16)),
+        }
     }
 }

@@ -2,24 +2,31 @@
 //! rounding the way ggml's CPU backend does for a single token.
 //!
 //! The free functions are the scalar oracles; [`FloatKernel`] dispatches the hot ones
-//! (dots, f16 conversion, softmax, SiLU) to AVX2 or AVX-512 twins that compute identical
-//! bits. Those whose bits depend on the ISA the reference was built for take a
+//! (dots, f16 conversion, softmax, SiLU, the Q8_0 / K-quant / BF16 head products of
+//! [`blocks`] and [`qdot`]) to AVX2 or AVX-512 twins that compute identical bits. Those whose bits depend on the ISA the reference was built for take a
 //! [`RefProfile`](crate::profile::RefProfile).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod blocks;
 pub mod dot;
 mod kernel;
+pub mod qdot;
+#[cfg(target_arch = "x86_64")]
+mod qdot_avx2;
+#[cfg(target_arch = "x86_64")]
+mod qdot_avx512;
 pub mod rope;
 pub mod softmax;
 
+pub use blocks::{BlockQ8K, BlockQ8_0, BlockType};
 pub use dot::{
     dot_f16, dot_f16_bytes, dot_f16_bytes_f32, dot_f16_f32, dot_f32, f16_to_f32, f32_to_f16,
     round_through_f16,
 };
-pub use kernel::FloatKernel;
+pub use kernel::{BlockInput, FloatKernel};
 pub use rope::Rope;
 pub use softmax::{exp_lane, silu, softmax_scaled};
 
@@ -43,7 +50,22 @@ pub fn add_assign(acc: &mut [f32], x: &[f32]) {
     }
 }
 
-/// The bitnet FFN gate: `relu(gate)² · up` (ggml_relu, ggml_sqr, ggml_mul), into `gate`.
+/// `x *= s`, element-wise (`ggml_mul` by a one-element tensor: `ggml_vec_scale_f32`).
+pub fn scale(x: &mut [f32], s: f32) {
+    for v in x {
+        *v *= s;
+    }
+}
+
+/// `out = a · b`, element-wise (`ggml_mul` of two tensors of one shape).
+pub fn mul(a: &[f32], b: &[f32], out: &mut [f32]) {
+    debug_assert!(a.len() == b.len() && a.len() == out.len());
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = x * y;
+    }
+}
+
+/// The bitnet-b1.58 FFN gate: `relu(gate)² · up` (ggml_relu, ggml_sqr, ggml_mul), into `gate`.
 pub fn relu_sqr_mul(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
         let r = g.max(0.0);

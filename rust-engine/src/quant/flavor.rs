@@ -179,6 +179,20 @@ pub fn detect_flavor(
     detect_flavor_with(tensor_name, dims, data, has_sibling_scale, forced.as_deref())
 }
 
+/// The flavour an override names: `None`, `""` or `"auto"` for none, else a flavour name
+/// (the values `BITNET_I2S_FLAVOR` takes).
+pub fn parse_override(forced: Option<&str>) -> Result<Option<I2sFlavor>, QuantError> {
+    match forced.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(s) if s.eq_ignore_ascii_case("auto") => Ok(None),
+        Some(s) => I2sFlavor::from_name(s).map(Some).ok_or_else(|| QuantError::UnknownFlavorName {
+            name: s.to_string(),
+            origin: FLAVOR_ENV,
+            known: KNOWN_NAMES,
+        }),
+    }
+}
+
 /// [`detect_flavor`] with the override given explicitly (`None`, `""` or `"auto"`: none),
 /// for tests and for callers that read their configuration elsewhere.
 pub fn detect_flavor_with(
@@ -204,15 +218,7 @@ pub fn detect_flavor_with(
         .collect();
     let tail = TailScale::read(data, n);
 
-    let forced_flavor = match forced.map(str::trim) {
-        None | Some("") => None,
-        Some(s) if s.eq_ignore_ascii_case("auto") => None,
-        Some(s) => Some(I2sFlavor::from_name(s).ok_or_else(|| QuantError::UnknownFlavorName {
-            name: s.to_string(),
-            origin: FLAVOR_ENV,
-            known: KNOWN_NAMES,
-        })?),
-    };
+    let forced_flavor = parse_override(forced)?;
 
     if let Some(flavor) = forced_flavor {
         let mismatch = |reason: String| QuantError::ForcedFlavorMismatch {

@@ -60,7 +60,7 @@ pub mod scalar;
 
 pub use act::{quantize_row_i8_s, quantize_row_i8_s_with, ActRounding, QuantizedActs};
 pub use error::QuantError;
-pub use flavor::{detect_flavor, detect_flavor_with, FlavorDetection, I2sFlavor, FLAVOR_ENV};
+pub use flavor::{detect_flavor, detect_flavor_with, parse_override, FlavorDetection, I2sFlavor, FLAVOR_ENV};
 pub use integrity::{check_i2s_integrity, Code3Position, I2sIntegrity, ScaleProblem};
 pub use kernel::{kernel_name, Qk256Kernel, KERNEL_ENV};
 pub use matrix::TernaryMatrix;

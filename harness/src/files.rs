@@ -69,13 +69,6 @@ pub enum FileError {
     Write { path: PathBuf, error: io::Error },
 }
 
-impl FileError {
-    /// Whether the path itself was refused (an argument error) rather than the I/O failing.
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, FileError::NotRegular { .. } | FileError::TooLarge { .. } | FileError::IsInput { .. })
-    }
-}
-
 /// Reads all of `path`, refusing more than `limit` bytes (regular files are checked by size
 /// first; streams are read up to the bound).
 pub fn read_bounded(path: &Path, limit: Limit) -> Result<Vec<u8>, FileError> {
@@ -213,16 +206,6 @@ impl AtomicFile {
     /// The temporary file, to write the content into.
     pub fn file(&mut self) -> &mut File {
         &mut self.tmp.as_mut().expect("not yet committed").1
-    }
-
-    /// The temporary file's path (for messages).
-    pub fn tmp_path(&self) -> &Path {
-        &self.tmp.as_ref().expect("not yet committed").0
-    }
-
-    /// The final path.
-    pub fn target(&self) -> &Path {
-        &self.target
     }
 
     /// A write error, naming the final path.

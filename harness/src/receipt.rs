@@ -107,7 +107,7 @@ pub struct Engines {
 pub struct RustEngine {
     pub name: String,
     pub version: String,
-    /// The QK256 kernel chosen (`avx2`, `scalar`).
+    /// The QK256 kernel chosen (`avx512vnni`, `avx2`, `scalar`).
     pub kernel: String,
     /// Whether the reference's f16 roundings are mirrored.
     pub exact_reference_rounding: bool,

@@ -32,7 +32,7 @@ fn oracle(x: &[f32], rounding: ActRounding) -> (Vec<i8>, f32, i32) {
 }
 
 fn kernels() -> Vec<Qk256Kernel> {
-    [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()].into_iter().flatten().collect()
+    Qk256Kernel::available()
 }
 
 fn quantize(k: Qk256Kernel, x: &[f32], rounding: ActRounding) -> (Vec<i8>, f32, i32) {

@@ -1,4 +1,5 @@
-//! QK256 kernels: AVX2 and scalar agree bit for bit, and both equal a third, naive oracle.
+//! QK256 kernels: every SIMD kernel (AVX2, AVX-512 VNNI) and the scalar one agree bit for bit,
+//! and all equal a third, naive oracle.
 
 mod quant_common;
 
@@ -17,19 +18,25 @@ fn matrix(data: &[u8], rows: usize, cols: usize, k: Qk256Kernel) -> TernaryMatri
     TernaryMatrix::new("test.weight", I2sFlavor::X86Qk256, data, rows, cols, None).unwrap().with_kernel(k)
 }
 
-fn avx2() -> Option<Qk256Kernel> {
-    let k = Qk256Kernel::avx2();
-    if k.is_none() {
-        eprintln!("AVX2/FMA not available: SIMD comparisons skipped");
+/// The SIMD kernels this CPU runs (every available kernel but the scalar oracle).
+fn simd_kernels() -> Vec<Qk256Kernel> {
+    let ks: Vec<Qk256Kernel> = Qk256Kernel::available().into_iter().skip(1).collect();
+    if ks.is_empty() {
+        eprintln!("no SIMD QK256 kernel available: SIMD comparisons skipped");
     }
-    k
+    ks
 }
 
-/// Every row length 128..=8192 (step 128), 5 rows of random bytes: integer sums of both
-/// kernels equal each other and the naive oracle, for whole matrices and row ranges.
+/// Every row length 128..=8192 (step 128), 5 rows of random bytes: integer sums of every
+/// kernel equal the scalar ones and the naive oracle, for whole matrices and row ranges.
 #[test]
-fn avx2_equals_scalar_for_every_row_length() {
-    let Some(simd) = avx2() else { return };
+fn simd_equals_scalar_for_every_row_length() {
+    for simd in simd_kernels() {
+        simd_equals_scalar_for_every_row_length_with(simd);
+    }
+}
+
+fn simd_equals_scalar_for_every_row_length_with(simd: Qk256Kernel) {
     let mut rng = Rng::new(1);
     for cols in (128..=8192).step_by(128) {
         let rows = 5;
@@ -39,7 +46,7 @@ fn avx2_equals_scalar_for_every_row_length() {
         let mut b = vec![0i32; rows];
         matrix(&data, rows, cols, Qk256Kernel::scalar()).code_dots(&q, 0..rows, &mut a);
         matrix(&data, rows, cols, simd).code_dots(&q, 0..rows, &mut b);
-        assert_eq!(a, b, "cols {cols}");
+        assert_eq!(a, b, "{} cols {cols}", simd.name());
         for (r, &v) in a.iter().enumerate() {
             assert_eq!(i64::from(v), naive_code_dot(&data, r, cols, &q), "cols {cols} row {r}");
         }
@@ -62,7 +69,7 @@ proptest! {
         scale in 0.001f32..10.0,
         range_seed in any::<(usize, usize)>(),
     ) {
-        let Some(simd) = Qk256Kernel::avx2() else { return Ok(()) };
+        for simd in Qk256Kernel::available().into_iter().skip(1) {
         let cols = chunks * 128;
         let mut rng = Rng::new(seed);
         let data = random_x86_tensor(&mut rng, rows, cols, scale);
@@ -94,6 +101,7 @@ proptest! {
         ms.matvec(&batch[1], &mut y2);
         prop_assert_eq!(bits(&ym[..rows]), bits(&ys));
         prop_assert_eq!(bits(&ym[rows..]), bits(&y2));
+        }
     }
 }
 
@@ -113,7 +121,7 @@ fn extreme_input_gives_exact_sum_where_reference_lanes_wrap() {
     assert!(lane_sum > i64::from(i16::MAX), "the input must overflow an int16 lane");
 
     let exact = (cols as i64) * 2 * 127;
-    for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()].into_iter().flatten() {
+    for k in Qk256Kernel::available() {
         let mut out = [0i32];
         matrix(&data, 1, cols, k).code_dots(&q, 0..1, &mut out);
         assert_eq!(i64::from(out[0]), exact, "kernel {}", k.name());
@@ -121,7 +129,7 @@ fn extreme_input_gives_exact_sum_where_reference_lanes_wrap() {
 
     // The same at the most negative end.
     let q = vec![-128i8; cols];
-    for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()].into_iter().flatten() {
+    for k in Qk256Kernel::available() {
         let mut out = [0i32];
         matrix(&data, 1, cols, k).code_dots(&q, 0..1, &mut out);
         assert_eq!(i64::from(out[0]), -(cols as i64) * 2 * 128, "kernel {}", k.name());
@@ -138,7 +146,7 @@ fn code_three_everywhere_is_still_exact() {
     data.resize(cols / 4 + 32, 0);
     for v in [-128i8, 127] {
         let q = vec![v; cols];
-        for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()].into_iter().flatten() {
+        for k in Qk256Kernel::available() {
             let mut out = [0i32];
             matrix(&data, 1, cols, k).code_dots(&q, 0..1, &mut out);
             assert_eq!(i64::from(out[0]), 3 * cols as i64 * i64::from(v), "kernel {}", k.name());
@@ -156,7 +164,7 @@ fn matvec_follows_the_reference_formula() {
     let w = 0.0421f32;
     let data = pack_i2s_x86(&t, w).unwrap();
     let x = rng.activations(cols);
-    for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()].into_iter().flatten() {
+    for k in Qk256Kernel::available() {
         let mut acts = QuantizedActs::with_kernel(cols, k);
         acts.quantize(&x);
         let mut y = vec![0f32; rows];
@@ -179,20 +187,38 @@ fn kernel_override_is_honoured() {
     assert_eq!(Qk256Kernel::resolve(Some("")).unwrap(), Qk256Kernel::best());
     if let Some(k) = Qk256Kernel::avx2() {
         assert_eq!(Qk256Kernel::resolve(Some("AVX2")).unwrap(), k);
-        assert_eq!(Qk256Kernel::best().name(), "avx2");
+    }
+    match Qk256Kernel::avx512vnni() {
+        Some(k) => {
+            assert_eq!(Qk256Kernel::resolve(Some("AVX512VNNI")).unwrap(), k);
+            assert_eq!(Qk256Kernel::best().name(), "avx512vnni");
+        }
+        None => {
+            let err = Qk256Kernel::resolve(Some("avx512vnni")).unwrap_err().to_string();
+            assert!(err.contains("avx512vnni") && err.contains("not available"), "{err}");
+            if Qk256Kernel::avx2().is_some() {
+                assert_eq!(Qk256Kernel::best().name(), "avx2");
+            }
+        }
     }
     let err = Qk256Kernel::resolve(Some("avx512")).unwrap_err().to_string();
     assert!(err.contains("avx512") && err.contains("BITNET_QK256_IMPL"), "{err}");
+    assert!(err.contains("avx512vnni"), "the message lists the accepted values: {err}");
     // Whatever the environment says, the reported name is one of the known kernels or "invalid".
-    assert!(["scalar", "avx2", "invalid"].contains(&bitnet_engine::quant::kernel_name()));
+    assert!(["scalar", "avx2", "avx512vnni", "invalid"].contains(&bitnet_engine::quant::kernel_name()));
 }
 
-/// The AVX2 kernel's i16 accumulators at their bounds: every code 3 (the 4× lanes get
-/// 2·12·|q| per pair) with q all −128 or all 127, over lengths that end a group early and
-/// late: exact for one row or a batch of columns.
+/// The AVX2 kernel's i16 accumulators (and the VNNI kernel's 4× i32 lanes) at their bounds:
+/// every code 3 (the 4× lanes get 2·12·|q| per pair) with q all −128 or all 127, over lengths
+/// that end a group early and late: exact for one row or a batch of columns.
 #[test]
 fn worst_case_codes_and_activations_stay_exact() {
-    let Some(simd) = avx2() else { return };
+    for simd in simd_kernels() {
+        worst_case_codes_and_activations_stay_exact_with(simd);
+    }
+}
+
+fn worst_case_codes_and_activations_stay_exact_with(simd: Qk256Kernel) {
     for chunks in [1usize, 4, 5, 6, 10, 11, 54] {
         let cols = chunks * 128;
         let mut data = vec![0xffu8; cols / 4];
@@ -202,7 +228,12 @@ fn worst_case_codes_and_activations_stay_exact() {
             let q = vec![v; cols];
             let mut out = [0i32];
             matrix(&data, 1, cols, simd).code_dots(&q, 0..1, &mut out);
-            assert_eq!(i64::from(out[0]), 3 * cols as i64 * i64::from(v), "chunks {chunks} q {v}");
+            assert_eq!(
+                i64::from(out[0]),
+                3 * cols as i64 * i64::from(v),
+                "{} chunks {chunks} q {v}",
+                simd.name()
+            );
             let mut acts = QuantizedActs::with_kernel(cols, simd);
             acts.quantize(&vec![f32::from(v); cols]);
             let batch = vec![acts.clone(); 5];
@@ -210,7 +241,11 @@ fn worst_case_codes_and_activations_stay_exact() {
             matrix(&data, 1, cols, simd).matmul_rows(&batch, 0..1, &mut ym);
             let mut y = [0f32];
             matrix(&data, 1, cols, Qk256Kernel::scalar()).matvec(&acts, &mut y);
-            assert!(ym.iter().all(|v| v.to_bits() == y[0].to_bits()), "chunks {chunks}: {ym:?} vs {y:?}");
+            assert!(
+                ym.iter().all(|v| v.to_bits() == y[0].to_bits()),
+                "{} chunks {chunks}: {ym:?} vs {y:?}",
+                simd.name()
+            );
         }
     }
 }
@@ -219,7 +254,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Batches of 1..=9 columns through `matmul_rows` (row-major) equal one matvec per
-    /// column, bit for bit, for both kernels and any row range.
+    /// column, bit for bit, for every kernel and any row range.
     #[test]
     fn matmul_rows_equals_matvec_per_column(
         chunks in 1usize..=24,
@@ -233,7 +268,7 @@ proptest! {
         let data = random_x86_tensor(&mut rng, rows, cols, 0.25);
         let lo = range_seed.0 % rows;
         let hi = lo + range_seed.1 % (rows - lo + 1);
-        for k in [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()].into_iter().flatten() {
+        for k in Qk256Kernel::available() {
             let m = matrix(&data, rows, cols, k);
             let batch: Vec<QuantizedActs> = (0..n)
                 .map(|_| {
@@ -250,6 +285,47 @@ proptest! {
                 for (i, r) in (lo..hi).enumerate() {
                     prop_assert_eq!(got[i * n + c].to_bits(), want[r].to_bits(), "kernel {} col {} row {}", k.name(), c, r);
                 }
+            }
+        }
+    }
+}
+
+/// Rows long enough to end the VNNI kernels' i32 lane groups (4096 chunks) and, at the
+/// far end, to wrap the i32 sum itself (3 · 127 · 5.9M > 2³¹): every kernel still gives
+/// the scalar oracle's (wrapping) sum, for one row and through the batched kernels.
+#[test]
+fn long_rows_cross_lane_groups_and_wrap_like_scalar() {
+    for chunks in [4095usize, 4096, 4097, 8193, 46_000] {
+        let cols = chunks * 128;
+        let rows = 5; // one 4-row tile and a leftover row in `matmul_rows`
+        let mut data = vec![0xffu8; rows * cols / 4];
+        data.extend_from_slice(&1f32.to_le_bytes());
+        data.resize(rows * cols / 4 + 32, 0);
+        for v in [-1f32, 1.0] {
+            let mut acts = QuantizedActs::with_kernel(cols, Qk256Kernel::scalar());
+            acts.quantize(&vec![v; cols]);
+            let mut want = vec![0f32; rows];
+            matrix(&data, rows, cols, Qk256Kernel::scalar()).matvec(&acts, &mut want);
+            let batch = vec![acts; 5];
+            for k in simd_kernels() {
+                let mut got = vec![0f32; rows * 5];
+                matrix(&data, rows, cols, k).matmul_rows(&batch, 0..rows, &mut got);
+                for (i, g) in got.iter().enumerate() {
+                    assert_eq!(g.to_bits(), want[i / 5].to_bits(), "{} chunks {chunks} x {v}", k.name());
+                }
+            }
+        }
+        let data = &data[(rows - 1) * cols / 4..];
+        for v in [-128i8, 127] {
+            let q = vec![v; cols];
+            let exact = 3 * cols as i64 * i64::from(v);
+            let mut want = [0i32];
+            matrix(data, 1, cols, Qk256Kernel::scalar()).code_dots(&q, 0..1, &mut want);
+            assert_eq!(want[0], exact as i32, "the oracle wraps like i32: chunks {chunks}");
+            for k in simd_kernels() {
+                let mut out = [0i32];
+                matrix(data, 1, cols, k).code_dots(&q, 0..1, &mut out);
+                assert_eq!(out, want, "{} chunks {chunks} q {v}", k.name());
             }
         }
     }

@@ -1,5 +1,6 @@
-//! Single-thread matvec throughput, scalar vs AVX2, in GB/s of packed weights. Prints
-//! numbers, asserts nothing about time. Run with
+//! Single-thread throughput of every kernel (scalar, AVX2, AVX-512 VNNI): matvec in GB/s of
+//! packed weights (256 rows sit in L2, the model's shapes in L3, then from DRAM), and a
+//! 16-column matmul. Prints numbers, asserts nothing about time. Run with
 //! `cargo test --release -p bitnet-engine --test quant_throughput -- --ignored --nocapture`.
 
 mod quant_common;
@@ -43,7 +44,7 @@ fn time_per_call(budget: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 fn kernels() -> Vec<Qk256Kernel> {
-    [Some(Qk256Kernel::scalar()), Qk256Kernel::avx2()].into_iter().flatten().collect()
+    Qk256Kernel::available()
 }
 
 #[test]
@@ -51,7 +52,7 @@ fn kernels() -> Vec<Qk256Kernel> {
 fn matvec_throughput() {
     let mut rng = Rng::new(99);
     println!("single thread, x86 I2_S matvec, CPU time (activation quantization timed separately)");
-    for (rows, cols) in [(2560usize, 2560usize), (6912, 2560), (2560, 6912)] {
+    for (rows, cols) in [(256usize, 2560usize), (2560, 2560), (6912, 2560), (2560, 6912)] {
         let data = random_x86_tensor(&mut rng, rows, cols, 0.01);
         let x = rng.activations(cols);
         let mut out = vec![0f32; rows];
@@ -68,11 +69,40 @@ fn matvec_throughput() {
                 acts.quantize(black_box(&x));
             });
             println!(
-                "  {rows:>5} x {cols:<5} {:<6}: {:>8.1} us  {:>6.2} GB/s   (quantize acts {:.2} us)",
+                "  {rows:>5} x {cols:<5} {:<10}: {:>8.1} us  {:>6.2} GB/s   (quantize acts {:.2} us)",
                 k.name(),
                 t * 1e6,
                 m.packed_bytes() as f64 / t / 1e9,
                 tq * 1e6
+            );
+        }
+    }
+
+    // A batch of 16 activation rows (prefill): `matmul`, in ns per weight row and column.
+    println!("single thread, x86 I2_S matmul of 16 columns, CPU time");
+    for (rows, cols) in [(2560usize, 2560usize), (6912, 2560)] {
+        let data = random_x86_tensor(&mut rng, rows, cols, 0.01);
+        let n = 16;
+        let mut out = vec![0f32; rows * n];
+        for k in kernels() {
+            let m =
+                TernaryMatrix::new("w", I2sFlavor::X86Qk256, &data, rows, cols, None).unwrap().with_kernel(k);
+            let xs: Vec<QuantizedActs> = (0..n)
+                .map(|_| {
+                    let mut a = QuantizedActs::with_kernel(cols, k);
+                    a.quantize(&rng.activations(cols));
+                    a
+                })
+                .collect();
+            let t = time_per_call(Duration::from_millis(900), || {
+                m.matmul(black_box(&xs), &mut out);
+                black_box(&out);
+            });
+            println!(
+                "  {rows:>5} x {cols:<5} x {n} {:<10}: {:>8.1} us  {:>6.2} ns per row and column",
+                k.name(),
+                t * 1e6,
+                t * 1e9 / (rows * n) as f64
             );
         }
     }
@@ -98,6 +128,6 @@ fn matvec_throughput() {
             black_box(&out);
         });
         let bytes = ms.iter().map(|m| m.packed_bytes()).sum::<usize>() as f64;
-        println!("  {count} x ({rows} x {cols}) from DRAM {:<6}: {:>6.2} GB/s", k.name(), bytes / t / 1e9);
+        println!("  {count} x ({rows} x {cols}) from DRAM {:<10}: {:>6.2} GB/s", k.name(), bytes / t / 1e9);
     }
 }

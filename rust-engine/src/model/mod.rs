@@ -182,7 +182,7 @@ impl<'a> Model<'a> {
         &self.flavors
     }
 
-    /// Name of the QK256 kernel in use (`avx2`, `scalar`).
+    /// Name of the QK256 kernel in use (`avx512vnni`, `avx2`, `scalar`).
     pub fn kernel_name(&self) -> &'static str {
         self.qk256.name()
     }

@@ -123,7 +123,7 @@ pub(crate) fn quantize_row_dispatch(
 ) -> (f32, i32) {
     assert_eq!(x.len(), q.len(), "quantize_row_i8_s: x and q lengths differ");
     #[cfg(target_arch = "x86_64")]
-    if let Some(token) = kernel.avx2_token() {
+    if let Some(token) = kernel.act_avx2_token() {
         if let Some(r) = super::avx2::quantize_row(token, x, q, rounding == ActRounding::Fused) {
             return r;
         }

@@ -60,7 +60,7 @@ pub enum QuantError {
     SiblingScale { tensor: String, reason: String },
 
     /// `BITNET_QK256_IMPL` (or an argument) names no kernel.
-    #[error("unknown QK256 kernel `{value}` (from {origin}); expected scalar, avx2 or auto")]
+    #[error("unknown QK256 kernel `{value}` (from {origin}); expected scalar, avx2, avx512vnni or auto")]
     UnknownKernel { value: String, origin: &'static str },
 
     /// A kernel was asked for that this CPU cannot run.

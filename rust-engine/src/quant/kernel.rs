@@ -1,6 +1,8 @@
-//! Run-time kernel selection: scalar or AVX2, chosen once, with a reportable name.
+//! Run-time kernel selection: scalar, AVX2 or AVX-512 VNNI, chosen once, with a reportable
+//! name.
 //!
-//! `BITNET_QK256_IMPL` = `scalar` | `avx2` | `auto` (default: the best this CPU runs).
+//! `BITNET_QK256_IMPL` = `scalar` | `avx2` | `avx512vnni` | `auto` (default: the best this CPU
+//! runs: `avx512vnni`, else `avx2`, else `scalar`).
 //! Every kernel computes the same exact integer sums, so the choice changes speed only.
 
 use std::sync::OnceLock;
@@ -19,6 +21,8 @@ enum Imp {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2(super::avx2::Avx2Token),
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni(super::avx512vnni::VnniToken),
 }
 
 impl Qk256Kernel {
@@ -39,12 +43,31 @@ impl Qk256Kernel {
         }
     }
 
-    /// The fastest kernel this CPU runs.
-    pub fn best() -> Self {
-        Self::avx2().unwrap_or_else(Self::scalar)
+    /// The AVX-512 VNNI kernel (needs AVX-512 F, BW, VL and VNNI, and AVX2 and FMA for the
+    /// activations), if this CPU has them.
+    pub fn avx512vnni() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            super::avx512vnni::VnniToken::detect().map(|t| Qk256Kernel(Imp::Avx512Vnni(t)))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
     }
 
-    /// Resolves a setting (`None`, `""` or `auto`: best; `scalar`; `avx2`), case-insensitive.
+    /// The fastest kernel this CPU runs.
+    pub fn best() -> Self {
+        Self::avx512vnni().or_else(Self::avx2).unwrap_or_else(Self::scalar)
+    }
+
+    /// Every kernel this CPU runs, the scalar oracle first (for tests and measurements).
+    pub fn available() -> Vec<Self> {
+        [Some(Self::scalar()), Self::avx2(), Self::avx512vnni()].into_iter().flatten().collect()
+    }
+
+    /// Resolves a setting (`None`, `""` or `auto`: best; `scalar`; `avx2`; `avx512vnni`),
+    /// case-insensitive.
     /// Asking for a kernel this CPU cannot run is an error, never a silent fallback.
     pub fn resolve(setting: Option<&str>) -> Result<Self, QuantError> {
         let value = setting.map(str::trim).unwrap_or("");
@@ -53,6 +76,10 @@ impl Qk256Kernel {
             "scalar" => Ok(Self::scalar()),
             "avx2" => Self::avx2()
                 .ok_or(QuantError::KernelUnavailable { kernel: "avx2", reason: "the CPU lacks AVX2 or FMA" }),
+            "avx512vnni" => Self::avx512vnni().ok_or(QuantError::KernelUnavailable {
+                kernel: "avx512vnni",
+                reason: "the CPU lacks AVX-512 F, BW, VL or VNNI (or AVX2 or FMA)",
+            }),
             _ => Err(QuantError::UnknownKernel { value: value.to_string(), origin: KERNEL_ENV }),
         }
     }
@@ -68,25 +95,48 @@ impl Qk256Kernel {
             .clone()
     }
 
-    /// `"scalar"` or `"avx2"`.
+    /// `"scalar"`, `"avx2"` or `"avx512vnni"`.
     pub fn name(self) -> &'static str {
         match self.0 {
             Imp::Scalar => "scalar",
             #[cfg(target_arch = "x86_64")]
             Imp::Avx2(_) => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Imp::Avx512Vnni(_) => "avx512vnni",
         }
     }
 
+    /// The AVX2 ternary kernel's token, when this is that kernel.
     #[cfg(target_arch = "x86_64")]
     pub(crate) fn avx2_token(self) -> Option<super::avx2::Avx2Token> {
         match self.0 {
             Imp::Avx2(t) => Some(t),
+            Imp::Scalar | Imp::Avx512Vnni(_) => None,
+        }
+    }
+
+    /// The AVX-512 VNNI ternary kernel's token, when this is that kernel.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn vnni_token(self) -> Option<super::avx512vnni::VnniToken> {
+        match self.0 {
+            Imp::Avx512Vnni(t) => Some(t),
+            Imp::Scalar | Imp::Avx2(_) => None,
+        }
+    }
+
+    /// The token of the AVX2 activation quantizer, which both SIMD kernels use.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn act_avx2_token(self) -> Option<super::avx2::Avx2Token> {
+        match self.0 {
+            Imp::Avx2(t) => Some(t),
+            Imp::Avx512Vnni(t) => Some(t.avx2()),
             Imp::Scalar => None,
         }
     }
 }
 
-/// Name of the kernel selected by `BITNET_QK256_IMPL` (`"scalar"` or `"avx2"`), or
+/// Name of the kernel selected by `BITNET_QK256_IMPL` (`"scalar"`, `"avx2"` or
+/// `"avx512vnni"`), or
 /// `"invalid"` when the variable holds a bad value (building a matrix then reports the error).
 pub fn kernel_name() -> &'static str {
     Qk256Kernel::from_env().map_or("invalid", Qk256Kernel::name)
@@ -102,10 +152,13 @@ mod tests {
         assert_eq!(Qk256Kernel::resolve(Some(" Scalar ")).unwrap().name(), "scalar");
         assert_eq!(Qk256Kernel::resolve(None).unwrap(), Qk256Kernel::best());
         assert_eq!(Qk256Kernel::resolve(Some("auto")).unwrap(), Qk256Kernel::best());
-        match Qk256Kernel::resolve(Some("avx2")) {
-            Ok(k) => assert_eq!(k.name(), "avx2"),
-            Err(e) => assert!(matches!(e, QuantError::KernelUnavailable { .. })),
+        for name in ["avx2", "avx512vnni"] {
+            match Qk256Kernel::resolve(Some(name)) {
+                Ok(k) => assert_eq!(k.name(), name),
+                Err(e) => assert!(matches!(e, QuantError::KernelUnavailable { .. })),
+            }
         }
+        assert_eq!(Qk256Kernel::available().last().copied(), Some(Qk256Kernel::best()));
         let err = Qk256Kernel::resolve(Some("neon")).unwrap_err();
         assert!(err.to_string().contains("neon"), "{err}");
     }

@@ -35,6 +35,9 @@ const STREAMS: usize = 4;
 const MATMUL_ROW_BLOCK: usize = 256;
 /// Activation rows (columns) multiplied per unpacking of a weight chunk in `matmul_rows`.
 const MATMUL_COLS: usize = 4;
+/// Weight rows multiplied together by the AVX-512 VNNI kernel in `matmul_rows` (a register
+/// tile of `MATMUL_TILE_ROWS × MATMUL_COLS` accumulators).
+const MATMUL_TILE_ROWS: usize = 4;
 /// Rows per block in `matmul_rows`: 32 rows of 6912 columns are 55 KB of weights (in L2).
 const MATMUL_BLOCK_ROWS: usize = 32;
 
@@ -245,24 +248,27 @@ impl<'a> TernaryMatrix<'a> {
         match self.flavor {
             I2sFlavor::X86Qk256 => {
                 #[cfg(target_arch = "x86_64")]
+                if let Some(t) = self.kernel.vnni_token() {
+                    use super::avx512vnni::qk256_dots;
+                    self.stream_rows(
+                        start,
+                        rows.len(),
+                        |rs| qk256_dots(t, rs, q),
+                        |r| qk256_dots(t, [r], q)[0],
+                        emit,
+                    );
+                    return;
+                }
+                #[cfg(target_arch = "x86_64")]
                 if let Some(t) = self.kernel.avx2_token() {
                     use super::avx2::qk256_dots;
-                    let per = rows.len() / STREAMS;
-                    let rb = self.row_bytes();
-                    for i in 0..per {
-                        let at: [usize; STREAMS] = std::array::from_fn(|k| k * per + i);
-                        let rs: [&[u8]; STREAMS] = std::array::from_fn(|k| {
-                            let r = start + at[k];
-                            &self.codes[r * rb..(r + 1) * rb]
-                        });
-                        let sums = qk256_dots(t, rs, q);
-                        for (j, d) in at.into_iter().zip(sums) {
-                            emit(j, d);
-                        }
-                    }
-                    for j in STREAMS * per..rows.len() {
-                        emit(j, qk256_dots(t, [self.row(start + j)], q)[0]);
-                    }
+                    self.stream_rows(
+                        start,
+                        rows.len(),
+                        |rs| qk256_dots(t, rs, q),
+                        |r| qk256_dots(t, [r], q)[0],
+                        emit,
+                    );
                     return;
                 }
                 for (j, r) in rows.enumerate() {
@@ -286,6 +292,31 @@ impl<'a> TernaryMatrix<'a> {
                     emit(j, sum);
                 }
             }
+        }
+    }
+
+    /// Calls `emit(i, Σ c·q)` for the `len` rows from `start`, taking [`STREAMS`] rows per
+    /// pass from separate stretches of the range (`dots`), the leftover rows one at a time
+    /// (`dot1`).
+    #[cfg(target_arch = "x86_64")]
+    fn stream_rows(
+        &self,
+        start: usize,
+        len: usize,
+        dots: impl Fn([&'a [u8]; STREAMS]) -> [i32; STREAMS],
+        dot1: impl Fn(&'a [u8]) -> i32,
+        mut emit: impl FnMut(usize, i32),
+    ) {
+        let per = len / STREAMS;
+        for i in 0..per {
+            let at: [usize; STREAMS] = std::array::from_fn(|k| k * per + i);
+            let sums = dots(at.map(|j| self.row(start + j)));
+            for (j, d) in at.into_iter().zip(sums) {
+                emit(j, d);
+            }
+        }
+        for j in STREAMS * per..len {
+            emit(j, dot1(self.row(start + j)));
         }
     }
 
@@ -374,56 +405,109 @@ impl<'a> TernaryMatrix<'a> {
             assert_eq!(x.len(), self.cols, "activations have the wrong length for `{}`", self.name);
         }
         #[cfg(target_arch = "x86_64")]
-        if let (Some(t), I2sFlavor::X86Qk256, Scales::Tensor(w)) =
-            (self.kernel.avx2_token(), self.flavor, self.scales)
-        {
-            use super::avx2::qk256_dots_cols;
-            // Blocks of rows, and within a block one group of columns at a time: the group's
-            // activations (4 × cols bytes) stay in L1 across the block's rows, whose weights
-            // stay in L2 across the groups. The integer sums are stored first and the float
-            // epilogue applied to the block afterwards, in a loop the compiler vectorizes.
-            let mut start = rows.start;
-            while start < rows.end {
-                let end = (start + MATMUL_BLOCK_ROWS).min(rows.end);
-                let block = &mut out[(start - rows.start) * n..(end - rows.start) * n];
-                let mut c = 0;
-                while c < n {
-                    let width = (n - c).min(MATMUL_COLS);
-                    for (r, o) in (start..end).zip(block.chunks_exact_mut(n)) {
-                        let row = self.row(r);
-                        let o = &mut o[c..c + width];
-                        if width == MATMUL_COLS {
-                            let qs: [&[i8]; MATMUL_COLS] = std::array::from_fn(|k| xs[c + k].q());
-                            for (o, d) in o.iter_mut().zip(qk256_dots_cols(t, row, qs)) {
-                                *o = d as f32;
-                            }
-                        } else {
-                            for (o, x) in o.iter_mut().zip(&xs[c..c + width]) {
-                                *o = qk256_dots_cols(t, row, [x.q()])[0] as f32;
-                            }
-                        }
-                    }
-                    let mut sums = [0f32; MATMUL_COLS];
-                    let mut scales = [1f32; MATMUL_COLS];
-                    for (k, x) in xs[c..c + width].iter().enumerate() {
-                        sums[k] = x.sum() as f32;
-                        scales[k] = x.scale();
-                    }
-                    for o in block.chunks_exact_mut(n) {
-                        for ((y, &sum), &s) in o[c..c + width].iter_mut().zip(&sums).zip(&scales) {
-                            *y = (*y - sum) / s * w;
-                        }
-                    }
-                    c += width;
-                }
-                start = end;
+        if let (I2sFlavor::X86Qk256, Scales::Tensor(w)) = (self.flavor, self.scales) {
+            if let Some(t) = self.kernel.vnni_token() {
+                use super::avx512vnni::qk256_dots_tile;
+                self.matmul_rows_blocked::<MATMUL_TILE_ROWS, MATMUL_COLS>(
+                    xs,
+                    rows,
+                    out,
+                    w,
+                    |rs, qs| qk256_dots_tile(t, rs, qs),
+                    |row, qs| qk256_dots_tile(t, [row], qs)[0],
+                    |row, q| qk256_dots_tile(t, [row], [q])[0][0],
+                );
+                return;
             }
-            return;
+            if let Some(t) = self.kernel.avx2_token() {
+                use super::avx2::qk256_dots_cols;
+                self.matmul_rows_blocked::<1, MATMUL_COLS>(
+                    xs,
+                    rows,
+                    out,
+                    w,
+                    |[row], qs| [qk256_dots_cols(t, row, qs)],
+                    |row, qs| qk256_dots_cols(t, row, qs),
+                    |row, q| qk256_dots_cols(t, row, [q])[0],
+                );
+                return;
+            }
         }
         for (c, x) in xs.iter().enumerate() {
             for (i, r) in rows.clone().enumerate() {
                 self.matvec_rows(x, r..r + 1, &mut out[i * n + c..i * n + c + 1]);
             }
+        }
+    }
+
+    /// [`matmul_rows`](Self::matmul_rows) for x86 I2_S with a SIMD kernel: `tile` multiplies
+    /// `R` weight rows with `W` activation rows (columns), `row_cols` one weight row with `W`
+    /// columns, `dot1` one row with one column.
+    ///
+    /// Blocks of rows, and within a block one group of columns at a time: the group's
+    /// activations (`W` × cols bytes) stay in L1 across the block's rows, whose weights stay
+    /// in L2 across the groups. The integer sums are stored first and the float epilogue
+    /// applied to the block afterwards, in a loop the compiler vectorizes.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_rows_blocked<const R: usize, const W: usize>(
+        &self,
+        xs: &[QuantizedActs],
+        rows: Range<usize>,
+        out: &mut [f32],
+        w: f32,
+        tile: impl Fn([&[u8]; R], [&[i8]; W]) -> [[i32; W]; R],
+        row_cols: impl Fn(&[u8], [&[i8]; W]) -> [i32; W],
+        dot1: impl Fn(&[u8], &[i8]) -> i32,
+    ) {
+        let n = xs.len();
+        let mut start = rows.start;
+        while start < rows.end {
+            let end = (start + MATMUL_BLOCK_ROWS).min(rows.end);
+            let block = &mut out[(start - rows.start) * n..(end - rows.start) * n];
+            let mut c = 0;
+            while c < n {
+                let width = (n - c).min(W);
+                if width == W {
+                    let qs: [&[i8]; W] = std::array::from_fn(|k| xs[c + k].q());
+                    let mut r = start;
+                    for os in block.chunks_exact_mut(R * n) {
+                        let sums = tile(std::array::from_fn(|i| self.row(r + i)), qs);
+                        for (o, s) in os.chunks_exact_mut(n).zip(sums) {
+                            for (o, d) in o[c..c + W].iter_mut().zip(s) {
+                                *o = d as f32;
+                            }
+                        }
+                        r += R;
+                    }
+                    let tail = block.chunks_exact_mut(R * n).into_remainder();
+                    for o in tail.chunks_exact_mut(n) {
+                        for (o, d) in o[c..c + W].iter_mut().zip(row_cols(self.row(r), qs)) {
+                            *o = d as f32;
+                        }
+                        r += 1;
+                    }
+                } else {
+                    for (r, o) in (start..end).zip(block.chunks_exact_mut(n)) {
+                        for (o, x) in o[c..c + width].iter_mut().zip(&xs[c..c + width]) {
+                            *o = dot1(self.row(r), x.q()) as f32;
+                        }
+                    }
+                }
+                let mut sums = [0f32; W];
+                let mut scales = [1f32; W];
+                for (k, x) in xs[c..c + width].iter().enumerate() {
+                    sums[k] = x.sum() as f32;
+                    scales[k] = x.scale();
+                }
+                for o in block.chunks_exact_mut(n) {
+                    for ((y, &sum), &s) in o[c..c + width].iter_mut().zip(&sums).zip(&scales) {
+                        *y = (*y - sum) / s * w;
+                    }
+                }
+                c += width;
+            }
+            start = end;
         }
     }
 

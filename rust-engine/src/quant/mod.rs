@@ -10,6 +10,7 @@
 //! | `act.rs`        | [`quantize_row_i8_s`] and [`QuantizedActs`] (reference mirror)      |
 //! | `scalar.rs`     | scalar kernels (the oracle)                                        |
 //! | `avx2.rs`       | AVX2 kernels (QK256 rows and columns kernels, activation quantization) |
+//! | `avx512vnni.rs` | AVX-512 VNNI kernels (QK256 rows and columns kernels, `vpdpbusd`)   |
 //! | `kernel.rs`     | [`Qk256Kernel`]: run-time choice, `BITNET_QK256_IMPL`, [`kernel_name`] |
 //! | `matrix.rs`     | [`TernaryMatrix`]: matvec, row ranges, batched `matmul_rows`, dequantize |
 //! | `integrity.rs`  | [`check_i2s_integrity`]: invalid codes, bad scale, bad length      |
@@ -38,7 +39,7 @@
 //! tensor scale `w`, and an activation row quantized to `q` with scale `s` and `Σq`:
 //! `y = ((float)Σ c·q − (float)Σq) / s · w`. The integer sum is exact in every kernel here
 //! (the reference's AVX2 kernel can wrap its int16 lanes on extreme inputs; ours widens in
-//! time, see `avx2.rs`), so results depend on neither the kernel nor row splitting nor
+//! time, see `avx2.rs`, or accumulates in i32 directly, see `avx512vnni.rs`), so results depend on neither the kernel nor row splitting nor
 //! batching. Activation quantization mirrors the reference including its FMA contraction
 //! (see the `act.rs` docs, and [`ActRounding`]).
 //!
@@ -49,6 +50,8 @@
 pub mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512vnni;
 mod error;
 pub mod flavor;
 mod integrity;

@@ -13,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use super::dot::f16_to_f32;
+use super::dot::{f16_tail, f16_to_f32};
 
 /// Elements per step with `H` registers a vector: 4 accumulators × 8H lanes (ggml's
 /// `GGML_F16_STEP`/`GGML_F32_STEP`).
@@ -161,16 +161,7 @@ pub(crate) fn dot_f16_bytes_rows<const R: usize, const H: usize>(
     let np = n & !(step(H) - 1);
     // SAFETY: the token proves the features; every row holds 2n >= 2np bytes and y holds n >= np.
     let heads = unsafe { f16_rows_body::<R, H>(rows.map(|r| r.as_ptr()), Vector::F32(y.as_ptr()), np) };
-    let mut out = [0f32; R];
-    for ((o, head), row) in out.iter_mut().zip(heads).zip(rows) {
-        let mut sum = f64::from(head);
-        for k in np..n {
-            let w = f16_to_f32(u16::from_le_bytes([row[2 * k], row[2 * k + 1]]));
-            sum += f64::from(w * y[k]);
-        }
-        *o = sum as f32;
-    }
-    out
+    std::array::from_fn(|r| f16_tail(heads[r], rows[r], |k| y[k], np))
 }
 
 /// `dot_f16` (see `dot.rs`) of `R` rows given as raw f16 bytes against the f16 vector `y`.
@@ -190,16 +181,7 @@ pub(crate) fn dot_f16_bytes_rows_f16<const R: usize, const H: usize>(
     // SAFETY: the token proves the features; every row holds 2n >= 2np bytes and y holds n >= np.
     let heads =
         unsafe { f16_rows_body::<R, H>(rows.map(|r| r.as_ptr()), Vector::F16(y.as_ptr() as *const u8), np) };
-    let mut out = [0f32; R];
-    for ((o, head), row) in out.iter_mut().zip(heads).zip(rows) {
-        let mut sum = f64::from(head);
-        for k in np..n {
-            let w = f16_to_f32(u16::from_le_bytes([row[2 * k], row[2 * k + 1]]));
-            sum += f64::from(w * f16_to_f32(y[k]));
-        }
-        *o = sum as f32;
-    }
-    out
+    std::array::from_fn(|r| f16_tail(heads[r], rows[r], |k| f16_to_f32(y[k]), np))
 }
 
 /// `dot_f16_f32` (see `dot.rs`): f16 values against f32 values.

@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{bytes_of, Avx2Fma};
-use super::dot::f16_to_f32;
+use super::dot::{f16_tail, f16_to_f32};
 use super::qdot_avx512::{Bf16Dot, Vnni};
 
 /// Elements per step: 4 accumulators × 16 lanes.
@@ -128,16 +128,6 @@ unsafe fn f16_rows_body<const R: usize>(w: [*const u8; R], y: Vector, np: usize)
     acc.map(|a| reduce(a))
 }
 
-/// The f64 leftovers of an F16 dot after the lanes, narrowed.
-fn f16_tail(head: f32, row: &[u8], y: impl Fn(usize) -> f32, from: usize, n: usize) -> f32 {
-    let mut sum = f64::from(head);
-    for k in from..n {
-        let w = f16_to_f32(u16::from_le_bytes([row[2 * k], row[2 * k + 1]]));
-        sum += f64::from(w * y(k));
-    }
-    sum as f32
-}
-
 /// `dot_f16_f32` (see `dot.rs`) of `R` rows given as raw f16 bytes against `y`, at once.
 ///
 /// # Panics
@@ -150,7 +140,7 @@ pub(crate) fn dot_f16_bytes_rows<const R: usize>(_t: Avx512, rows: [&[u8]; R], y
     let np = n & !(STEP - 1);
     // SAFETY: the token proves the features; every row holds 2n >= 2np bytes and y holds n >= np.
     let heads = unsafe { f16_rows_body::<R>(rows.map(|r| r.as_ptr()), Vector::F32(y.as_ptr()), np) };
-    std::array::from_fn(|r| f16_tail(heads[r], rows[r], |k| y[k], np, n))
+    std::array::from_fn(|r| f16_tail(heads[r], rows[r], |k| y[k], np))
 }
 
 /// `dot_f16` (see `dot.rs`) of `R` rows given as raw f16 bytes against the f16 vector `y`.
@@ -166,7 +156,7 @@ pub(crate) fn dot_f16_bytes_rows_f16<const R: usize>(_t: Avx512, rows: [&[u8]; R
     // SAFETY: the token proves the features; every row holds 2n >= 2np bytes and y holds n >= np.
     let heads =
         unsafe { f16_rows_body::<R>(rows.map(|r| r.as_ptr()), Vector::F16(y.as_ptr() as *const u8), np) };
-    std::array::from_fn(|r| f16_tail(heads[r], rows[r], |k| f16_to_f32(y[k]), np, n))
+    std::array::from_fn(|r| f16_tail(heads[r], rows[r], |k| f16_to_f32(y[k]), np))
 }
 
 /// `dot_f16_f32` (see `dot.rs`): f16 values against f32 values.

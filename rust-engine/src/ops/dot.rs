@@ -116,6 +116,19 @@ pub fn dot_f16_bytes(p: RefProfile, x: &[u8], y: &[u16]) -> f32 {
     dot_f16_by(p, y.len(), |k| f16_to_f32(u16::from_le_bytes([x[2 * k], x[2 * k + 1]])), |k| f16_to_f32(y[k]))
 }
 
+/// An F16 dot's leftovers after the lanes: the products of `row` (f16 bytes) from element
+/// `from` to its end with `y`, each exact in f32, added in f64 to the lanes' sum `head`, then
+/// narrowed. Shared by the SIMD kernels of every profile.
+#[inline]
+pub(crate) fn f16_tail(head: f32, row: &[u8], y: impl Fn(usize) -> f32, from: usize) -> f32 {
+    let mut sum = f64::from(head);
+    for k in from..row.len() / 2 {
+        let w = f16_to_f32(u16::from_le_bytes([row[2 * k], row[2 * k + 1]]));
+        sum += f64::from(w * y(k));
+    }
+    sum as f32
+}
+
 /// The lanes, then leftovers as f32 products summed in f64 (the F16 dot's tail; the
 /// product of two f16 values is exact in f32).
 #[inline]

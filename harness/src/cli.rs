@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run both engines on the same tokens and write a parity receipt (the default).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Check a receipt against thresholds (exit 0 pass, 1 fail, 2 unreadable).
     Gate(gate::GateArgs),
     /// Compare two receipts metric by metric.

@@ -6,6 +6,8 @@
 //! prompt, token ids and logits digests). Time fields (`created_at`, `timings`) are ignored.
 //! Both receipts must have this harness's major schema version; minor versions may differ.
 
+mod page;
+
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -169,7 +171,7 @@ pub fn run(args: &DiffArgs) -> Result<Exit, Failure> {
     let tolerance = Tolerance { absolute: args.tolerance, relative: args.rel_tolerance };
     let report = compare(&old, &new, tolerance);
     if let Some(path) = &args.html {
-        crate::report::write_page(path, &crate::report::render_diff(&old, &new, &report))?;
+        crate::report::write_page(path, &page::render(&old, &new, &report))?;
         eprintln!("html: {}", path.display());
     }
     if args.json {

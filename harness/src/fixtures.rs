@@ -104,7 +104,7 @@ pub fn write_quantized(out: &Path, fixtures: &[QuantizedFixture]) -> Result<Vec<
             );
             LibraryChoice::Built
         };
-        let mut worker = crate::run::spawn_worker(library).map_err(|e| {
+        let mut worker = crate::engine::cpp::spawn_worker(library).map_err(|e| {
             Failure::new(Exit::ReferenceUnavailable, anyhow!("cannot start the C++ reference: {e}"))
         })?;
         let mut written = Vec::new();

@@ -24,12 +24,24 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
-use crate::receipt::Hazard;
-
 /// The embedding table; also the lm_head of every BitNet graph of the reference.
 pub const TOKEN_EMBD: &str = "token_embd.weight";
 /// A head of its own, when the file has one.
 pub const OUTPUT: &str = "output.weight";
+
+/// One reference hazard of a run: an entry of the receipt's `hazards` list (re-exported as
+/// `crate::receipt::Hazard`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hazard {
+    /// `reference_profile` or `untied_output_ignored` ([`HazardKind`]); newer harnesses may add
+    /// kinds.
+    pub kind: String,
+    /// One line: what the hazard is in this run (tensors and types, or the build's ISA macros).
+    pub detail: String,
+    /// Whether it fails the verdict (and the gate) whatever the thresholds say; the others fail
+    /// only when `settings.thresholds.fail_on_hazards` names them.
+    pub fails_verdict: bool,
+}
 
 /// Every hazard kind this harness knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

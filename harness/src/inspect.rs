@@ -107,7 +107,11 @@ impl ReferenceBuild {
     pub fn baked() -> Option<ReferenceBuild> {
         let info = bitnet_cpp::BuildInfo::baked().ok()?;
         let isa = info.isa.map(|i| i.macros).unwrap_or_default();
-        let choice = crate::run::ProfileChoice::for_build(&isa, crate::run::ProfileSource::BuildInfo, None);
+        let choice = crate::profile_choice::ProfileChoice::for_build(
+            &isa,
+            crate::profile_choice::ProfileSource::BuildInfo,
+            None,
+        );
         Some(ReferenceBuild {
             library: info.library.display().to_string(),
             isa_profile: choice.hazard.is_none().then(|| choice.profile.name().to_string()),

@@ -3,16 +3,21 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod check;
 pub mod cli;
 pub mod compare;
+pub mod corpus;
 pub mod diff;
+pub mod engine;
 pub mod environment;
 pub mod exit;
 pub mod files;
 pub mod fixtures;
 pub mod gate;
 pub mod hazards;
+pub mod inputs;
 pub mod inspect;
+pub mod profile_choice;
 pub mod receipt;
 pub mod report;
 pub mod run;

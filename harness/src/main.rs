@@ -20,7 +20,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<Exit, Failure> {
     harness::environment::check()?;
-    match cli.command.unwrap_or(Command::Run(cli.run)) {
+    match cli.command.unwrap_or_else(|| Command::Run(Box::new(cli.run))) {
         Command::Run(args) => harness::run::run(&args),
         Command::Inspect(args) => harness::inspect::run(&args),
         Command::Fixtures(args) => harness::fixtures::run(&args),

@@ -13,10 +13,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::hazards::HazardPolicy;
+pub use crate::hazards::{Hazard, HazardPolicy};
 
 /// Version written by this build.
-pub const SCHEMA_VERSION: &str = "1.1.0";
+pub const SCHEMA_VERSION: &str = "1.2.0";
 /// Major version this build understands.
 pub const SCHEMA_MAJOR: u64 = 1;
 
@@ -42,20 +42,7 @@ pub struct Receipt {
     pub run_state: RunState,
     /// Layer-by-layer comparison at one position (`run --trace`), if requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace: Option<crate::trace::Trace>,
-}
-
-/// One reference hazard of a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hazard {
-    /// `reference_profile` or `untied_output_ignored` (`crate::hazards::HazardKind`); newer
-    /// harnesses may add kinds.
-    pub kind: String,
-    /// One line: what the hazard is in this run (tensors and types, or the build's ISA macros).
-    pub detail: String,
-    /// Whether it fails the verdict (and the gate) whatever the thresholds say; the others fail
-    /// only when `settings.thresholds.fail_on_hazards` names them.
-    pub fails_verdict: bool,
+    pub trace: Option<Trace>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,6 +92,12 @@ pub struct Engines {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RustEngine {
+    /// What side A is (since 1.2.0): `rust-engine` (this workspace's engine; the default of
+    /// receipts written before), `bitnet.cpp` (a reference build, described in `build`) or
+    /// `external` (a program speaking the engine protocol, described in `external`). The field
+    /// keeps its historical name `rust`: it is the engine under test.
+    #[serde(default = "rust_engine_kind")]
+    pub kind: String,
     pub name: String,
     pub version: String,
     /// The QK256 kernel chosen (`avx512vnni`, `avx2`, `scalar`).
@@ -119,6 +112,32 @@ pub struct RustEngine {
     /// receipts written before, whose engine mirrored an AVX2 build).
     #[serde(default)]
     pub reference_profile: Option<ReferenceProfile>,
+    /// The build, when side A is bitnet.cpp (since 1.2.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<ReferenceEngine>,
+    /// The engine's own account of itself, when side A is an external engine (since 1.2.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalIdentity>,
+}
+
+/// An external engine's own account of itself (its `hello` answer) and how it was started.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ExternalIdentity {
+    pub name: String,
+    pub version: String,
+    /// Free text: how the engine was built (compiler, flags, features), as the engine reports it.
+    #[serde(default)]
+    pub build: Option<String>,
+    /// The reference-build profile the engine says it mirrors (`avx2`, `avx512`), if any.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// The command line that started it.
+    #[serde(default)]
+    pub command: String,
+}
+
+fn rust_engine_kind() -> String {
+    "rust-engine".into()
 }
 
 /// The reference-build profile the Rust engine mirrored, and where the choice came from.
@@ -394,6 +413,42 @@ pub struct RunState {
     pub reference_failure: Option<String>,
     /// The Rust engine failed on a position (a bug: inputs are validated before the run).
     pub rust_failure: Option<String>,
+}
+
+/// The `trace` section of a receipt: the two engines' intermediate tensors at one position,
+/// compared in graph order (`crate::trace` makes it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    pub case: usize,
+    pub pos: usize,
+    pub token: u32,
+    /// Why this position: `first_divergence`, `requested`, or `last_position` (no divergence).
+    pub reason: String,
+    /// An operation is divergent when its cosine is below this.
+    pub min_cosine: f64,
+    /// Every compared operation, in graph order.
+    pub ops: Vec<TraceOp>,
+    /// The first divergent operation (e.g. `Qcur-1`), or null when all agree.
+    pub first_divergent_op: Option<String>,
+    /// Names one engine reported and the other did not, or with different sizes.
+    pub unmatched: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceOp {
+    /// Full name, e.g. `Qcur-1`, `result_norm`.
+    pub name: String,
+    /// Operation without the layer, e.g. `Qcur`.
+    pub op: String,
+    /// Layer index, or null for the operations after the last layer.
+    pub layer: Option<usize>,
+    pub elements: usize,
+    pub cosine: f64,
+    pub max_abs_diff: f64,
+    /// Σ(rust − reference)² / Σ reference² (the plain squared error when the reference is all zero).
+    pub nmse: f64,
+    pub bit_exact: bool,
+    pub below_threshold: bool,
 }
 
 /// A token's bytes as receipt text: UTF-8 as is, any byte that is not part of valid UTF-8 (half

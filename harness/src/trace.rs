@@ -5,7 +5,7 @@
 //! They are compared in graph order; the first operation whose cosine falls below the
 //! threshold is the first divergent operation.
 
-use serde::{Deserialize, Serialize};
+pub use crate::receipt::{Trace, TraceOp};
 
 /// Operations after the last layer (the engine's list).
 pub use bitnet_engine::model::FINAL_OPS;
@@ -16,41 +16,6 @@ pub use bitnet_engine::model::FINAL_OPS;
 /// `ffn_sub_out` for `bitnet`).
 pub fn traced_names(model: &bitnet_engine::model::Model<'_>) -> Vec<String> {
     model.traced_names()
-}
-
-/// The `trace` section of a receipt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Trace {
-    pub case: usize,
-    pub pos: usize,
-    pub token: u32,
-    /// Why this position: `first_divergence`, `requested`, or `last_position` (no divergence).
-    pub reason: String,
-    /// An operation is divergent when its cosine is below this.
-    pub min_cosine: f64,
-    /// Every compared operation, in graph order.
-    pub ops: Vec<TraceOp>,
-    /// The first divergent operation (e.g. `Qcur-1`), or null when all agree.
-    pub first_divergent_op: Option<String>,
-    /// Names one engine reported and the other did not, or with different sizes.
-    pub unmatched: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TraceOp {
-    /// Full name, e.g. `Qcur-1`, `result_norm`.
-    pub name: String,
-    /// Operation without the layer, e.g. `Qcur`.
-    pub op: String,
-    /// Layer index, or null for the operations after the last layer.
-    pub layer: Option<usize>,
-    pub elements: usize,
-    pub cosine: f64,
-    pub max_abs_diff: f64,
-    /// Σ(rust − reference)² / Σ reference² (the plain squared error when the reference is all zero).
-    pub nmse: f64,
-    pub bit_exact: bool,
-    pub below_threshold: bool,
 }
 
 /// Splits `Qcur-1` into (`Qcur`, Some(1)); names without a layer suffix give None.

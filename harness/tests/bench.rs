@@ -3,7 +3,8 @@
 
 mod common;
 
-use bitnet_engine::quant::{pack_i2s_x86, I2sFlavor, QuantizedActs, TernaryMatrix};
+use bitnet_engine::internals::quant::{QuantizedActs, TernaryMatrix};
+use bitnet_engine::quant::{pack_i2s_x86, I2sFlavor};
 use bitnet_fixtures::rng::Rng;
 use bitnet_fixtures::{spec, WeightForm};
 use common::receipts::harness;

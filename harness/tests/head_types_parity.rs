@@ -15,9 +15,9 @@ use std::path::Path;
 
 use bitnet_cpp::{ContextParams, QuantizeOptions, Reference};
 use bitnet_engine::gguf::{GgmlType, GgufFile};
+use bitnet_engine::internals::ops::{dequantize_row, BlockInput};
 use bitnet_engine::model::{Model, ModelError, ModelOptions};
-use bitnet_engine::ops::blocks::dequantize_row;
-use bitnet_engine::ops::{BlockInput, BlockType, FloatKernel};
+use bitnet_engine::ops::{BlockType, FloatKernel};
 use bitnet_engine::profile::RefProfile;
 use bitnet_engine::tokenizer::Tokenizer;
 use bitnet_fixtures::{spec, write_spec, WeightForm};

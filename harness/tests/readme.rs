@@ -18,6 +18,8 @@ const ELSEWHERE: &[(&str, &str)] = &[
     ("BITNET_CPP_DIR=$HOME/src/BitNet cargo run -p harness", "ffi/tests/library_dir.rs builds a second copy of the reference and runs it through BITNET_CPP_DIR"),
     ("cargo run --release -p harness -- bench", "harness/tests/bench.rs runs `harness bench` on a fixture (the generated 2B model takes minutes)"),
     ("cargo run --release -p harness -- bench --layers 30 --threads 1 --threads 2 --json", "harness/tests/bench.rs (1 and 2 threads, --json) on a fixture"),
+    ("cargo build -p harness --example example_engine", "harness/tests/external_engine_cli.rs builds it; .ci/run runs the demo and gates it"),
+    ("cargo run -p harness -- run --engine-cmd \"target/debug/examples/example_engine --mistake iq2s-sequential\" --trace", ".ci/run (the wrong engine's receipt must fail the gate at position 0, trace Qcur-0) and harness/tests/external_engine_cli.rs"),
     ("cargo run -p harness -- fixtures --shape 2b --layers 4", "writes 730 MB; the same generator writes the committed fixtures (fixtures/tests/regenerate.rs) and bench's cached models"),
 ];
 

@@ -45,7 +45,7 @@ fn synthetic_receipts_validate_and_read_back_equal() {
 /// Every object in `value`, walked along the schema node describing it, has exactly the
 /// schema's properties, and the schema requires all of them (`trace`, `cases[].token_texts` and
 /// `engines.rust.injected_fault` aside, which are omitted when empty, and the fields 1.1 added,
-/// which 1.0 receipts lack). Serializing a receipt with every option set shows every field the types write,
+/// which 1.0 receipts lack, and those 1.2 added). Serializing a receipt with every option set shows every field the types write,
 /// so this catches a field added to `receipt.rs` but not to the schema, and the reverse.
 /// `seen` collects the schema nodes visited (by address).
 fn assert_keys_match(root: &Value, node: &Value, value: &Value, path: &str, seen: &mut BTreeSet<usize>) {
@@ -64,7 +64,13 @@ fn assert_keys_match(root: &Value, node: &Value, value: &Value, path: &str, seen
                 node["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
             let optional =
                 ["trace", "injected_fault", "token_texts", "reference_profile", "hazards", "fail_on_hazards"];
-            let expected: BTreeSet<&str> = listed.iter().copied().filter(|k| !optional.contains(k)).collect();
+            // 1.2: absent in older receipts (`kind`), or there only for some kinds of side A.
+            let side_a = ["kind", "build", "external"];
+            let expected: BTreeSet<&str> = listed
+                .iter()
+                .copied()
+                .filter(|k| !(optional.contains(k) || path == "$.engines.rust" && side_a.contains(k)))
+                .collect();
             assert_eq!(required, expected, "{path}: every field but the optional ones is required");
             seen.insert(node as *const Value as usize);
             for (k, v) in map {
@@ -331,6 +337,7 @@ struct StrictEngines {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 struct StrictRustEngine {
+    kind: String,
     name: String,
     version: String,
     kernel: String,
@@ -338,7 +345,22 @@ struct StrictRustEngine {
     threads: usize,
     #[serde(default)]
     injected_fault: Option<String>,
-    reference_profile: StrictReferenceProfile,
+    reference_profile: Option<StrictReferenceProfile>,
+    #[serde(default)]
+    build: Option<StrictReferenceEngine>,
+    #[serde(default)]
+    external: Option<StrictExternalEngine>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct StrictExternalEngine {
+    name: String,
+    version: String,
+    build: Option<String>,
+    profile: Option<String>,
+    command: String,
 }
 
 #[derive(Deserialize)]
@@ -432,7 +454,8 @@ fn check_written(path: &Path) -> Value {
         serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(strict.schema_version, harness::receipt::SCHEMA_VERSION);
     // Every receipt `run` writes names the profile the Rust engine mirrored.
-    let p = &strict.engines.rust.reference_profile;
+    let p = strict.engines.rust.reference_profile.as_ref().expect("a reference profile");
+    assert_eq!(strict.engines.rust.kind, "rust-engine");
     assert!(["avx2", "avx512"].contains(&p.name.as_str()), "{}", p.name);
     assert!(
         ["build-info", "saved-reference", "override", "host"].contains(&p.source.as_str()),

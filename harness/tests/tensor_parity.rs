@@ -7,7 +7,8 @@ use std::path::Path;
 
 use bitnet_cpp::Reference;
 use bitnet_engine::gguf::{GgmlType, GgufFile};
-use bitnet_engine::quant::{detect_flavor, TernaryMatrix};
+use bitnet_engine::internals::quant::TernaryMatrix;
+use bitnet_engine::quant::detect_flavor;
 use bitnet_fixtures::{ensure, spec, WeightForm};
 
 /// Compares every I2_S tensor of `path`; returns how many were compared.

@@ -10,10 +10,7 @@
 //! the whole-word lookup), EOS added instead of BOS, Phi-3's right-stripping special tokens,
 //! and a SentencePiece (`llama`) vocabulary of the same size.
 
-// The corpus parser lives in the harness binary's `tokenize_check` module; include its source
-// so this test does not depend on how the library re-exports it.
-#[path = "../src/tokenize_check/corpus.rs"]
-mod corpus;
+use harness::corpus;
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -22,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use bitnet_cpp::{Model, Reference};
 use bitnet_engine::gguf::{Array, GgufFile, GgufWriter, Value};
-use bitnet_engine::tokenizer::unicode::{char_to_byte, is_letter, is_number, is_whitespace};
+use bitnet_engine::internals::tokenizer::{char_to_byte, is_letter, is_number, is_whitespace};
 use bitnet_engine::tokenizer::{token_type, Tokenizer};
 use bitnet_fixtures::{ensure, spec, write_spec, ModelSpec, WeightForm};
 

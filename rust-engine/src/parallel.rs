@@ -13,7 +13,7 @@
 use std::ops::Range;
 
 /// Most threads a model may ask for.
-pub const MAX_THREADS: usize = 256;
+pub(crate) const MAX_THREADS: usize = 256;
 
 /// Worker threads for one model. With one thread there is no pool: everything runs on the
 /// caller.

@@ -24,7 +24,7 @@
 //! (scalar, fused by gcc on both since AVX-512F implies FMA), the f16 conversions (round to
 //! nearest even either way), element-wise products, and the Q8_0, Q4_K and Q6_K heads (their
 //! `__AVX2__` code on both: `quantize_row_q8_0` / `quantize_row_q8_K_ref`, the dots, the
-//! `dequantize_row_*` of the embedding; see [`crate::ops::blocks`] and [`crate::ops::qdot`]).
+//! `dequantize_row_*` of the embedding; see `ops/blocks.rs` and `ops/qdot.rs`).
 //!
 //! **The BF16 assumption.** [`RefProfile::Avx512`] is chosen from AVX-512F and DQ, but the
 //! BF16 head's numerics come from AVX512BF16: every AVX-512 CPU this project has seen (Zen 4,

@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use bitnet_engine::ops::{self, BlockInput, BlockType, FloatKernel};
+use bitnet_engine::internals::ops::{self, BlockInput};
+use bitnet_engine::ops::{BlockType, FloatKernel};
 use bitnet_engine::profile::RefProfile;
 use serde_json::Value;
 

@@ -3,8 +3,10 @@
 //! under every reference-build profile, on arbitrary blocks — any scale, any quant, the −128
 //! corners of the sign trick, arbitrary `bsums` — and on BF16 subnormals and every length.
 
-use bitnet_engine::ops::blocks::{dequantize_row, fp32_to_bf16_row, QK_K};
-use bitnet_engine::ops::{BlockInput, BlockQ8K, BlockQ8_0, BlockType, FloatKernel};
+use bitnet_engine::internals::ops::{
+    dequantize_row, fp32_to_bf16_row, BlockInput, BlockQ8K, BlockQ8_0, QK_K,
+};
+use bitnet_engine::ops::{BlockType, FloatKernel};
 use bitnet_engine::profile::RefProfile;
 
 /// Every kernel this CPU runs under every profile, the scalar oracle first.

@@ -3,7 +3,8 @@
 //! on hard values (ties, subnormals, infinities, values that overflow f16) and in softmax's
 //! special exponent ranges.
 
-use bitnet_engine::ops::{self, FloatKernel};
+use bitnet_engine::internals::ops;
+use bitnet_engine::ops::FloatKernel;
 use bitnet_engine::profile::RefProfile;
 use proptest::prelude::*;
 

@@ -3,9 +3,10 @@
 
 mod quant_common;
 
-use bitnet_engine::quant::{
-    quantize_row_i8_s, quantize_row_i8_s_with, ActRounding, Qk256Kernel, QuantizedActs,
+use bitnet_engine::internals::quant::{
+    quantize_row_i8_s, quantize_row_i8_s_with, ActRounding, QuantizedActs,
 };
+use bitnet_engine::quant::Qk256Kernel;
 use proptest::prelude::*;
 use quant_common::Rng;
 

@@ -2,10 +2,11 @@
 
 mod quant_common;
 
+use bitnet_engine::internals::quant::{QuantizedActs, TernaryMatrix};
 use bitnet_engine::quant::{
     check_i2s_integrity, detect_flavor_with, pack_bitnet32_f16, pack_i2s_arm64, pack_i2s_x86,
     pack_split32_codes, pack_split32_scales, quantize_i2s_x86, I2sFlavor, Qk256Kernel, QuantError,
-    QuantizedActs, SiblingScaleType, TernaryMatrix,
+    SiblingScaleType,
 };
 use proptest::prelude::*;
 use quant_common::Rng;

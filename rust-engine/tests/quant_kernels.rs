@@ -3,8 +3,8 @@
 
 mod quant_common;
 
-use bitnet_engine::quant::layout::{code_at, X86_GROUP_BYTES};
-use bitnet_engine::quant::{pack_i2s_x86, I2sFlavor, Qk256Kernel, QuantizedActs, TernaryMatrix};
+use bitnet_engine::internals::quant::{code_at, QuantizedActs, TernaryMatrix, X86_GROUP_BYTES};
+use bitnet_engine::quant::{pack_i2s_x86, I2sFlavor, Qk256Kernel};
 use proptest::prelude::*;
 use quant_common::{random_x86_tensor, Rng};
 

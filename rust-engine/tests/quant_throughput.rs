@@ -8,7 +8,8 @@ mod quant_common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use bitnet_engine::quant::{I2sFlavor, Qk256Kernel, QuantizedActs, TernaryMatrix};
+use bitnet_engine::internals::quant::{QuantizedActs, TernaryMatrix};
+use bitnet_engine::quant::{I2sFlavor, Qk256Kernel};
 use quant_common::{random_x86_tensor, Rng};
 
 /// Seconds this thread has spent on a CPU: from `/proc/thread-self/schedstat` on Linux, so

@@ -2,7 +2,7 @@
 //! hand from the reference's `llama-vocab.cpp` (merge loop, whole-word lookup, byte fallback,
 //! special-token partition, BOS rules, detokenizer clean-up).
 
-use bitnet_engine::tokenizer::unicode::BYTE_TO_CHAR;
+use bitnet_engine::internals::tokenizer::BYTE_TO_CHAR;
 use bitnet_engine::tokenizer::{token_type, SpecialIds, TokenAttr, Tokenizer, TokenizerError, TokenizerSpec};
 
 /// 256 byte tokens (id = byte value), then `extra` (NORMAL), then `specials` with their types.

@@ -1,7 +1,7 @@
 //! Reading a tokenizer from GGUF metadata: the keys, their types, and typed errors.
 
 use bitnet_engine::gguf::{Array, GgufFile, GgufWriter, Value};
-use bitnet_engine::tokenizer::unicode::BYTE_TO_CHAR;
+use bitnet_engine::internals::tokenizer::BYTE_TO_CHAR;
 use bitnet_engine::tokenizer::{token_type, Tokenizer, TokenizerError};
 
 /// A Llama-3 style vocabulary: 256 bytes, "Ġhi" from two merges, BOS and EOS.

@@ -14,8 +14,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use bitnet_cpp::Reference;
-use bitnet_engine::parallel::{Pool, Rows};
-use bitnet_engine::quant::{pack_i2s_x86, I2sFlavor, QuantizedActs, TernaryMatrix};
+use bitnet_engine::internals::parallel::{Pool, Rows};
+use bitnet_engine::internals::quant::{QuantizedActs, TernaryMatrix};
+use bitnet_engine::quant::{pack_i2s_x86, I2sFlavor};
 use bitnet_fixtures::rng::Rng;
 
 use super::report::{GemvResult, GemvSpeed};

@@ -26,7 +26,7 @@ pub mod run_check;
 pub mod table;
 pub mod worker;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
 use bitnet_cpp::Reference;
@@ -37,8 +37,9 @@ use bitnet_engine::profile::RefProfile;
 use crate::exit::{Exit, Failure, OrExit};
 use model::ModelChoice;
 use report::{
-    BenchModel, BenchReport, BenchSettings, Decode, EngineIdentities, EngineResult, Memory, Prefill, Ratios,
-    ReferenceIdentity, RustIdentity, ThreadResult, BENCH_SCHEMA_VERSION,
+    Bandwidth, BenchModel, BenchReport, BenchSettings, Decode, EngineIdentities, EngineResult, GemvResult,
+    LmHeadResult, Memory, Prefill, Ratios, ReferenceIdentity, RustIdentity, ThreadResult,
+    BENCH_SCHEMA_VERSION,
 };
 pub use worker::{serve as serve_worker, WorkerArgs};
 use worker::{EngineKind, Reply, WorkerHandle};
@@ -109,6 +110,9 @@ pub struct BenchArgs {
     pub out: Option<PathBuf>,
 }
 
+/// The Rust engine's kernel and threading, as its worker reported them.
+type RustKernel = (String, Option<String>);
+
 /// The settings after defaults, as numbers.
 struct Plan {
     threads: Vec<usize>,
@@ -120,19 +124,90 @@ struct Plan {
 }
 
 pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
-    let mut threads: Vec<usize> = args.threads.iter().map(|&t| t as usize).collect();
-    threads.dedup();
-    let (tokens, prefill) = (args.tokens as usize, args.prefill as usize);
-    let plan = Plan {
-        threads,
-        tokens,
-        runs: args.runs as usize,
-        prefill,
-        prefill_runs: args.prefill_runs as usize,
-        n_ctx: tokens.max(prefill).next_multiple_of(32),
-    };
-
+    let plan = Plan::new(args);
     let mut machine = machine::describe();
+    let model = open_model(args, &plan)?;
+    // A refill that fails (a read-only mount that refuses fsync, say) leaves the cache as it
+    // was: the measurement goes on and the report says so.
+    let mut early_warnings = Vec::new();
+    let page_cache_refill_s = prepare_page_cache(args.page_cache, &model.path, &mut early_warnings);
+
+    // Measured before and after the engines; the best of both counts (another process
+    // reading memory at the same time can only lower it).
+    eprintln!("bandwidth: summing {} MiB …", args.bandwidth_mib);
+    let bandwidth_before = machine::bandwidth(args.bandwidth_mib << 20, &plan.threads, BANDWIDTH_PASSES);
+    let (reference, profile) = open_reference(&mut early_warnings)?;
+    let reference_identity = reference_identity(&reference);
+    let (mut results, rust_identity) = measure_all_threads(&model, &plan, profile)?;
+    eprintln!("bandwidth again …");
+    let bandwidth_after = machine::bandwidth(args.bandwidth_mib << 20, &plan.threads, BANDWIDTH_PASSES);
+    let bandwidth = machine::best_of(&bandwidth_before, &bandwidth_after);
+    set_bandwidth_fractions(&mut results, &bandwidth, model.report.bytes_per_token.total);
+
+    let gemv = if args.no_gemv { Vec::new() } else { bench_gemv(args, &plan, &reference)? };
+    let lm_head = if args.no_lm_head {
+        Vec::new()
+    } else {
+        bench_lm_head(args, &plan, &model.path, &reference, profile)?
+    };
+    if args.run_tokens > 0 {
+        run_checks(&mut results, &model.path, args.run_tokens);
+    }
+
+    let (kernel, threading) = rust_identity.unwrap_or_default();
+    machine.load_average_end = machine::load_average();
+    let mut report = BenchReport {
+        schema_version: BENCH_SCHEMA_VERSION.into(),
+        created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        tool: crate::run::tool_info(),
+        machine,
+        settings: settings(args, &plan, page_cache_refill_s),
+        model: model.report,
+        engines: EngineIdentities {
+            rust: rust_identity_of(kernel, threading),
+            reference: reference_identity,
+        },
+        bandwidth,
+        results,
+        gemv,
+        lm_head,
+        goals: Vec::new(),
+        warnings: Vec::new(),
+    };
+    report.goals = goals::evaluate(&report);
+    report.warnings = early_warnings.into_iter().chain(warnings(&report)).collect();
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    print_and_save(args, &report)
+}
+
+impl Plan {
+    fn new(args: &BenchArgs) -> Plan {
+        let mut threads: Vec<usize> = args.threads.iter().map(|&t| t as usize).collect();
+        threads.dedup();
+        let (tokens, prefill) = (args.tokens as usize, args.prefill as usize);
+        Plan {
+            threads,
+            tokens,
+            runs: args.runs as usize,
+            prefill,
+            prefill_runs: args.prefill_runs as usize,
+            n_ctx: tokens.max(prefill).next_multiple_of(32),
+        }
+    }
+}
+
+/// The model benchmarked: where it is, its hyper-parameters, and its part of the report.
+struct BenchTarget {
+    path: PathBuf,
+    config: Config,
+    report: BenchModel,
+}
+
+/// Resolves (or generates) the model and describes it. The file is closed again before the
+/// page cache is refilled and the engines map it.
+fn open_model(args: &BenchArgs, plan: &Plan) -> Result<BenchTarget, Failure> {
     let choice = match &args.model {
         Some(p) => ModelChoice::File(p.clone()),
         None => ModelChoice::Shape2b {
@@ -146,8 +221,7 @@ pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
     let model_file = model::resolve(&choice).or_exit(Exit::BadInput)?;
     let file = GgufFile::open(&model_file.path).or_exit(Exit::BadInput)?;
     let config = Config::from_gguf(&file).or_exit(Exit::ModelInvalid)?;
-    let bytes = model::bytes_per_token(&file, &config, plan.tokens);
-    let model_report = BenchModel {
+    let report = BenchModel {
         path: model_file.path.display().to_string(),
         kind: model_file.kind.into(),
         file_bytes: file.file_len(),
@@ -157,171 +231,182 @@ pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
         n_head: config.n_head,
         n_head_kv: config.n_head_kv,
         n_vocab: config.n_vocab,
-        bytes_per_token: bytes.clone(),
+        bytes_per_token: model::bytes_per_token(&file, &config, plan.tokens),
     };
     drop(file);
+    Ok(BenchTarget { path: model_file.path, config, report })
+}
 
-    // A refill that fails (a read-only mount that refuses fsync, say) leaves the cache as it
-    // was: the measurement goes on and the report says so.
-    let mut early_warnings = Vec::new();
-    let page_cache_refill_s = match args.page_cache {
+/// `--page-cache`: with `huge`, reads the model back through 2 MiB pages; the seconds it took,
+/// or `None` (kept as it was, or the refill failed: a warning says so).
+fn prepare_page_cache(mode: page_cache::PageCache, model: &Path, warnings: &mut Vec<String>) -> Option<f64> {
+    match mode {
         page_cache::PageCache::Huge => {
             eprintln!("page cache: reading the model back with 2 MiB pages …");
-            match page_cache::refill_with_huge_pages(&model_file.path) {
+            match page_cache::refill_with_huge_pages(model) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    early_warnings
-                        .push(format!("--page-cache huge failed, the cache was left as it was: {e:#}"));
+                    warnings.push(format!("--page-cache huge failed, the cache was left as it was: {e:#}"));
                     None
                 }
             }
         }
         page_cache::PageCache::Keep => None,
-    };
+    }
+}
 
-    // Measured before and after the engines; the best of both counts (another process
-    // reading memory at the same time can only lower it).
-    eprintln!("bandwidth: summing {} MiB …", args.bandwidth_mib);
-    let bandwidth_before = machine::bandwidth(args.bandwidth_mib << 20, &plan.threads, BANDWIDTH_PASSES);
-
+/// Loads the C++ reference, and the profile the Rust engine mirrors: the reference build's own
+/// (the host's, with a warning, when the build has none).
+fn open_reference(warnings: &mut Vec<String>) -> Result<(Reference, RefProfile), Failure> {
     let reference = Reference::open_default().map_err(|e| {
         Failure::new(Exit::ReferenceUnavailable, anyhow!("cannot load the C++ reference: {e}"))
     })?;
-    // The profile the Rust engine mirrors: the reference build's own (the host's, with a
-    // warning, when the build has none).
     let isa = reference.build_info().isa.as_ref().map(|i| i.macros.clone()).unwrap_or_default();
-    let profile = crate::run::ProfileChoice::for_build(&isa, crate::run::ProfileSource::BuildInfo, None);
+    let profile = crate::profile_choice::ProfileChoice::for_build(
+        &isa,
+        crate::profile_choice::ProfileSource::BuildInfo,
+        None,
+    );
     if let Some(h) = &profile.hazard {
-        early_warnings.push(format!(
+        warnings.push(format!(
             "the reference build has no profile ({h}): the Rust engine mirrors the host's {}, and the \
              lm_head outputs are not expected to match",
             profile.profile
         ));
     }
-    let reference_identity = ReferenceIdentity {
+    Ok((reference, profile.profile))
+}
+
+fn reference_identity(reference: &Reference) -> ReferenceIdentity {
+    ReferenceIdentity {
         build: reference.build_info().summary(),
         kernels: reference.build_info().kernels.clone(),
         library_path: reference.library_path().display().to_string(),
         system_info: reference.system_info(),
-    };
+    }
+}
 
+/// Both engines at every thread count of the plan; with the Rust engine's kernel and threading
+/// as its first worker reported them.
+fn measure_all_threads(
+    model: &BenchTarget,
+    plan: &Plan,
+    profile: RefProfile,
+) -> Result<(Vec<ThreadResult>, Option<RustKernel>), Failure> {
     let mut results = Vec::new();
     let mut rust_identity = None;
     for &t in &plan.threads {
         eprintln!("engines at {t} thread(s) …");
-        let (result, rust_ready) = measure_engines(&model_file.path, t, &plan, &config, profile.profile)
+        let (result, rust_ready) = measure_engines(&model.path, t, plan, &model.config, profile)
             .map_err(|e| Failure::new(Exit::Internal, e))?;
         rust_identity.get_or_insert(rust_ready);
         results.push(result);
     }
-    eprintln!("bandwidth again …");
-    let bandwidth_after = machine::bandwidth(args.bandwidth_mib << 20, &plan.threads, BANDWIDTH_PASSES);
-    let bandwidth = machine::best_of(&bandwidth_before, &bandwidth_after);
-    for r in &mut results {
+    Ok((results, rust_identity))
+}
+
+/// Each engine's decode speed as a fraction of what the memory bandwidth at the same thread
+/// count allows: (bytes per token ÷ bandwidth) ÷ time per token.
+fn set_bandwidth_fractions(results: &mut [ThreadResult], bandwidth: &[Bandwidth], bytes_per_token: u64) {
+    for r in results {
         let bw = bandwidth.iter().find(|b| b.threads == r.threads);
         for e in [&mut r.rust, &mut r.reference] {
-            // (bytes per token ÷ bandwidth) ÷ time per token.
             e.decode.bandwidth_fraction = bw
-                .map(|b| bytes.total as f64 / (b.gb_per_s * 1e9) / (e.decode.ms_per_token_median / 1e3))
+                .map(|b| bytes_per_token as f64 / (b.gb_per_s * 1e9) / (e.decode.ms_per_token_median / 1e3))
                 .filter(|f| f.is_finite());
         }
     }
+}
 
-    let mut gemv_results = Vec::new();
-    if !args.no_gemv {
-        for (rows, cols) in gemv::SHAPES {
-            let data = gemv::GemvData::new(rows, cols).or_exit(Exit::Internal)?;
-            for &t in &plan.threads {
-                eprintln!("gemv {rows}×{cols} at {t} thread(s) …");
-                let g = gemv::bench_shape(
-                    &reference,
-                    &data,
-                    t,
-                    args.gemv_repeats as usize,
-                    args.gemv_batches as usize,
-                )
-                .or_exit(Exit::Internal)?;
-                gemv_results.push(g);
-            }
-        }
-    }
-
-    let mut lm_head_results = Vec::new();
-    if !args.no_lm_head {
+/// The GEMV micro-benchmarks: every shape at every thread count.
+fn bench_gemv(args: &BenchArgs, plan: &Plan, reference: &Reference) -> Result<Vec<GemvResult>, Failure> {
+    let mut out = Vec::new();
+    for (rows, cols) in gemv::SHAPES {
+        let data = gemv::GemvData::new(rows, cols).or_exit(Exit::Internal)?;
         for &t in &plan.threads {
-            eprintln!("lm_head alone at {t} thread(s) …");
-            if let Some(r) =
-                lm_head::bench(&model_file.path, t, args.gemv_batches as usize, &reference, profile.profile)
-                    .or_exit(Exit::Internal)?
-            {
-                lm_head_results.push(r);
-            }
+            eprintln!("gemv {rows}×{cols} at {t} thread(s) …");
+            let g = gemv::bench_shape(
+                reference,
+                &data,
+                t,
+                args.gemv_repeats as usize,
+                args.gemv_batches as usize,
+            )
+            .or_exit(Exit::Internal)?;
+            out.push(g);
         }
     }
+    Ok(out)
+}
 
-    if args.run_tokens > 0 {
-        for r in &mut results {
-            eprintln!("harness run of {} tokens at {} thread(s) …", args.run_tokens, r.threads);
-            match run_check::run_check(&model_file.path, args.run_tokens as usize, r.threads) {
-                Ok(c) => r.run_check = Some(c),
-                Err(e) => eprintln!("warning: the `harness run` check failed: {e:#}"),
-            }
+/// The lm_head product alone at every thread count (nothing for a model without one to time).
+fn bench_lm_head(
+    args: &BenchArgs,
+    plan: &Plan,
+    model: &Path,
+    reference: &Reference,
+    profile: RefProfile,
+) -> Result<Vec<LmHeadResult>, Failure> {
+    let mut out = Vec::new();
+    for &t in &plan.threads {
+        eprintln!("lm_head alone at {t} thread(s) …");
+        if let Some(r) = lm_head::bench(model, t, args.gemv_batches as usize, reference, profile)
+            .or_exit(Exit::Internal)?
+        {
+            out.push(r);
         }
     }
+    Ok(out)
+}
 
-    let (kernel, threading) = rust_identity.unwrap_or_default();
-    machine.load_average_end = machine::load_average();
-    let mut report = BenchReport {
-        schema_version: BENCH_SCHEMA_VERSION.into(),
-        created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        tool: crate::run::tool_info(),
-        machine,
-        settings: BenchSettings {
-            threads: plan.threads.clone(),
-            decode_tokens: plan.tokens,
-            decode_runs: plan.runs,
-            prefill_tokens: plan.prefill,
-            prefill_runs: if plan.prefill > 0 { plan.prefill_runs } else { 0 },
-            n_ctx: plan.n_ctx,
-            gemv_repeats: args.gemv_repeats as usize,
-            gemv_batches: args.gemv_batches as usize,
-            bandwidth_buffer_bytes: args.bandwidth_mib << 20,
-            run_check_tokens: args.run_tokens as usize,
-            page_cache: args.page_cache.name().into(),
-            page_cache_refill_s,
-        },
-        model: model_report,
-        engines: EngineIdentities {
-            rust: RustIdentity {
-                name: "bitnet-engine".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                kernel,
-                exact_reference_rounding: true,
-                threading,
-            },
-            reference: reference_identity,
-        },
-        bandwidth,
-        results,
-        gemv: gemv_results,
-        lm_head: lm_head_results,
-        goals: Vec::new(),
-        warnings: Vec::new(),
-    };
-    report.goals = goals::evaluate(&report);
-    report.warnings = early_warnings.into_iter().chain(warnings(&report)).collect();
-    for w in &report.warnings {
-        eprintln!("warning: {w}");
+/// A timed `harness run` of `tokens` tokens at each thread count; a failure is a warning.
+fn run_checks(results: &mut [ThreadResult], model: &Path, tokens: u32) {
+    for r in results {
+        eprintln!("harness run of {} tokens at {} thread(s) …", tokens, r.threads);
+        match run_check::run_check(model, tokens as usize, r.threads) {
+            Ok(c) => r.run_check = Some(c),
+            Err(e) => eprintln!("warning: the `harness run` check failed: {e:#}"),
+        }
     }
+}
 
-    let json = serde_json::to_string_pretty(&report).or_exit(Exit::Internal)?;
+fn settings(args: &BenchArgs, plan: &Plan, page_cache_refill_s: Option<f64>) -> BenchSettings {
+    BenchSettings {
+        threads: plan.threads.clone(),
+        decode_tokens: plan.tokens,
+        decode_runs: plan.runs,
+        prefill_tokens: plan.prefill,
+        prefill_runs: if plan.prefill > 0 { plan.prefill_runs } else { 0 },
+        n_ctx: plan.n_ctx,
+        gemv_repeats: args.gemv_repeats as usize,
+        gemv_batches: args.gemv_batches as usize,
+        bandwidth_buffer_bytes: args.bandwidth_mib << 20,
+        run_check_tokens: args.run_tokens as usize,
+        page_cache: args.page_cache.name().into(),
+        page_cache_refill_s,
+    }
+}
+
+fn rust_identity_of(kernel: String, threading: Option<String>) -> RustIdentity {
+    RustIdentity {
+        name: "bitnet-engine".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        kernel,
+        exact_reference_rounding: true,
+        threading,
+    }
+}
+
+/// Writes the JSON report to `--out`, then prints it (`--json`) or the tables.
+fn print_and_save(args: &BenchArgs, report: &BenchReport) -> Result<Exit, Failure> {
+    let json = serde_json::to_string_pretty(report).or_exit(Exit::Internal)?;
     if let Some(out) = &args.out {
         crate::files::write_atomic(out, json.as_bytes())?;
     }
     if args.json {
         println!("{json}");
     } else {
-        print!("{}", table::render(&report));
+        print!("{}", table::render(report));
     }
     Ok(Exit::Ok)
 }
@@ -329,12 +414,12 @@ pub fn run(args: &BenchArgs) -> Result<Exit, Failure> {
 /// Both engines at `threads` threads, each in its own worker process, alternating which one
 /// goes first in every round so that a change in the machine's load hits both alike.
 fn measure_engines(
-    model: &std::path::Path,
+    model: &Path,
     threads: usize,
     plan: &Plan,
     config: &Config,
     profile: RefProfile,
-) -> anyhow::Result<(ThreadResult, (String, Option<String>))> {
+) -> anyhow::Result<(ThreadResult, RustKernel)> {
     let mut cpp = WorkerHandle::spawn(EngineKind::Cpp, model, threads, plan.n_ctx, profile)?;
     let mut rust = WorkerHandle::spawn(EngineKind::Rust, model, threads, plan.n_ctx, profile)?;
     let mut decode: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];

@@ -124,8 +124,21 @@ fn measured(v: Option<f64>, id: &str) -> String {
     }
 }
 
+/// The report as the terminal shows it: machine, model and settings, then one table per
+/// measurement and the goals.
 pub fn render(r: &BenchReport) -> String {
     let mut s = String::new();
+    header(&mut s, r);
+    engines_table(&mut s, r);
+    run_checks(&mut s, r);
+    gemv_table(&mut s, r);
+    lm_head_table(&mut s, r);
+    goals_table(&mut s, r);
+    s
+}
+
+/// Machine, bandwidth, model, engines and settings, a line each.
+fn header(s: &mut String, r: &BenchReport) {
     let m = &r.machine;
     let _ = writeln!(
         s,
@@ -169,7 +182,10 @@ pub fn render(r: &BenchReport) -> String {
             None => "kept as it was".into(),
         }
     );
+}
 
+/// Decode, prefill and memory of both engines and their ratios, per thread count.
+fn engines_table(s: &mut String, r: &BenchReport) {
     let mut rows = Vec::new();
     for t in &r.results {
         rows.push(engine_row(t.threads, "bitnet.cpp", &t.reference));
@@ -192,7 +208,10 @@ pub fn render(r: &BenchReport) -> String {
         });
     }
     let _ = writeln!(s, "{}", Table::new(rows).with(Style::rounded()));
+}
 
+/// The timed `harness run` checks.
+fn run_checks(s: &mut String, r: &BenchReport) {
     for t in &r.results {
         if let Some(c) = &t.run_check {
             let _ = writeln!(
@@ -203,7 +222,10 @@ pub fn render(r: &BenchReport) -> String {
             );
         }
     }
+}
 
+/// The GEMV micro-benchmarks, when run.
+fn gemv_table(s: &mut String, r: &BenchReport) {
     if !r.gemv.is_empty() {
         let rows: Vec<GemvRow> = r
             .gemv
@@ -227,7 +249,10 @@ pub fn render(r: &BenchReport) -> String {
         );
         let _ = writeln!(s, "{}", Table::new(rows).with(Style::rounded()));
     }
+}
 
+/// The lm_head micro-benchmark, when run.
+fn lm_head_table(s: &mut String, r: &BenchReport) {
     if let Some(first) = r.lm_head.first() {
         let rows: Vec<LmHeadRow> = r
             .lm_head
@@ -253,7 +278,10 @@ pub fn render(r: &BenchReport) -> String {
         );
         let _ = writeln!(s, "{}", Table::new(rows).with(Style::rounded()));
     }
+}
 
+/// The goals and the warnings.
+fn goals_table(s: &mut String, r: &BenchReport) {
     let rows: Vec<GoalRow> = r
         .goals
         .iter()
@@ -267,5 +295,4 @@ pub fn render(r: &BenchReport) -> String {
     for w in &r.warnings {
         let _ = writeln!(s, "warning: {w}");
     }
-    s
 }

@@ -50,7 +50,7 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub n_ctx: usize,
     /// The reference-build profile the Rust engine mirrors (the parent's reference's own).
-    #[arg(long, value_parser = crate::run::parse_profile)]
+    #[arg(long, value_parser = crate::profile_choice::parse_profile)]
     pub profile: Option<RefProfile>,
 }
 

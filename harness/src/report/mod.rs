@@ -1,18 +1,17 @@
 //! Reports people look at: `harness report RECEIPT` writes one self-contained HTML page (inline
-//! SVG and CSS, no script, nothing fetched from the network), `harness diff --html` one for two
-//! receipts, and [`term`] holds the terminal side (colours, progress bars).
+//! SVG and CSS, no script, nothing fetched from the network), and [`term`] holds the terminal
+//! side (colours, progress bars). `harness diff --html` builds its page for two receipts
+//! (`crate::diff`'s `page`) from the pieces here: [`html`], `page`, `plot`, `heatmap`.
 
-mod diff_page;
-mod heatmap;
+pub(crate) mod heatmap;
 pub mod html;
-mod page;
-mod plot;
+pub(crate) mod page;
+pub(crate) mod plot;
 pub mod scale;
 pub mod term;
 
 use std::path::{Path, PathBuf};
 
-use crate::diff::DiffReport;
 use crate::exit::{Exit, Failure};
 use crate::schema::{self, LoadedReceipt};
 
@@ -48,11 +47,6 @@ fn default_page_path(receipt: &Path) -> PathBuf {
 /// The report page of one receipt.
 pub fn render(receipt: &LoadedReceipt) -> String {
     page::render(receipt)
-}
-
-/// The page comparing two receipts (`diff --html`).
-pub fn render_diff(old: &LoadedReceipt, new: &LoadedReceipt, report: &DiffReport) -> String {
-    diff_page::render(old, new, report)
 }
 
 /// Writes `html` to `path` atomically ([`crate::files::write_atomic`]): a failed write never

@@ -116,6 +116,9 @@ pub fn render(r: &Receipt, paint: Paint) -> String {
     }
     let mut out = String::new();
     let _ = writeln!(out, "{table}");
+    if let Some(line) = engines_line(r) {
+        let _ = writeln!(out, "{line}");
+    }
     if let Some(line) = profile_line(r, paint) {
         let _ = writeln!(out, "{line}");
     }
@@ -131,6 +134,35 @@ pub fn render(r: &Receipt, paint: Paint) -> String {
     };
     let _ = writeln!(out, "verdict: {}{reasons}", paint.verdict(&r.verdict.status));
     out
+}
+
+/// `engines: A … against B …`, when the run is not the default Rust engine against bitnet.cpp.
+fn engines_line(r: &Receipt) -> Option<String> {
+    let (a, b) = (&r.engines.rust, &r.engines.reference);
+    let b_is_cpp = !b.source.starts_with("rust:") && !b.source.starts_with("external:");
+    if a.kind == "rust-engine" && b_is_cpp {
+        return None;
+    }
+    let march = |flags: &[String]| {
+        flags
+            .iter()
+            .flat_map(|g| g.split(' '))
+            .find_map(|w| w.strip_prefix("-march="))
+            .map(|m| format!(" (-march={m})"))
+    };
+    let side_a = match (a.kind.as_str(), &a.build, &a.external) {
+        ("bitnet.cpp", Some(build), _) => {
+            format!("bitnet.cpp {}{}", build.source, march(&build.flags).unwrap_or_default())
+        }
+        ("external", _, Some(e)) => format!("{} {} (`{}`)", e.name, e.version, e.command),
+        _ => format!("{} {}", a.name, a.version),
+    };
+    let side_b = if b_is_cpp {
+        format!("bitnet.cpp {}{}", b.source, march(&b.flags).unwrap_or_default())
+    } else {
+        b.source.clone()
+    };
+    Some(format!("engines: {side_a} against {side_b}"))
 }
 
 /// `reference profile: avx512 (from build-info)`, with the hazard when the build has none.

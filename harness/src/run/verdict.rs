@@ -27,11 +27,15 @@ pub fn judge(r: &Receipt) -> Verdict {
     if state.interrupted {
         reasons.push("interrupted before every position was evaluated".to_string());
     }
+    // Side A is the Rust engine unless the receipt says otherwise (1.2), side B the reference.
     if let Some(f) = &state.reference_failure {
         reasons.push(format!("reference failed: {f}"));
     }
     if let Some(f) = &state.rust_failure {
-        reasons.push(format!("rust engine failed: {f}"));
+        match r.engines.rust.kind.as_str() {
+            "rust-engine" => reasons.push(format!("rust engine failed: {f}")),
+            _ => reasons.push(format!("{} failed: {f}", r.engines.rust.name)),
+        }
     }
     if !reasons.is_empty() || !state.completed {
         if reasons.is_empty() {

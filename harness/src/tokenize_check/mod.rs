@@ -1,18 +1,18 @@
 //! `harness tokenize-check`: the Rust tokenizer against the reference's `llama_tokenize` on a corpus.
 
-pub mod corpus;
-
 use std::path::PathBuf;
 
 use anyhow::anyhow;
-use bitnet_cpp::worker::{LibraryChoice, RefWorker};
-use bitnet_cpp::ContextParams;
+use bitnet_cpp::worker::LibraryChoice;
 use bitnet_engine::gguf::GgufFile;
 use bitnet_engine::tokenizer::Tokenizer;
 
+use crate::corpus;
+use crate::engine::cpp::CppSide;
+use crate::engine::Engine;
 use crate::exit::{Exit, Failure, OrExit};
+use crate::inputs::resolve_model;
 pub use crate::receipt::{CorpusAgreement, ModeAgreement, StringMismatch};
-use crate::run::{resolve_model, spawn_worker};
 
 #[derive(Debug, clap::Args)]
 pub struct TokenizeCheckArgs {
@@ -34,23 +34,50 @@ pub struct TokenizeCheckArgs {
 /// The flag combinations checked: with and without BOS, with and without special-token parsing.
 const MODES: [(bool, bool); 4] = [(true, false), (true, true), (false, false), (false, true)];
 
-/// Compares `tokenizer` with the reference's tokenizer (in `worker`, model loaded) on `strings`.
+/// A tokenizer under check: the Rust one, or an engine's (named for messages).
+pub enum Tokenizing<'x, 'e> {
+    Rust(&'x Tokenizer),
+    Engine(&'x mut (dyn Engine + 'e), String),
+}
+
+impl Tokenizing<'_, '_> {
+    /// The ids of every string, or `None` when the engine has no tokenizer for any text.
+    fn tokenize_many(
+        &mut self,
+        strings: &[String],
+        add: bool,
+        parse: bool,
+    ) -> Result<Option<Vec<Vec<u32>>>, Failure> {
+        match self {
+            Tokenizing::Rust(t) => Ok(Some(strings.iter().map(|s| t.encode(s, add, parse)).collect())),
+            Tokenizing::Engine(e, name) => e.tokenize_many(strings, add, parse).map_err(|err| {
+                Failure::new(Exit::ReferenceUnavailable, anyhow!("{name}'s tokenizer failed: {err}"))
+            }),
+        }
+    }
+}
+
+/// Compares two tokenizers (`rust`: side A, `reference`: side B) on `strings` in every mode;
+/// `None` when one side cannot tokenize arbitrary text.
 pub fn check(
-    tokenizer: &Tokenizer,
-    worker: &mut RefWorker,
+    mut rust: Tokenizing<'_, '_>,
+    mut reference: Tokenizing<'_, '_>,
     strings: &[String],
     corpus_name: &str,
-) -> Result<CorpusAgreement, Failure> {
+) -> Result<Option<CorpusAgreement>, Failure> {
     let mut modes = Vec::new();
     let mut agreeing_total = 0;
     for (add_special, parse_special) in MODES {
         let mut mode = ModeAgreement { add_special, parse_special, agreeing: 0, mismatches: Vec::new() };
-        let all_reference_ids = worker.tokenize_many(strings, add_special, parse_special).map_err(|e| {
-            Failure::new(Exit::ReferenceUnavailable, anyhow!("the reference's tokenizer failed: {e}"))
-        })?;
-        for (index, (text, reference_ids)) in strings.iter().zip(all_reference_ids).enumerate() {
-            let rust_ids = tokenizer.encode(text, add_special, parse_special);
-            let reference_ids: Vec<u32> = reference_ids.into_iter().map(|t| t as u32).collect();
+        let (Some(all_rust_ids), Some(all_reference_ids)) = (
+            rust.tokenize_many(strings, add_special, parse_special)?,
+            reference.tokenize_many(strings, add_special, parse_special)?,
+        ) else {
+            return Ok(None);
+        };
+        for (index, ((text, rust_ids), reference_ids)) in
+            strings.iter().zip(all_rust_ids).zip(all_reference_ids).enumerate()
+        {
             if rust_ids == reference_ids {
                 mode.agreeing += 1;
             } else {
@@ -72,12 +99,12 @@ pub fn check(
         modes.push(mode);
     }
     let checks = strings.len() * MODES.len();
-    Ok(CorpusAgreement {
+    Ok(Some(CorpusAgreement {
         corpus: corpus_name.to_string(),
         strings: strings.len(),
         modes,
         agreement_rate: if checks == 0 { 1.0 } else { agreeing_total as f64 / checks as f64 },
-    })
+    }))
 }
 
 pub fn run(args: &TokenizeCheckArgs) -> Result<Exit, Failure> {
@@ -100,14 +127,18 @@ pub fn run(args: &TokenizeCheckArgs) -> Result<Exit, Failure> {
         }
         None => (corpus::builtin_corpus(), "builtin".to_string()),
     };
-    let mut worker = spawn_worker(LibraryChoice::Default).map_err(|e| {
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut reference = CppSide::start(LibraryChoice::Default, &src.path, 32, 1, cancel).map_err(|e| {
         Failure::new(Exit::ReferenceUnavailable, anyhow!("cannot start the C++ reference: {e}"))
     })?;
-    worker.load_model(&src.path, ContextParams { n_ctx: 32, n_threads: 1 }).map_err(|e| {
-        Failure::new(Exit::ReferenceUnavailable, anyhow!("the reference cannot load the model: {e}"))
-    })?;
-    let report = check(&tokenizer, &mut worker, &strings, &name)?;
-    let _ = worker.shutdown();
+    let found = check(
+        Tokenizing::Rust(&tokenizer),
+        Tokenizing::Engine(&mut reference, "the C++ reference".into()),
+        &strings,
+        &name,
+    )?;
+    Box::new(reference).shutdown();
+    let report = found.expect("both tokenizers tokenize any text");
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).or_exit(Exit::Internal)?);
     } else {

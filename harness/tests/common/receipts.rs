@@ -155,9 +155,6 @@ fn summary(positions: usize, first_divergence: Option<Divergence>) -> Summary {
 /// A receipt with every optional field present (the trace too), so that serializing it shows
 /// every key the types can write.
 pub fn maximal() -> Receipt {
-    let mut hyperparameters = BTreeMap::new();
-    hyperparameters.insert("embedding_length".to_string(), json!(256));
-    hyperparameters.insert("rope.freq_base".to_string(), json!(500000.0));
     let positions = vec![
         position(0, 1, 1.0, 0.0, true),
         position(1, 5, 0.9995, 1e-4, true),
@@ -172,25 +169,10 @@ pub fn maximal() -> Receipt {
             git_commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
             git_dirty: Some(false),
         },
-        model: ModelInfo {
-            path: "models/x.gguf".into(),
-            size_bytes: 123_456,
-            sha256: SHA_A.into(),
-            architecture: "bitnet-b1.58".into(),
-            hyperparameters,
-            i2s_tensors: vec![I2sTensor {
-                name: "blk.0.attn_q.weight".into(),
-                flavor: "i2s-qk256".into(),
-                forced: false,
-                candidates: vec!["i2s-qk256".into(), "i2s-x86".into()],
-            }],
-            integrity_problems: vec![IntegrityProblem {
-                tensor: "blk.0.ffn_up.weight".into(),
-                problem: "code 3".into(),
-            }],
-        },
+        model: maximal_model(),
         engines: Engines {
             rust: RustEngine {
+                kind: "rust-engine".into(),
                 name: "bitnet-engine".into(),
                 version: "0.1.0".into(),
                 kernel: "avx2".into(),
@@ -198,6 +180,25 @@ pub fn maximal() -> Receipt {
                 threads: 1,
                 injected_fault: Some("rope-adjacent@1".into()),
                 reference_profile: Some(ReferenceProfile { name: "avx2".into(), source: "override".into() }),
+                // Side A is the Rust engine in a real receipt; every optional field is filled here.
+                build: Some(ReferenceEngine {
+                    source: "registry:bitnet-llm-sys-1.0.2".into(),
+                    version: Some("1.0.2".into()),
+                    compiler: Some("g++ 12".into()),
+                    flags: vec!["-O3 -march=x86-64-v3".into()],
+                    isa: vec!["__AVX2__".into()],
+                    library_path: Some("/tmp/libbitnet-v3.so".into()),
+                    threads: 1,
+                    kv_cache_type: "f16".into(),
+                    flash_attention: false,
+                }),
+                external: Some(ExternalIdentity {
+                    name: "example-engine".into(),
+                    version: "0.1.0".into(),
+                    build: Some("debug".into()),
+                    profile: Some("avx2".into()),
+                    command: "example_engine --mistake iq2s-sequential".into(),
+                }),
             },
             reference: ReferenceEngine {
                 source: "registry:bitnet-llm-sys-1.0.2".into(),
@@ -224,33 +225,7 @@ pub fn maximal() -> Receipt {
                 ..Thresholds::default()
             },
         },
-        tokenizer: TokenizerAgreement {
-            agree: false,
-            prompts_checked: 1,
-            mismatches: vec![TokenizerMismatch {
-                case: 0,
-                first_index: 1,
-                rust_ids: vec![1, 5],
-                reference_ids: vec![1, 6],
-            }],
-            corpus: Some(CorpusAgreement {
-                corpus: "builtin".into(),
-                strings: 2,
-                modes: vec![ModeAgreement {
-                    add_special: true,
-                    parse_special: false,
-                    agreeing: 1,
-                    mismatches: vec![StringMismatch {
-                        index: 1,
-                        text: "a\u{301}".into(),
-                        first_index: 0,
-                        rust_ids: vec![3],
-                        reference_ids: vec![4],
-                    }],
-                }],
-                agreement_rate: 0.5,
-            }),
-        },
+        tokenizer: maximal_tokenizer(),
         cases: vec![Case {
             prompt: "Hello".into(),
             token_ids: vec![1, 5, 11],
@@ -262,20 +237,7 @@ pub fn maximal() -> Receipt {
             summary: summary(3, Some(divergence(0, 2))),
         }],
         summary: summary(3, Some(divergence(0, 2))),
-        hazards: vec![
-            Hazard {
-                kind: "reference_profile".into(),
-                detail: "the reference build has no profile: no AVX2 with FMA and F16C: ggml's 4-lane or \
-                         scalar float code is not mirrored (deciding macros: __AVX2__)"
-                    .into(),
-                fails_verdict: false,
-            },
-            Hazard {
-                kind: "untied_output_ignored".into(),
-                detail: "output.weight (f16) is this model's own lm_head, but ...".into(),
-                fails_verdict: false,
-            },
-        ],
+        hazards: maximal_hazards(),
         verdict: Verdict {
             status: "fail".into(),
             reasons: vec!["exact_match_rate 0.75 < 1 (min_exact_match)".into()],
@@ -291,27 +253,105 @@ pub fn maximal() -> Receipt {
             reference_failure: Some("none".into()),
             rust_failure: Some("none".into()),
         },
-        trace: Some(Trace {
+        trace: maximal_trace(),
+    }
+}
+
+/// A model with two hyper-parameters, an I2_S tensor and an integrity problem.
+fn maximal_model() -> ModelInfo {
+    let mut hyperparameters = BTreeMap::new();
+    hyperparameters.insert("embedding_length".to_string(), json!(256));
+    hyperparameters.insert("rope.freq_base".to_string(), json!(500000.0));
+    ModelInfo {
+        path: "models/x.gguf".into(),
+        size_bytes: 123_456,
+        sha256: SHA_A.into(),
+        architecture: "bitnet-b1.58".into(),
+        hyperparameters,
+        i2s_tensors: vec![I2sTensor {
+            name: "blk.0.attn_q.weight".into(),
+            flavor: "i2s-qk256".into(),
+            forced: false,
+            candidates: vec!["i2s-qk256".into(), "i2s-x86".into()],
+        }],
+        integrity_problems: vec![IntegrityProblem {
+            tensor: "blk.0.ffn_up.weight".into(),
+            problem: "code 3".into(),
+        }],
+    }
+}
+
+/// Tokenizer disagreement in a prompt and in the built-in corpus.
+fn maximal_tokenizer() -> TokenizerAgreement {
+    TokenizerAgreement {
+        agree: false,
+        prompts_checked: 1,
+        mismatches: vec![TokenizerMismatch {
             case: 0,
-            pos: 2,
-            token: 7,
-            reason: "first_divergence".into(),
-            min_cosine: 0.99999,
-            ops: vec![TraceOp {
-                name: "Qcur-1".into(),
-                op: "Qcur".into(),
-                layer: Some(1),
-                elements: 256,
-                cosine: 0.9,
-                max_abs_diff: 0.5,
-                nmse: 0.1,
-                bit_exact: false,
-                below_threshold: true,
+            first_index: 1,
+            rust_ids: vec![1, 5],
+            reference_ids: vec![1, 6],
+        }],
+        corpus: Some(CorpusAgreement {
+            corpus: "builtin".into(),
+            strings: 2,
+            modes: vec![ModeAgreement {
+                add_special: true,
+                parse_special: false,
+                agreeing: 1,
+                mismatches: vec![StringMismatch {
+                    index: 1,
+                    text: "a\u{301}".into(),
+                    first_index: 0,
+                    rust_ids: vec![3],
+                    reference_ids: vec![4],
+                }],
             }],
-            first_divergent_op: Some("Qcur-1".into()),
-            unmatched: vec!["Vcur-1 (reference did not report it)".into()],
+            agreement_rate: 0.5,
         }),
     }
+}
+
+/// One hazard of each kind.
+fn maximal_hazards() -> Vec<Hazard> {
+    vec![
+        Hazard {
+            kind: "reference_profile".into(),
+            detail: "the reference build has no profile: no AVX2 with FMA and F16C: ggml's 4-lane or \
+                     scalar float code is not mirrored (deciding macros: __AVX2__)"
+                .into(),
+            fails_verdict: false,
+        },
+        Hazard {
+            kind: "untied_output_ignored".into(),
+            detail: "output.weight (f16) is this model's own lm_head, but ...".into(),
+            fails_verdict: false,
+        },
+    ]
+}
+
+/// A trace with one divergent operation and one unmatched name.
+fn maximal_trace() -> Option<Trace> {
+    Some(Trace {
+        case: 0,
+        pos: 2,
+        token: 7,
+        reason: "first_divergence".into(),
+        min_cosine: 0.99999,
+        ops: vec![TraceOp {
+            name: "Qcur-1".into(),
+            op: "Qcur".into(),
+            layer: Some(1),
+            elements: 256,
+            cosine: 0.9,
+            max_abs_diff: 0.5,
+            nmse: 0.1,
+            bit_exact: false,
+            below_threshold: true,
+        }],
+        first_divergent_op: Some("Qcur-1".into()),
+        unmatched: vec!["Vcur-1 (reference did not report it)".into()],
+    })
 }
 
 /// A receipt with every optional field empty: nulls, no trace, one non-finite position.

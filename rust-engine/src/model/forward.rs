@@ -2,17 +2,25 @@
 //! at once. Every matrix product reads its weights once for all `n` tokens and is split by
 //! rows across the pool's threads; each token then attends in order (storing its key and
 //! value first), so the result is exactly that of evaluating the tokens one at a time.
+//!
+//! [`Forward::run`] reads top to bottom: [`embed`](Forward::embed), then per layer
+//! [`attention_block`](Forward::attention_block) and [`ffn_block`](Forward::ffn_block), then
+//! [`output_block`](Forward::output_block). Shapes in the comments are token-major,
+//! `(n, d)` = `n` tokens of `d` values. Tracing and fault injection go through [`Hooks`]:
+//! the blocks report each traced tensor with [`Hooks::emit`] and ask [`Hooks::faulty`]
+//! before an operation a fault can perturb.
 
-use crate::ops::{self, rope::RopeMode, FloatKernel, Rope};
+use crate::ops::{self, rope::RopeMode, Rope};
 use crate::parallel::{Pool, Rows};
 
 use super::arch::FfnActivation;
-use super::attention::{attend, AttnScratch};
+use super::attention::{Attention, AttnScratch};
 use super::config::Config;
 use super::fault::{Fault, FaultKind};
 use super::kv::KvCache;
+use super::numerics::Numerics;
 use super::scratch::Scratch;
-use super::weights::{scale_idx, Layer, Linear, LinearInput};
+use super::weights::{scale_idx, Layer, Linear, LinearInput, ProductInput};
 
 /// The FFN matrices have no bias in this architecture.
 const NO_BIAS: Option<Vec<f32>> = None;
@@ -23,10 +31,42 @@ const ROW_ALIGN: usize = 16;
 /// Receives `(name, layer, values)` for every traced tensor (of the single token evaluated).
 pub(super) type Emit<'e> = &'e mut dyn FnMut(&str, Option<usize>, &[f32]);
 
+/// What a pass does besides computing: report traced tensors and inject the deliberate
+/// fault. Neither changes a bit of a normal run (no trace sink, no fault).
+pub(super) struct Hooks<'e> {
+    emit: Option<Emit<'e>>,
+    fault: Option<Fault>,
+}
+
+impl<'e> Hooks<'e> {
+    /// No tracing; `fault` (normally `None`) is injected.
+    pub(super) fn silent(fault: Option<Fault>) -> Self {
+        Hooks { emit: None, fault }
+    }
+
+    /// Every traced tensor goes to `emit` (of a single-token pass only).
+    pub(super) fn traced(emit: Emit<'e>, fault: Option<Fault>) -> Self {
+        Hooks { emit: Some(emit), fault }
+    }
+
+    /// Reports `data` (the first token's values) as the tensor `name` of layer `layer`
+    /// (`None` outside the layers).
+    fn emit(&mut self, name: &str, layer: Option<usize>, data: &[f32]) {
+        if let Some(emit) = &mut self.emit {
+            emit(name, layer, data);
+        }
+    }
+
+    /// Whether the injected fault perturbs operation `kind` of layer `l`.
+    fn faulty(&self, kind: FaultKind, l: usize) -> bool {
+        self.fault.is_some_and(|f| f.hits(kind, l))
+    }
+}
+
 /// The model's parts, borrowed for one pass.
 pub(super) struct Forward<'m, 'a> {
     pub c: &'m Config,
-    pub exact: bool,
+    pub nx: Numerics,
     pub token_embd: &'m Linear<'a>,
     pub output_norm: &'m [f32],
     pub layers: &'m [Layer<'a>],
@@ -34,8 +74,6 @@ pub(super) struct Forward<'m, 'a> {
     pub cache: &'m mut KvCache,
     pub s: &'m mut Scratch,
     pub attn: &'m mut [AttnScratch],
-    pub fault: Option<Fault>,
-    pub kernel: FloatKernel,
     pub pool: &'m Pool,
 }
 
@@ -50,88 +88,135 @@ impl<'p, 'a> Product<'p, 'a> {
     fn new(w: &'p Linear<'a>, scale: Option<f32>, bias: &'p Option<Vec<f32>>) -> Self {
         Product { w, scale, bias: bias.as_deref() }
     }
+
+    /// Matrix `i` of [`scale_idx`] in `layer`, with its scale and `bias`.
+    fn of(layer: &'p Layer<'a>, w: &'p Linear<'a>, i: usize, bias: &'p Option<Vec<f32>>) -> Self {
+        Product::new(w, layer.scales[i], bias)
+    }
 }
 
 impl Forward<'_, '_> {
     /// Evaluates `tokens` at positions `pos..pos + n` (already checked, `n <= s.cap`), then,
-    /// if `logits`, leaves the logits of the last one in `s.logits`. `emit` sees every traced
-    /// tensor when `n == 1` (with more tokens it is not called).
-    pub fn run(self, tokens: &[u32], pos: usize, logits: bool, emit: Emit<'_>) {
-        let Forward { c, exact, token_embd, output_norm, layers, rope, cache, s, attn, fault, kernel, pool } =
-            self;
+    /// if `logits`, leaves the logits of the last one in `s.logits`. `hooks` sees every
+    /// traced tensor when `n == 1` (with more tokens nothing is traced; faults still apply).
+    pub(super) fn run(mut self, tokens: &[u32], pos: usize, logits: bool, mut hooks: Hooks<'_>) {
         let n = tokens.len();
-        let mut noop = |_: &str, _: Option<usize>, _: &[f32]| {};
-        let emit: Emit<'_> = if n == 1 { emit } else { &mut noop };
-        let (e, kv, f) = (c.n_embd, c.n_embd_kv(), c.n_ff);
-        let mm = Mm { pool, kernel, exact, n };
-        for (t, &token) in tokens.iter().enumerate() {
-            token_embd.row(token as usize, &mut s.x[t * e..(t + 1) * e]);
+        if n > 1 {
+            hooks.emit = None;
         }
-        emit("inp_embd", None, &s.x[..e]);
-
+        let mm = Mm { pool: self.pool, nx: self.nx, n };
+        self.embed(tokens, &mut hooks);
+        let layers = self.layers;
         for (l, layer) in layers.iter().enumerate() {
-            let faulty = |kind: FaultKind| fault.is_some_and(|f| f.hits(kind, l));
-            let product = |w, i: usize, bias| Product::new(w, layer.scales[i], bias);
+            self.attention_block(l, layer, pos, &mm, &mut hooks);
+            self.ffn_block(l, layer, &mm, &mut hooks);
+        }
+        self.cache.filled = pos + n;
+        if logits {
+            self.output_block(n, &mut hooks);
+        }
+    }
 
-            // Attention block.
-            mm.rms_norm_each(&s.x[..n * e], &layer.attn_norm, c.rms_eps, &mut s.h[..n * e]);
-            emit("attn_norm", Some(l), &s.h[..e]);
-            // One quantization of attn_norm serves Q, K and V (the reference quantizes the
-            // same input three times, with identical results).
-            mm.three(
-                [
-                    product(&layer.wq, scale_idx::Q, &layer.bq),
-                    product(&layer.wk, scale_idx::K, &layer.bk),
-                    product(&layer.wv, scale_idx::V, &layer.bv),
-                ],
-                &s.h[..n * e],
-                &mut s.input,
-                [&mut s.tq[..n * e], &mut s.tk[..n * kv], &mut s.tv[..n * kv]],
-            );
-            mm.token_major(&s.tq, &mut s.q[..n * e]);
-            mm.token_major(&s.tk, &mut s.k[..n * kv]);
-            mm.token_major(&s.tv, &mut s.v[..n * kv]);
-            let rope_mode = if faulty(FaultKind::RopeAdjacent) { RopeMode::Adjacent } else { RopeMode::Neox };
-            for t in 0..n {
-                let p = pos + t;
-                let (q, k, v) = (
-                    &mut s.q[t * e..(t + 1) * e],
-                    &mut s.k[t * kv..(t + 1) * kv],
-                    &s.v[t * kv..(t + 1) * kv],
-                );
-                rope.apply(q, p, rope_mode);
-                rope.apply(k, p, rope_mode);
-                emit("Qcur", Some(l), q);
-                emit("Kcur", Some(l), k);
-                emit("Vcur", Some(l), v);
-                cache.store(l, p, k, v, kernel);
-                let (q, cache) = (&*q, &*cache);
-                pool.split(
-                    (Rows::new(&mut s.attn[t * e..(t + 1) * e], c.head_dim, 1), Rows::new(&mut *attn, 1, 1)),
-                    |(out, sc)| attend(c, cache, l, p, q, out.range, out.data, &mut sc.data[0], kernel),
-                );
-            }
-            emit("kqv_out", Some(l), &s.attn[..e]);
-            if faulty(FaultKind::SkipAttnSubNorm) {
-                s.h[..n * e].copy_from_slice(&s.attn[..n * e]);
-            } else {
-                mm.rms_norm_each(&s.attn[..n * e], &layer.attn_sub_norm, c.rms_eps, &mut s.h[..n * e]);
-            }
-            emit("attn_sub_norm", Some(l), &s.h[..e]);
-            mm.one(
-                product(&layer.wo, scale_idx::O, &layer.bo),
-                &s.h[..n * e],
-                &mut s.input,
-                &mut s.tq[..n * e],
-            );
-            mm.token_major(&s.tq, &mut s.o[..n * e]);
-            emit("attn_o_out", Some(l), &s.o[..e]);
-            ops::add_assign(&mut s.x[..n * e], &s.o[..n * e]);
-            emit("ffn_inp", Some(l), &s.x[..e]);
+    /// tokens (n,) -> x (n, n_embd): the embedding rows (`ggml_get_rows`).
+    fn embed(&mut self, tokens: &[u32], hooks: &mut Hooks<'_>) {
+        let e = self.c.n_embd;
+        for (t, &token) in tokens.iter().enumerate() {
+            self.token_embd.row(token as usize, &mut self.s.x[t * e..(t + 1) * e]);
+        }
+        hooks.emit("inp_embd", None, &self.s.x[..e]);
+    }
 
-            // Feed-forward block.
+    /// x (n, n_embd) -> x + Wo·sub_norm(attention(RoPE(Wq·h), RoPE(Wk·h), Wv·h)), h = norm(x).
+    fn attention_block(
+        &mut self,
+        l: usize,
+        layer: &Layer<'_>,
+        pos: usize,
+        mm: &Mm<'_>,
+        hooks: &mut Hooks<'_>,
+    ) {
+        self.qkv(l, layer, mm, hooks);
+        for t in 0..mm.n {
+            self.attend_token(l, pos, t, hooks);
+        }
+        hooks.emit("kqv_out", Some(l), &self.s.attn[..self.c.n_embd]);
+        self.attn_output(l, layer, mm, hooks);
+    }
+
+    /// x (n, n_embd) -> h = attn_norm(x) (n, n_embd)
+    ///   -> q = Wq·h + bq (n, n_embd), k = Wk·h + bk (n, n_embd_kv), v = Wv·h + bv (n, n_embd_kv).
+    fn qkv(&mut self, l: usize, layer: &Layer<'_>, mm: &Mm<'_>, hooks: &mut Hooks<'_>) {
+        let (c, s, n) = (self.c, &mut *self.s, mm.n);
+        let (e, kv) = (c.n_embd, c.n_embd_kv());
+        mm.rms_norm_each(&s.x[..n * e], &layer.attn_norm, c.rms_eps, &mut s.h[..n * e]);
+        hooks.emit("attn_norm", Some(l), &s.h[..e]);
+        // One quantization of attn_norm serves Q, K and V (the reference quantizes the same
+        // input three times, with identical results).
+        mm.three(
+            [
+                Product::of(layer, &layer.wq, scale_idx::Q, &layer.bq),
+                Product::of(layer, &layer.wk, scale_idx::K, &layer.bk),
+                Product::of(layer, &layer.wv, scale_idx::V, &layer.bv),
+            ],
+            &s.h[..n * e],
+            &mut s.input,
+            [&mut s.tq[..n * e], &mut s.tk[..n * kv], &mut s.tv[..n * kv]],
+        );
+        mm.token_major(&s.tq, &mut s.q[..n * e]);
+        mm.token_major(&s.tk, &mut s.k[..n * kv]);
+        mm.token_major(&s.tv, &mut s.v[..n * kv]);
+    }
+
+    /// Token `t`, at position `p = pos + t`:
+    /// q (n_embd), k (n_embd_kv) -> RoPE (NEOX) -> k, v into the cache at `p`
+    ///   -> attn (n_embd) = softmax(K·q / sqrt(head_dim)) · V per head, heads split across the pool.
+    fn attend_token(&mut self, l: usize, pos: usize, t: usize, hooks: &mut Hooks<'_>) {
+        let (c, s, p) = (self.c, &mut *self.s, pos + t);
+        let (e, kv) = (c.n_embd, c.n_embd_kv());
+        let mode = if hooks.faulty(FaultKind::RopeAdjacent, l) { RopeMode::Adjacent } else { RopeMode::Neox };
+        let (q, k, v) =
+            (&mut s.q[t * e..(t + 1) * e], &mut s.k[t * kv..(t + 1) * kv], &s.v[t * kv..(t + 1) * kv]);
+        self.rope.apply(q, p, mode);
+        self.rope.apply(k, p, mode);
+        hooks.emit("Qcur", Some(l), q);
+        hooks.emit("Kcur", Some(l), k);
+        hooks.emit("Vcur", Some(l), v);
+        self.cache.store(l, p, k, v, self.nx);
+        let attention = Attention { c, cache: &*self.cache, nx: self.nx };
+        let q = &*q;
+        let heads = Rows::new(&mut s.attn[t * e..(t + 1) * e], c.head_dim, 1);
+        self.pool.split((heads, Rows::new(&mut *self.attn, 1, 1)), |(out, sc)| {
+            attention.heads(l, p, q, out, &mut sc.data[0])
+        });
+    }
+
+    /// attn (n, n_embd) -> h = attn_sub_norm(attn) -> o = Wo·h + bo (n, n_embd) -> x += o.
+    fn attn_output(&mut self, l: usize, layer: &Layer<'_>, mm: &Mm<'_>, hooks: &mut Hooks<'_>) {
+        let (c, s, n) = (self.c, &mut *self.s, mm.n);
+        let e = c.n_embd;
+        if hooks.faulty(FaultKind::SkipAttnSubNorm, l) {
+            s.h[..n * e].copy_from_slice(&s.attn[..n * e]);
+        } else {
+            mm.rms_norm_each(&s.attn[..n * e], &layer.attn_sub_norm, c.rms_eps, &mut s.h[..n * e]);
+        }
+        hooks.emit("attn_sub_norm", Some(l), &s.h[..e]);
+        let wo = Product::of(layer, &layer.wo, scale_idx::O, &layer.bo);
+        mm.one(wo, &s.h[..n * e], &mut s.input, &mut s.tq[..n * e]);
+        mm.token_major(&s.tq, &mut s.o[..n * e]);
+        hooks.emit("attn_o_out", Some(l), &s.o[..e]);
+        ops::add_assign(&mut s.x[..n * e], &s.o[..n * e]);
+        hooks.emit("ffn_inp", Some(l), &s.x[..e]);
+    }
+
+    /// x (n, n_embd) -> h = ffn_norm(x) -> gate = Wg·h, up = Wu·h (n, n_ff)
+    ///   -> act(gate)·up (n, n_ff) -> ffn_sub_norm -> o = Wd·(..) (n, n_embd) -> x += o.
+    fn ffn_block(&mut self, l: usize, layer: &Layer<'_>, mm: &Mm<'_>, hooks: &mut Hooks<'_>) {
+        let (c, n) = (self.c, mm.n);
+        let (e, f) = (c.n_embd, c.n_ff);
+        {
+            let s = &mut *self.s;
             mm.rms_norm_each(&s.x[..n * e], &layer.ffn_norm, c.rms_eps, &mut s.h[..n * e]);
-            emit("ffn_norm", Some(l), &s.h[..e]);
+            hooks.emit("ffn_norm", Some(l), &s.h[..e]);
             // `llm_build_ffn` reports the gate and up products before their multipliers
             // (`ffn_up`, then `ffn_up_s`), so those are applied after the products here.
             mm.two(
@@ -142,67 +227,68 @@ impl Forward<'_, '_> {
             );
             mm.token_major(&s.tg, &mut s.gate[..n * f]);
             mm.token_major(&s.tu, &mut s.up[..n * f]);
-            // The activation, into `s.gate`.
-            match c.arch.ffn_activation() {
-                FfnActivation::ReluSqr => {
-                    // No `.scale` tensors in this architecture (see `arch.rs`).
-                    emit("ffn_gate", Some(l), &s.gate[..f]);
-                    emit("ffn_up", Some(l), &s.up[..f]);
-                    ops::relu_sqr_mul(&mut s.gate[..n * f], &s.up[..n * f]);
-                    emit("ffn_out", Some(l), &s.gate[..f]);
-                }
-                FfnActivation::Silu => {
-                    // `silu(gate · gate_scale) · (up · up_scale)`, reported in ggml's order.
-                    emit("ffn_gate", Some(l), &s.gate[..f]);
-                    if let Some(k) = layer.scales[scale_idx::GATE] {
-                        ops::scale(&mut s.gate[..n * f], k);
-                        emit("ffn_gate_s", Some(l), &s.gate[..f]);
-                    }
-                    mm.silu_each(&s.gate[..n * f], &mut s.ff[..n * f]);
-                    emit("ffn_silu", Some(l), &s.ff[..f]);
-                    emit("ffn_up", Some(l), &s.up[..f]);
-                    if let Some(k) = layer.scales[scale_idx::UP] {
-                        ops::scale(&mut s.up[..n * f], k);
-                        emit("ffn_up_s", Some(l), &s.up[..f]);
-                    }
-                    ops::mul(&s.ff[..n * f], &s.up[..n * f], &mut s.gate[..n * f]);
-                    emit("ffn_sub_out", Some(l), &s.gate[..f]);
-                }
-            }
-            if faulty(FaultKind::SkipFfnSubNorm) {
-                s.ff[..n * f].copy_from_slice(&s.gate[..n * f]);
-            } else {
-                mm.rms_norm_each(&s.gate[..n * f], &layer.ffn_sub_norm, c.rms_eps, &mut s.ff[..n * f]);
-            }
-            emit("ffn_sub_norm", Some(l), &s.ff[..f]);
-            mm.one(
-                product(&layer.ffn_down, scale_idx::DOWN, &NO_BIAS),
-                &s.ff[..n * f],
-                &mut s.input,
-                &mut s.tq[..n * e],
-            );
-            mm.token_major(&s.tq, &mut s.o[..n * e]);
-            emit("ffn_down", Some(l), &s.o[..e]);
-            ops::add_assign(&mut s.x[..n * e], &s.o[..n * e]);
-            emit("l_out", Some(l), &s.x[..e]);
         }
-        cache.filled = pos + n;
-        if !logits {
-            return;
+        self.ffn_activation(l, layer, mm, hooks);
+        let s = &mut *self.s;
+        if hooks.faulty(FaultKind::SkipFfnSubNorm, l) {
+            s.ff[..n * f].copy_from_slice(&s.gate[..n * f]);
+        } else {
+            mm.rms_norm_each(&s.gate[..n * f], &layer.ffn_sub_norm, c.rms_eps, &mut s.ff[..n * f]);
         }
+        hooks.emit("ffn_sub_norm", Some(l), &s.ff[..f]);
+        let down = Product::of(layer, &layer.ffn_down, scale_idx::DOWN, &NO_BIAS);
+        mm.one(down, &s.ff[..n * f], &mut s.input, &mut s.tq[..n * e]);
+        mm.token_major(&s.tq, &mut s.o[..n * e]);
+        hooks.emit("ffn_down", Some(l), &s.o[..e]);
+        ops::add_assign(&mut s.x[..n * e], &s.o[..n * e]);
+        hooks.emit("l_out", Some(l), &s.x[..e]);
+    }
 
-        // Logits of the last token only.
-        let last = &s.x[(n - 1) * e..n * e];
-        ops::rms_norm(last, output_norm, c.rms_eps, &mut s.h[..e]);
-        emit("result_norm", None, &s.h[..e]);
-        output(&mm, token_embd, &s.h[..e], &mut s.input, &mut s.logits);
-        emit("result_output", None, &s.logits);
+    /// gate, up (n, n_ff) -> gate = relu(gate)²·up (`bitnet-b1.58`, `bitnet-25`)
+    /// or silu(gate · gate_scale)·(up · up_scale) (`bitnet`), reported in ggml's order.
+    fn ffn_activation(&mut self, l: usize, layer: &Layer<'_>, mm: &Mm<'_>, hooks: &mut Hooks<'_>) {
+        let (s, n, f) = (&mut *self.s, mm.n, self.c.n_ff);
+        hooks.emit("ffn_gate", Some(l), &s.gate[..f]);
+        match self.c.arch.ffn_activation() {
+            FfnActivation::ReluSqr => {
+                // No `.scale` tensors in this architecture (see `arch.rs`).
+                hooks.emit("ffn_up", Some(l), &s.up[..f]);
+                ops::relu_sqr_mul(&mut s.gate[..n * f], &s.up[..n * f]);
+                hooks.emit("ffn_out", Some(l), &s.gate[..f]);
+            }
+            FfnActivation::Silu => {
+                if let Some(k) = layer.scales[scale_idx::GATE] {
+                    ops::scale(&mut s.gate[..n * f], k);
+                    hooks.emit("ffn_gate_s", Some(l), &s.gate[..f]);
+                }
+                mm.silu_each(&s.gate[..n * f], &mut s.ff[..n * f]);
+                hooks.emit("ffn_silu", Some(l), &s.ff[..f]);
+                hooks.emit("ffn_up", Some(l), &s.up[..f]);
+                if let Some(k) = layer.scales[scale_idx::UP] {
+                    ops::scale(&mut s.up[..n * f], k);
+                    hooks.emit("ffn_up_s", Some(l), &s.up[..f]);
+                }
+                ops::mul(&s.ff[..n * f], &s.up[..n * f], &mut s.gate[..n * f]);
+                hooks.emit("ffn_sub_out", Some(l), &s.gate[..f]);
+            }
+        }
+    }
+
+    /// x of the last token (n_embd) -> h = result_norm(x) (n_embd) -> logits = token_embd·h (n_vocab).
+    fn output_block(&mut self, n: usize, hooks: &mut Hooks<'_>) {
+        let (c, s) = (self.c, &mut *self.s);
+        let e = c.n_embd;
+        ops::rms_norm(&s.x[(n - 1) * e..n * e], self.output_norm, c.rms_eps, &mut s.h[..e]);
+        hooks.emit("result_norm", None, &s.h[..e]);
+        let mm = Mm { pool: self.pool, nx: self.nx, n: 1 };
+        output(&mm, self.token_embd, &s.h[..e], &mut s.input, &mut s.logits);
+        hooks.emit("result_output", None, &s.logits);
     }
 
     /// The output layer alone: `s.logits = token_embd · h` for one normed hidden state `h`
     /// (`n_embd` values), exactly as [`run`](Self::run) computes it.
-    pub fn output_only(self, h: &[f32]) {
-        let mm = Mm { pool: self.pool, kernel: self.kernel, exact: self.exact, n: 1 };
+    pub(super) fn output_only(self, h: &[f32]) {
+        let mm = Mm { pool: self.pool, nx: self.nx, n: 1 };
         output(&mm, self.token_embd, h, &mut self.s.input, &mut self.s.logits);
     }
 }
@@ -218,8 +304,7 @@ fn output(mm: &Mm<'_>, token_embd: &Linear<'_>, h: &[f32], input: &mut LinearInp
 #[derive(Clone, Copy)]
 struct Mm<'p> {
     pool: &'p Pool,
-    kernel: FloatKernel,
-    exact: bool,
+    nx: Numerics,
     n: usize,
 }
 
@@ -228,7 +313,7 @@ impl Mm<'_> {
     /// split across threads when there are several.
     fn prepare(&self, w: &Linear<'_>, x: &[f32], inp: &mut LinearInput) {
         if self.n == 1 || !matches!(w, Linear::Ternary(_)) {
-            w.prepare(x, self.n, inp, self.kernel, self.exact);
+            w.prepare(x, self.n, inp, self.nx);
             return;
         }
         let d = w.cols();
@@ -262,7 +347,7 @@ impl Mm<'_> {
         let d = x.len() / self.n;
         let act = |o: Rows<'_, f32>| {
             for (ot, t) in o.data.chunks_exact_mut(d).zip(o.range) {
-                self.kernel.silu(&x[t * d..(t + 1) * d], ot);
+                self.nx.kernel.silu(&x[t * d..(t + 1) * d], ot);
             }
         };
         if self.n == 1 {
@@ -328,7 +413,8 @@ impl Mm<'_> {
     /// One thread's rows of a product (row-major over the tokens), then the optional
     /// per-tensor scale and bias, in the reference's order.
     fn rows(&self, p: &Product<'_, '_>, x: &[f32], inp: &LinearInput, out: Rows<'_, f32>) {
-        p.w.forward_rows(x, self.n, inp, out.range.clone(), out.data, self.kernel, self.exact);
+        let input = ProductInput { x, n: self.n, prepared: inp };
+        p.w.forward_rows(input, out.range.clone(), out.data, self.nx);
         if let Some(s) = p.scale {
             out.data.iter_mut().for_each(|v| *v *= s);
         }

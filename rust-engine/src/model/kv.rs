@@ -9,17 +9,19 @@
 
 use crate::ops::{f32_to_f16, FloatKernel};
 
+use super::numerics::Numerics;
+
 /// The reference pads both the context and the attended range to this many cells
 /// (`llama_kv_cache_get_padding` without flash attention).
 pub const KV_PAD: usize = 32;
 
 /// Stored as f16 (the reference's default cache type) or as f32 (rounding switch off).
-pub enum KvStore {
+pub(super) enum KvStore {
     F16 { k: Vec<u16>, v: Vec<u16> },
     F32 { k: Vec<f32>, v: Vec<f32> },
 }
 
-pub struct KvCache {
+pub(super) struct KvCache {
     pub n_ctx: usize,
     pub n_embd_kv: usize,
     pub layers: Vec<KvStore>,
@@ -28,7 +30,10 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(n_layer: usize, n_ctx: usize, n_embd_kv: usize, f16: bool) -> KvCache {
+    /// A cache of `n_ctx` positions (rounded up to [`KV_PAD`]), stored as f16 exactly when
+    /// `nx.exact_rounding` (attention relies on that).
+    pub(super) fn new(n_layer: usize, n_ctx: usize, n_embd_kv: usize, nx: Numerics) -> KvCache {
+        let f16 = nx.exact_rounding;
         let n_ctx = n_ctx.next_multiple_of(KV_PAD);
         let len = n_ctx * n_embd_kv;
         let layers = (0..n_layer)
@@ -44,7 +49,7 @@ impl KvCache {
     }
 
     /// Forgets every position (values are zeroed, as the reference clears its buffer).
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         for l in &mut self.layers {
             match l {
                 KvStore::F16 { k, v } => {
@@ -60,9 +65,10 @@ impl KvCache {
         self.filled = 0;
     }
 
-    /// Stores the key and value of layer `l` at `pos` (rounded to f16 through `kernel` for
+    /// Stores the key and value of layer `l` at `pos` (rounded to f16 through `nx.kernel` for
     /// an f16 cache).
-    pub fn store(&mut self, l: usize, pos: usize, key: &[f32], value: &[f32], kernel: FloatKernel) {
+    pub(super) fn store(&mut self, l: usize, pos: usize, key: &[f32], value: &[f32], nx: Numerics) {
+        let kernel: FloatKernel = nx.kernel;
         let (n_ctx, d) = (self.n_ctx, self.n_embd_kv);
         match &mut self.layers[l] {
             KvStore::F16 { k, v } => {
@@ -93,7 +99,7 @@ impl KvCache {
 
     /// How many cells the reference attends over when the last filled position is `pos`:
     /// `pos + 1` rounded up to 32, at most the (padded) context.
-    pub fn attended(&self, pos: usize) -> usize {
+    pub(super) fn attended(&self, pos: usize) -> usize {
         (pos + 1).next_multiple_of(KV_PAD).min(self.n_ctx)
     }
 }

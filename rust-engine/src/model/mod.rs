@@ -27,15 +27,17 @@
 //!
 //! | file          | holds                                                                  |
 //! |---------------|------------------------------------------------------------------------|
-//! | `forward.rs`  | the layer loop for `n` tokens; products split by rows over the pool     |
+//! | `forward.rs`  | the layer loop for `n` tokens, one function per block; `Hooks` (traces, faults) |
 //! | `attention.rs`| one query's attention over the cache, for a range of heads              |
+//! | `numerics.rs` | [`Numerics`]: float kernel, reference profile, f16 rounding, in one value |
 //! | `weights.rs`  | `Linear`: prepare an input once, then any rows of `W·x`                 |
 //! | `scratch.rs`  | every activation buffer, made at load (and once more for the first batch) |
 //! | `kv.rs`       | the cache, laid out like the reference's                                |
 //!
-//! The kernels come from [`crate::ops::FloatKernel`] and [`crate::quant::Qk256Kernel`]
-//! (scalar oracles or AVX2, chosen by `BITNET_QK256_IMPL` or [`Model::set_kernel`]); the
-//! threads from [`crate::parallel::Pool`] ([`ModelOptions::threads`]). Every output row is
+//! The kernels come from [`crate::ops::FloatKernel`] (carried with the rounding choice in
+//! [`Numerics`]) and [`crate::quant::Qk256Kernel`] (scalar oracles or AVX2, chosen by
+//! `BITNET_QK256_IMPL` or [`Model::set_kernel`]); the
+//! threads from [`crate::internals::parallel::Pool`] ([`ModelOptions::threads`]). Every output row is
 //! computed by one thread with the same operations whatever the kernel, thread count or
 //! batch, so logits are bit-identical across all of them (`tests/model_kernels.rs`), and
 //! nothing is allocated per token (`tests/model_alloc.rs`).
@@ -47,6 +49,7 @@ mod error;
 mod fault;
 mod forward;
 mod kv;
+mod numerics;
 mod scratch;
 mod weights;
 
@@ -56,14 +59,16 @@ use crate::parallel::Pool;
 use crate::profile::RefProfile;
 use crate::quant::{FlavorDetection, Qk256Kernel};
 
+pub use crate::parallel::PoolError;
 pub use arch::{Arch, FfnActivation, FINAL_OPS, SUPPORTED_ARCHITECTURES};
 use attention::AttnScratch;
 pub use config::Config;
 pub use error::ModelError;
 pub use fault::{Fault, FaultKind};
-use forward::Forward;
+use forward::{Forward, Hooks};
 use kv::KvCache;
 pub use kv::KV_PAD;
+pub use numerics::Numerics;
 use scratch::Scratch;
 pub use weights::HEAD_TYPES;
 use weights::{load_head, load_layer, load_vector, scale_idx, Layer, Linear};
@@ -115,7 +120,7 @@ pub struct Model<'a> {
     attn: Vec<AttnScratch>,
     fault: Option<Fault>,
     qk256: Qk256Kernel,
-    kernel: FloatKernel,
+    numerics: Numerics,
     pool: Pool,
 }
 
@@ -134,12 +139,15 @@ impl<'a> Model<'a> {
         let output_norm = load_vector(file, "output_norm.weight", c.n_embd)?;
         let layers =
             (0..c.n_layer).map(|l| load_layer(file, c, l, &mut flavors)).collect::<Result<Vec<_>, _>>()?;
+        let numerics = Numerics {
+            kernel: FloatKernel::matching(qk256, options.profile),
+            exact_rounding: options.exact_reference_rounding,
+        };
         let n_ctx = options.n_ctx.max(1);
-        let cache = KvCache::new(c.n_layer, n_ctx, c.n_embd_kv(), options.exact_reference_rounding);
+        let cache = KvCache::new(c.n_layer, n_ctx, c.n_embd_kv(), numerics);
         let s = Scratch::new(c, 1, qk256);
         let pool = Pool::new(options.threads)?;
         let attn = (0..pool.threads()).map(|_| AttnScratch::new(cache.n_ctx, c.head_dim)).collect();
-        let kernel = FloatKernel::matching(qk256, options.profile);
         Ok(Model {
             rope: Rope::new(c.head_dim, c.rope_freq_base),
             config,
@@ -153,7 +161,7 @@ impl<'a> Model<'a> {
             attn,
             fault: None,
             qk256,
-            kernel,
+            numerics,
             pool,
         })
     }
@@ -190,7 +198,12 @@ impl<'a> Model<'a> {
     /// Name of the float kernels in use (`avx512`, `avx2`, `scalar`): dots, f16 conversion,
     /// softmax.
     pub fn float_kernel_name(&self) -> &'static str {
-        self.kernel.name()
+        self.numerics.kernel.name()
+    }
+
+    /// The numerics choices in use: float kernels, the profile they mirror, the rounding.
+    pub fn numerics(&self) -> Numerics {
+        self.numerics
     }
 
     /// The reference build whose float numerics the model mirrors.
@@ -203,7 +216,7 @@ impl<'a> Model<'a> {
     /// that prove every kernel computes every profile alike.
     pub fn set_float_kernel(&mut self, kernel: FloatKernel) {
         self.options.profile = kernel.profile();
-        self.kernel = kernel;
+        self.numerics.kernel = kernel;
     }
 
     /// Switches every kernel: the QK256 kernel of every ternary matrix and of activation
@@ -211,7 +224,7 @@ impl<'a> Model<'a> {
     /// identical for every choice; this exists to prove it, and to time the kernels.
     pub fn set_kernel(&mut self, qk256: Qk256Kernel) {
         self.qk256 = qk256;
-        self.kernel = FloatKernel::matching(qk256, self.options.profile);
+        self.numerics.kernel = FloatKernel::matching(qk256, self.options.profile);
         self.token_embd.set_kernel(qk256);
         for layer in &mut self.layers {
             for m in layer.linears_mut() {
@@ -241,10 +254,11 @@ impl<'a> Model<'a> {
     /// order from 0 (re-evaluating an earlier position overwrites it and forgets the ones after).
     pub fn eval(&mut self, token: u32, pos: usize) -> Result<&[f32], ModelError> {
         self.check(token, pos)?;
+        let fault = self.fault;
         let (pass, pool) = self.pass();
         // The whole pass runs on a worker, so its row splits fan out without a hand-off
         // through this thread for every product.
-        pool.install(|| pass.run(&[token], pos, true, &mut |_, _, _| {}));
+        pool.install(|| pass.run(&[token], pos, true, Hooks::silent(fault)));
         Ok(&self.s.logits)
     }
 
@@ -283,9 +297,10 @@ impl<'a> Model<'a> {
         let cap = self.s.cap;
         let chunks = tokens.len().div_ceil(cap);
         for (i, chunk) in tokens.chunks(cap).enumerate() {
+            let fault = self.fault;
             let (pass, pool) = self.pass();
             let logits = i + 1 == chunks;
-            pool.install(|| pass.run(chunk, start_pos + i * cap, logits, &mut |_, _, _| {}));
+            pool.install(|| pass.run(chunk, start_pos + i * cap, logits, Hooks::silent(fault)));
         }
         Ok(&self.s.logits)
     }
@@ -293,11 +308,13 @@ impl<'a> Model<'a> {
     /// [`eval`](Self::eval), handing every named intermediate tensor to `hook`.
     pub fn eval_traced(&mut self, token: u32, pos: usize, hook: Hook<'_>) -> Result<&[f32], ModelError> {
         self.check(token, pos)?;
-        let (pass, _) = self.pass();
-        pass.run(&[token], pos, true, &mut |name, layer, t| match layer {
+        let fault = self.fault;
+        let mut emit = |name: &str, layer: Option<usize>, t: &[f32]| match layer {
             Some(l) => hook(&format!("{name}-{l}"), t),
             None => hook(name, t),
-        });
+        };
+        let (pass, _) = self.pass();
+        pass.run(&[token], pos, true, Hooks::traced(&mut emit, fault));
         Ok(&self.s.logits)
     }
 
@@ -319,35 +336,10 @@ impl<'a> Model<'a> {
 
     /// The model's parts, borrowed for one forward pass, and the pool.
     fn pass(&mut self) -> (Forward<'_, 'a>, &Pool) {
-        let Model {
-            config,
-            options,
-            token_embd,
-            output_norm,
-            layers,
-            rope,
-            cache,
-            s,
-            attn,
-            fault,
-            kernel,
-            pool,
-            ..
-        } = self;
-        let pass = Forward {
-            c: config,
-            exact: options.exact_reference_rounding,
-            token_embd,
-            output_norm,
-            layers,
-            rope,
-            cache,
-            s,
-            attn,
-            fault: *fault,
-            kernel: *kernel,
-            pool,
-        };
+        let Model { config, token_embd, output_norm, layers, rope, cache, s, attn, numerics, pool, .. } =
+            self;
+        let pass =
+            Forward { c: config, nx: *numerics, token_embd, output_norm, layers, rope, cache, s, attn, pool };
         (pass, pool)
     }
 

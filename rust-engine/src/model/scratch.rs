@@ -34,7 +34,7 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
-    pub fn new(c: &Config, cap: usize, kernel: Qk256Kernel) -> Scratch {
+    pub(super) fn new(c: &Config, cap: usize, kernel: Qk256Kernel) -> Scratch {
         let (e, kv, f) = (c.n_embd * cap, c.n_embd_kv() * cap, c.n_ff * cap);
         Scratch {
             cap,

@@ -5,14 +5,15 @@ use std::ops::Range;
 
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::ops::blocks::dequantize_row;
-use crate::ops::{f16_to_f32, BlockInput, BlockType, FloatKernel};
+use crate::ops::{f16_to_f32, BlockInput, BlockType};
 use crate::quant::{detect_flavor, FlavorDetection, Qk256Kernel, QuantizedActs, TernaryMatrix};
 
 use super::config::Config;
 use super::error::ModelError;
+use super::numerics::Numerics;
 
 /// A weight matrix of `rows × cols` (ggml dims `[cols, rows]`): output = W · input.
-pub enum Linear<'a> {
+pub(super) enum Linear<'a> {
     /// I2_S (any flavour): int8 activations, exact integer dots.
     Ternary(TernaryMatrix<'a>),
     /// F16 bytes from the map: the input is rounded to f16 (the reference's `vec_dot_type`).
@@ -28,7 +29,7 @@ pub enum Linear<'a> {
 /// The input of a matrix product for `n` tokens, prepared once and shared by every thread
 /// computing a part of the rows: int8 activations for ternary weights, the f16 values for
 /// F16 weights under the reference rounding.
-pub struct LinearInput {
+pub(super) struct LinearInput {
     pub acts: Vec<QuantizedActs>,
     pub f16: Vec<u16>,
     /// One converted activation per token for [`Linear::Blocks`] (room for one token at load;
@@ -38,7 +39,7 @@ pub struct LinearInput {
 
 impl LinearInput {
     /// Room for `cap` tokens of up to `max_cols` values.
-    pub fn new(cap: usize, max_cols: usize, kernel: Qk256Kernel) -> LinearInput {
+    pub(super) fn new(cap: usize, max_cols: usize, kernel: Qk256Kernel) -> LinearInput {
         LinearInput {
             acts: (0..cap).map(|_| QuantizedActs::with_kernel(max_cols, kernel)).collect(),
             f16: Vec::with_capacity(cap * max_cols),
@@ -47,15 +48,24 @@ impl LinearInput {
     }
 }
 
+/// The input of a product as [`Linear::forward_rows`] reads it: `n` tokens of `cols` values
+/// (`x`, one token after the other) and what [`Linear::prepare`] made of them.
+#[derive(Clone, Copy)]
+pub(super) struct ProductInput<'x> {
+    pub x: &'x [f32],
+    pub n: usize,
+    pub prepared: &'x LinearInput,
+}
+
 impl<'a> Linear<'a> {
-    pub fn rows(&self) -> usize {
+    pub(super) fn rows(&self) -> usize {
         match self {
             Linear::Ternary(m) => m.rows(),
             Linear::F16 { rows, .. } | Linear::F32 { rows, .. } | Linear::Blocks { rows, .. } => *rows,
         }
     }
 
-    pub fn cols(&self) -> usize {
+    pub(super) fn cols(&self) -> usize {
         match self {
             Linear::Ternary(m) => m.cols(),
             Linear::F16 { cols, .. } | Linear::F32 { cols, .. } | Linear::Blocks { cols, .. } => *cols,
@@ -63,7 +73,7 @@ impl<'a> Linear<'a> {
     }
 
     /// The ggml type of the weights.
-    pub fn ggml_type(&self) -> GgmlType {
+    pub(super) fn ggml_type(&self) -> GgmlType {
         match self {
             Linear::Ternary(_) => GgmlType::I2_S,
             Linear::F16 { .. } => GgmlType::F16,
@@ -75,16 +85,10 @@ impl<'a> Linear<'a> {
     /// Prepares `x` (`n` tokens of `cols` values, one after the other) for
     /// [`forward_rows`](Self::forward_rows): quantizes each token to int8 for ternary weights
     /// (ternary weights only ever see int8 activations in the reference), rounds it through
-    /// f16 for F16 weights when `exact_rounding` (the reference's `vec_dot_type` for F16).
-    pub fn prepare(
-        &self,
-        x: &[f32],
-        n: usize,
-        input: &mut LinearInput,
-        kernel: FloatKernel,
-        exact_rounding: bool,
-    ) {
+    /// f16 for F16 weights when `nx.exact_rounding` (the reference's `vec_dot_type` for F16).
+    pub(super) fn prepare(&self, x: &[f32], n: usize, input: &mut LinearInput, nx: Numerics) {
         debug_assert_eq!(x.len(), n * self.cols());
+        let Numerics { kernel, exact_rounding } = nx;
         match self {
             Linear::Ternary(_) => {
                 for (acts, xt) in input.acts[..n].iter_mut().zip(x.chunks_exact(self.cols())) {
@@ -107,21 +111,19 @@ impl<'a> Linear<'a> {
         }
     }
 
-    /// Rows `rows` of `W · x_t` for the `n` tokens of `x`, **row-major**:
-    /// `out[i·n + t] = (W · x_t)[rows.start + i]` (for one token, simply the rows). `input`
-    /// must have been prepared from `x` by [`prepare`](Self::prepare) with the same
-    /// `exact_rounding`. Allocates nothing.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_rows(
+    /// Rows `rows` of `W · x_t` for the `n` tokens of `input.x`, **row-major**:
+    /// `out[i·n + t] = (W · x_t)[rows.start + i]` (for one token, simply the rows).
+    /// `input.prepared` must have been prepared from `input.x` by [`prepare`](Self::prepare)
+    /// with the same `nx`. Allocates nothing.
+    pub(super) fn forward_rows(
         &self,
-        x: &[f32],
-        n: usize,
-        input: &LinearInput,
+        input: ProductInput<'_>,
         rows: Range<usize>,
         out: &mut [f32],
-        kernel: FloatKernel,
-        exact_rounding: bool,
+        nx: Numerics,
     ) {
+        let ProductInput { x, n, prepared: input } = input;
+        let Numerics { kernel, exact_rounding } = nx;
         debug_assert_eq!(out.len(), rows.len() * n);
         debug_assert!(rows.end <= self.rows());
         match self {
@@ -202,14 +204,14 @@ impl<'a> Linear<'a> {
     }
 
     /// Switches a ternary matrix to another QK256 kernel (no effect on other kinds).
-    pub fn set_kernel(&mut self, kernel: Qk256Kernel) {
+    pub(super) fn set_kernel(&mut self, kernel: Qk256Kernel) {
         if let Linear::Ternary(m) = self {
             m.set_kernel(kernel);
         }
     }
 
     /// Row `r` as f32 (the embedding lookup, `ggml_get_rows`).
-    pub fn row(&self, r: usize, out: &mut [f32]) {
+    pub(super) fn row(&self, r: usize, out: &mut [f32]) {
         match self {
             Linear::Ternary(m) => m.dequantize_row(r, out),
             Linear::F16 { data, cols, .. } => {
@@ -244,7 +246,7 @@ pub const HEAD_TYPES: [GgmlType; 7] = [
 /// types of [`BlockType`] (Q8_0, Q4_K, Q6_K, BF16), read as the reference reads them (the
 /// embedding row through the type's `to_float`, the product through its `vec_dot`). Any other
 /// type is refused with an error naming the tensor and the type: nothing is guessed.
-pub fn load_head<'a>(
+pub(super) fn load_head<'a>(
     file: &'a GgufFile,
     name: &str,
     cols: usize,
@@ -278,7 +280,7 @@ pub fn load_head<'a>(
 
 /// Loads a weight matrix named `name` that must have ggml dims `[cols, rows]`.
 /// I2_S flavours are detected (and reported through `flavors`).
-pub fn load_linear<'a>(
+pub(super) fn load_linear<'a>(
     file: &'a GgufFile,
     name: &str,
     cols: usize,
@@ -312,14 +314,18 @@ pub fn load_linear<'a>(
 }
 
 /// Loads a vector of `len` values (F32 or F16) as f32.
-pub fn load_vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+pub(super) fn load_vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
     let t = require(file, name)?;
     check_shape(t, &[len as u64])?;
     decode_small(file, t)
 }
 
 /// An optional vector: absent is `None`, present with the wrong shape is an error.
-pub fn load_optional_vector(file: &GgufFile, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+pub(super) fn load_optional_vector(
+    file: &GgufFile,
+    name: &str,
+    len: usize,
+) -> Result<Option<Vec<f32>>, ModelError> {
     match file.tensor(name) {
         None => Ok(None),
         Some(_) => load_vector(file, name, len).map(Some),
@@ -368,7 +374,7 @@ fn check_shape(t: &TensorInfo, expected: &[u64]) -> Result<(), ModelError> {
 
 impl<'a> Layer<'a> {
     /// Every matrix of the block.
-    pub fn linears_mut(&mut self) -> [&mut Linear<'a>; 7] {
+    pub(super) fn linears_mut(&mut self) -> [&mut Linear<'a>; 7] {
         [
             &mut self.wq,
             &mut self.wk,
@@ -382,7 +388,7 @@ impl<'a> Layer<'a> {
 }
 
 /// Every weight of one transformer block.
-pub struct Layer<'a> {
+pub(super) struct Layer<'a> {
     pub attn_norm: Vec<f32>,
     pub wq: Linear<'a>,
     pub wk: Linear<'a>,
@@ -404,14 +410,14 @@ pub struct Layer<'a> {
 }
 
 /// Index of each matrix in [`Layer::scales`].
-pub mod scale_idx {
-    pub const Q: usize = 0;
-    pub const K: usize = 1;
-    pub const V: usize = 2;
-    pub const O: usize = 3;
-    pub const GATE: usize = 4;
-    pub const UP: usize = 5;
-    pub const DOWN: usize = 6;
+pub(super) mod scale_idx {
+    pub(crate) const Q: usize = 0;
+    pub(crate) const K: usize = 1;
+    pub(crate) const V: usize = 2;
+    pub(crate) const O: usize = 3;
+    pub(crate) const GATE: usize = 4;
+    pub(crate) const UP: usize = 5;
+    pub(crate) const DOWN: usize = 6;
 }
 
 /// A tensor the architecture's loader does not read: an error when the file has it.
@@ -422,7 +428,7 @@ fn refuse_if_present(file: &GgufFile, name: &str, c: &Config) -> Result<(), Mode
     }
 }
 
-pub fn load_layer<'a>(
+pub(super) fn load_layer<'a>(
     file: &'a GgufFile,
     c: &Config,
     l: usize,

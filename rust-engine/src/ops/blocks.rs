@@ -26,7 +26,7 @@ use crate::profile::RefProfile;
 use super::dot::{f16_to_f32, f32_to_f16};
 
 /// Elements of a Q8_0 block.
-pub const QK8_0: usize = 32;
+pub(crate) const QK8_0: usize = 32;
 /// Elements of a K-quant super-block.
 pub const QK_K: usize = 256;
 
@@ -133,7 +133,7 @@ impl BlockType {
     }
 
     /// Bytes per block.
-    pub fn block_bytes(self) -> usize {
+    pub(crate) fn block_bytes(self) -> usize {
         match self {
             BlockType::Q8_0 => size_of::<BlockQ8_0>(),
             BlockType::Q4_K => Q4K_BYTES,
@@ -234,14 +234,14 @@ pub fn dequantize_row(ty: BlockType, bytes: &[u8], out: &mut [f32]) {
 
 /// `GGML_BF16_TO_FP32`: the bits shifted up (exact).
 #[inline]
-pub fn bf16_to_f32(h: u16) -> f32 {
+pub(crate) fn bf16_to_f32(h: u16) -> f32 {
     f32::from_bits(u32::from(h) << 16)
 }
 
 /// `GGML_FP32_TO_BF16` (`ggml_compute_fp32_to_bf16`): round to nearest even by integer
 /// addition, NaN made quiet; subnormals are kept.
 #[inline]
-pub fn f32_to_bf16(x: f32) -> u16 {
+pub(crate) fn f32_to_bf16(x: f32) -> u16 {
     let u = x.to_bits();
     if u & 0x7fff_ffff > 0x7f80_0000 {
         return ((u >> 16) | 64) as u16;
@@ -252,7 +252,7 @@ pub fn f32_to_bf16(x: f32) -> u16 {
 /// `_mm512_cvtne2ps_pbh`'s conversion of one value (`VCVTNE2PS2BF16`): as
 /// [`f32_to_bf16`], except that zero and subnormal inputs become a zero of their sign.
 #[inline]
-pub fn f32_to_bf16_cvtne(x: f32) -> u16 {
+pub(crate) fn f32_to_bf16_cvtne(x: f32) -> u16 {
     let u = x.to_bits();
     if u & 0x7f80_0000 == 0 {
         return ((u >> 16) & 0x8000) as u16;
@@ -261,8 +261,8 @@ pub fn f32_to_bf16_cvtne(x: f32) -> u16 {
 }
 
 /// `ggml_fp32_to_bf16_row`, the BF16 product's activation conversion. An AVX512BF16 build
-/// converts whole groups of 32 with `_mm512_cvtne2ps_pbh` ([`f32_to_bf16_cvtne`]) and the
-/// rest one at a time; an AVX2 build converts all one at a time ([`f32_to_bf16`]). The two
+/// converts whole groups of 32 with `_mm512_cvtne2ps_pbh` (`f32_to_bf16_cvtne`) and the
+/// rest one at a time; an AVX2 build converts all one at a time (`f32_to_bf16`). The two
 /// differ on subnormal inputs only. [`RefProfile::Avx512`] assumes AVX512BF16 (see
 /// [`crate::profile`]).
 pub fn fp32_to_bf16_row(p: RefProfile, x: &[f32], out: &mut [u16]) {
@@ -307,7 +307,7 @@ fn cvtps_epi32(v: f32) -> i32 {
 ///
 /// # Panics
 /// If `x` is not `out.len()` blocks long.
-pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+pub(crate) fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
     assert_eq!(x.len(), out.len() * QK8_0);
     let abs = |v: f32| f32::from_bits(v.to_bits() & 0x7fff_ffff);
     for (xb, o) in x.chunks_exact(QK8_0).zip(out) {
@@ -332,7 +332,7 @@ pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
 ///
 /// # Panics
 /// If `x` is not `out.len()` super-blocks long.
-pub fn quantize_row_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
+pub(crate) fn quantize_row_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
     assert_eq!(x.len(), out.len() * QK_K);
     for (xb, o) in x.chunks_exact(QK_K).zip(out) {
         let (mut max, mut amax) = (0f32, 0f32);

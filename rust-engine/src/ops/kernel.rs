@@ -91,7 +91,7 @@ impl FloatKernel {
 
     /// The float kernel that goes with a QK256 kernel choice: scalar with scalar (so
     /// `BITNET_QK256_IMPL=scalar` runs the whole engine on the oracles), else the best.
-    pub fn matching(qk256: crate::quant::Qk256Kernel, profile: RefProfile) -> Self {
+    pub(crate) fn matching(qk256: crate::quant::Qk256Kernel, profile: RefProfile) -> Self {
         if qk256 == crate::quant::Qk256Kernel::scalar() {
             Self::scalar(profile)
         } else {
@@ -344,8 +344,8 @@ impl BlockInput {
 }
 
 impl FloatKernel {
-    /// Converts `x` to the `vec_dot_type` of `ty` into `input`: [`blocks::quantize_row_q8_0`],
-    /// [`blocks::quantize_row_q8_k`] or [`blocks::fp32_to_bf16_row`] (the profile's).
+    /// Converts `x` to the `vec_dot_type` of `ty` into `input`: `quantize_row_q8_0`,
+    /// `quantize_row_q8_k` or `fp32_to_bf16_row` (the profile's).
     ///
     /// # Panics
     /// If `x.len()` is not a whole number of `ty`'s blocks.
@@ -370,7 +370,7 @@ impl FloatKernel {
 
     /// `R` rows of type `ty` (the file's bytes) dotted with `input` (prepared for `ty`):
     /// `ggml_vec_dot_q8_0_q8_0`, `_q4_K_q8_K`, `_q6_K_q8_K` or `ggml_vec_dot_bf16` of the
-    /// profile's build ([`qdot`]).
+    /// profile's build (`qdot.rs`).
     ///
     /// # Panics
     /// If `input` was prepared for another type, or a row's length does not match it.

@@ -3,32 +3,29 @@
 //!
 //! The free functions are the scalar oracles; [`FloatKernel`] dispatches the hot ones
 //! (dots, f16 conversion, softmax, SiLU, the Q8_0 / K-quant / BF16 head products of
-//! [`blocks`] and [`qdot`]) to AVX2 or AVX-512 twins that compute identical bits. Those whose bits depend on the ISA the reference was built for take a
+//! `blocks.rs` and `qdot.rs`) to AVX2 or AVX-512 twins that compute identical bits. Those whose bits depend on the ISA the reference was built for take a
 //! [`RefProfile`](crate::profile::RefProfile).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
-pub mod blocks;
-pub mod dot;
-mod kernel;
-pub mod qdot;
+pub(crate) mod blocks;
+pub(crate) mod dot;
+pub(crate) mod kernel;
+pub(crate) mod qdot;
 #[cfg(target_arch = "x86_64")]
 mod qdot_avx2;
 #[cfg(target_arch = "x86_64")]
 mod qdot_avx512;
-pub mod rope;
-pub mod softmax;
+pub(crate) mod rope;
+pub(crate) mod softmax;
 
-pub use blocks::{BlockQ8K, BlockQ8_0, BlockType};
-pub use dot::{
-    dot_f16, dot_f16_bytes, dot_f16_bytes_f32, dot_f16_f32, dot_f32, f16_to_f32, f32_to_f16,
-    round_through_f16,
-};
-pub use kernel::{BlockInput, FloatKernel};
-pub use rope::Rope;
-pub use softmax::{exp_lane, silu, softmax_scaled};
+pub use blocks::BlockType;
+pub(crate) use dot::{f16_to_f32, f32_to_f16};
+pub(crate) use kernel::BlockInput;
+pub use kernel::FloatKernel;
+pub(crate) use rope::Rope;
 
 /// RMSNorm then the weight, as `ggml_rms_norm` + `ggml_mul`:
 /// the sum of squares is accumulated in f64 over f32 products, the mean narrowed to f32,

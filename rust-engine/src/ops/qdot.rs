@@ -78,7 +78,7 @@ fn q8_sum4(x: &[i8], y: &[i8]) -> i32 {
 ///
 /// # Panics
 /// If the row is not `y.len()` blocks.
-pub fn dot_q8_0(w: &[u8], y: &[BlockQ8_0]) -> f32 {
+pub(crate) fn dot_q8_0(w: &[u8], y: &[BlockQ8_0]) -> f32 {
     assert_eq!(w.len(), y.len() * 34, "Q8_0 row and activation differ in length");
     let mut acc = [0f32; 8];
     for (b, yb) in w.chunks_exact(34).zip(y) {
@@ -96,7 +96,7 @@ pub fn dot_q8_0(w: &[u8], y: &[BlockQ8_0]) -> f32 {
 ///
 /// # Panics
 /// If the row is not `y.len()` super-blocks.
-pub fn dot_q4_k(w: &[u8], y: &[BlockQ8K]) -> f32 {
+pub(crate) fn dot_q4_k(w: &[u8], y: &[BlockQ8K]) -> f32 {
     assert_eq!(w.len(), y.len() * Q4K_BYTES, "Q4_K row and activation differ in length");
     let mut acc = [0f32; 8];
     let mut acc_m = [0f32; 4];
@@ -140,7 +140,7 @@ pub fn dot_q4_k(w: &[u8], y: &[BlockQ8K]) -> f32 {
 ///
 /// # Panics
 /// If the row is not `y.len()` super-blocks.
-pub fn dot_q6_k(w: &[u8], y: &[BlockQ8K]) -> f32 {
+pub(crate) fn dot_q6_k(w: &[u8], y: &[BlockQ8K]) -> f32 {
     assert_eq!(w.len(), y.len() * Q6K_BYTES, "Q6_K row and activation differ in length");
     let mut acc = [0f32; 8];
     for (b, yb) in w.chunks_exact(Q6K_BYTES).zip(y) {
@@ -185,7 +185,7 @@ pub(crate) fn dpbf16_step(acc: f32, a: u16, b: u16) -> f32 {
 ///
 /// # Panics
 /// If the row is not `y.len()` values.
-pub fn dot_bf16(p: RefProfile, w: &[u8], y: &[u16]) -> f32 {
+pub(crate) fn dot_bf16(p: RefProfile, w: &[u8], y: &[u16]) -> f32 {
     assert_eq!(w.len(), 2 * y.len(), "BF16 row and activation differ in length");
     let x = |i: usize| u16::from_le_bytes([w[2 * i], w[2 * i + 1]]);
     let n = y.len();

@@ -13,7 +13,7 @@
 
 /// Pair layout of the rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeMode {
+pub(crate) enum RopeMode {
     /// Pairs `(i, i + d/2)`: bitnet-b1.58, Llama-3 HF conversions.
     Neox,
     /// Pairs `(2i, 2i + 1)`. Only reachable through fault injection here.
@@ -22,31 +22,23 @@ pub enum RopeMode {
 
 /// Rotation angles for one position, reusable without allocation.
 #[derive(Debug, Clone)]
-pub struct Rope {
+pub(crate) struct Rope {
     head_dim: usize,
     theta_scale: f32,
     cos: Vec<f32>,
     sin: Vec<f32>,
     pos: Option<usize>,
-    fused: bool,
 }
 
 impl Rope {
-    pub fn new(head_dim: usize, freq_base: f32) -> Rope {
+    pub(crate) fn new(head_dim: usize, freq_base: f32) -> Rope {
         Rope {
             head_dim,
             theta_scale: freq_base.powf(-2.0 / head_dim as f32),
             cos: vec![0.0; head_dim / 2],
             sin: vec![0.0; head_dim / 2],
             pos: None,
-            fused: true,
         }
-    }
-
-    /// Whether the rotation uses fused multiply-adds like an FMA build of the reference.
-    pub fn with_fused(mut self, fused: bool) -> Rope {
-        self.fused = fused;
-        self
     }
 
     fn prepare(&mut self, pos: usize) {
@@ -63,7 +55,7 @@ impl Rope {
     }
 
     /// Rotates every head of `x` (`n_heads × head_dim`, heads contiguous) for position `pos`.
-    pub fn apply(&mut self, x: &mut [f32], pos: usize, mode: RopeMode) {
+    pub(crate) fn apply(&mut self, x: &mut [f32], pos: usize, mode: RopeMode) {
         self.prepare(pos);
         let d = self.head_dim;
         let half = d / 2;
@@ -75,13 +67,9 @@ impl Rope {
                 };
                 let (x0, x1) = (head[a], head[b]);
                 let (c, s) = (self.cos[i], self.sin[i]);
-                if self.fused {
-                    head[a] = x0.mul_add(c, -(x1 * s));
-                    head[b] = x0.mul_add(s, x1 * c);
-                } else {
-                    head[a] = x0 * c - x1 * s;
-                    head[b] = x0 * s + x1 * c;
-                }
+                // Fused multiply-adds, as an FMA build of the reference contracts them.
+                head[a] = x0.mul_add(c, -(x1 * s));
+                head[b] = x0.mul_add(s, x1 * c);
             }
         }
     }

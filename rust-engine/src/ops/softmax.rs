@@ -22,7 +22,7 @@ const C3: f32 = f32::from_bits(0x3d2b_9f17); // 0x1.573e2ep-5
 const C4: f32 = f32::from_bits(0x3c07_2010); // 0x1.0e4020p-7
 
 /// One lane of ggml's vectorised `ggml_v_expf` as the profile's build compiles it.
-pub fn exp_lane(p: RefProfile, x: f32) -> f32 {
+pub(crate) fn exp_lane(p: RefProfile, x: f32) -> f32 {
     match p {
         RefProfile::Avx2 => exp_lane_avx2(x),
         RefProfile::Avx512 => exp_lane_avx512(x),
@@ -145,7 +145,7 @@ fn vector_sum(v: &[f32]) -> f32 {
 }
 
 /// `ggml_vec_silu_f32`: `x / (1 + exp(−x))`, a vector at a time with the profile's
-/// [`exp_lane`], the leftovers with libm's `expf` (`ggml_silu_f32`).
+/// `exp_lane`, the leftovers with libm's `expf` (`ggml_silu_f32`).
 pub fn silu(p: RefProfile, x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
     let whole = x.len() / p.lanes() * p.lanes();

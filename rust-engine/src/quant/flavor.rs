@@ -35,8 +35,8 @@ use super::layout::{BITNET32_F16_BLOCK_BYTES, I2S_TAIL_BYTES};
 /// Environment variable forcing a flavour for every tensor (for experiments).
 pub const FLAVOR_ENV: &str = "BITNET_I2S_FLAVOR";
 
-/// A byte layout of a ternary (I2_S-like) tensor. See the [module docs](self) for sizes and
-/// detection, and [`layout`](super::layout) for where each code sits.
+/// A byte layout of a ternary (I2_S-like) tensor. See `flavor.rs` for sizes and
+/// detection, and `layout.rs` for where each code sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum I2sFlavor {
     /// bitnet.cpp's x86 I2_S: 128-element chunks of 32 bytes, one f32 tensor scale after the

@@ -16,34 +16,34 @@
 /// Bytes per code group of the x86 I2_S layout (128 elements).
 pub const X86_GROUP_BYTES: usize = 32;
 /// Bytes per code group of the ARM I2_S layout (64 elements).
-pub const ARM_GROUP_BYTES: usize = 16;
+pub(crate) const ARM_GROUP_BYTES: usize = 16;
 /// Bytes of codes per 32-element block of the BitNet32F16 / Split32WithSibling layouts.
-pub const BLOCK32_CODE_BYTES: usize = 8;
+pub(crate) const BLOCK32_CODE_BYTES: usize = 8;
 /// Bytes per BitNet32F16 block: 8 bytes of codes, then the block's f16 scale (little-endian).
-pub const BITNET32_F16_BLOCK_BYTES: usize = 10;
+pub(crate) const BITNET32_F16_BLOCK_BYTES: usize = 10;
 /// Bytes after the codes of an x86/ARM I2_S tensor: one f32 scale plus 28 bytes of padding.
-pub const I2S_TAIL_BYTES: usize = 32;
+pub(crate) const I2S_TAIL_BYTES: usize = 32;
 
 /// The value a code stands for when dequantizing. Code 3 maps to 0, exactly as the
 /// reference's `dequantize_row_i2_s` table `{-1, 0, +1, 0}` does.
-pub const CODE_VALUE: [f32; 4] = [-1.0, 0.0, 1.0, 0.0];
+pub(crate) const CODE_VALUE: [f32; 4] = [-1.0, 0.0, 1.0, 0.0];
 
 /// Byte index (within a group of `group_bytes` bytes) and bit shift of element `j` of that group.
 #[inline]
-pub fn position_in_group(j: usize, group_bytes: usize) -> (usize, u32) {
+pub(crate) fn position_in_group(j: usize, group_bytes: usize) -> (usize, u32) {
     (j % group_bytes, 6 - 2 * (j / group_bytes) as u32)
 }
 
 /// Byte index and bit shift of element `i` of a flattened tensor packed in groups of
 /// `group_bytes` bytes (`4·group_bytes` elements each).
 #[inline]
-pub fn position(i: usize, group_bytes: usize) -> (usize, u32) {
+pub(crate) fn position(i: usize, group_bytes: usize) -> (usize, u32) {
     let elems = 4 * group_bytes;
     let (b, shift) = position_in_group(i % elems, group_bytes);
     ((i / elems) * group_bytes + b, shift)
 }
 
-/// The 2-bit code of element `i` (see [`position`]).
+/// The 2-bit code of element `i` (see `position`).
 #[inline]
 pub fn code_at(codes: &[u8], i: usize, group_bytes: usize) -> u8 {
     let (b, shift) = position(i, group_bytes);
@@ -51,7 +51,7 @@ pub fn code_at(codes: &[u8], i: usize, group_bytes: usize) -> u8 {
 }
 
 /// Decodes `out.len()` codes (a multiple of `4·group_bytes`) from `codes`, in element order.
-pub fn unpack_codes(codes: &[u8], group_bytes: usize, out: &mut [u8]) {
+pub(crate) fn unpack_codes(codes: &[u8], group_bytes: usize, out: &mut [u8]) {
     let elems = 4 * group_bytes;
     debug_assert_eq!(out.len() % elems, 0);
     for (group, dst) in codes.chunks_exact(group_bytes).zip(out.chunks_exact_mut(elems)) {

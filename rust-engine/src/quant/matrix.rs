@@ -52,6 +52,48 @@ enum Scales<'a> {
     Sibling(&'a [u8], SiblingScaleType),
 }
 
+/// The integer dots of one SIMD QK256 kernel, in the three shapes the blocked batch product
+/// uses: `R` weight rows with `W` activation rows (columns), one weight row with `W` columns,
+/// one row with one column.
+#[cfg(target_arch = "x86_64")]
+trait TileDots<const R: usize, const W: usize> {
+    fn tile(&self, rows: [&[u8]; R], qs: [&[i8]; W]) -> [[i32; W]; R];
+    fn row_cols(&self, row: &[u8], qs: [&[i8]; W]) -> [i32; W];
+    fn dot1(&self, row: &[u8], q: &[i8]) -> i32;
+}
+
+/// AVX-512 VNNI: tiles of `MATMUL_TILE_ROWS` rows.
+#[cfg(target_arch = "x86_64")]
+impl TileDots<MATMUL_TILE_ROWS, MATMUL_COLS> for super::avx512vnni::VnniToken {
+    fn tile(
+        &self,
+        rows: [&[u8]; MATMUL_TILE_ROWS],
+        qs: [&[i8]; MATMUL_COLS],
+    ) -> [[i32; MATMUL_COLS]; MATMUL_TILE_ROWS] {
+        super::avx512vnni::qk256_dots_tile(*self, rows, qs)
+    }
+    fn row_cols(&self, row: &[u8], qs: [&[i8]; MATMUL_COLS]) -> [i32; MATMUL_COLS] {
+        super::avx512vnni::qk256_dots_tile(*self, [row], qs)[0]
+    }
+    fn dot1(&self, row: &[u8], q: &[i8]) -> i32 {
+        super::avx512vnni::qk256_dots_tile(*self, [row], [q])[0][0]
+    }
+}
+
+/// AVX2: one row against the columns.
+#[cfg(target_arch = "x86_64")]
+impl TileDots<1, MATMUL_COLS> for super::avx2::Avx2Token {
+    fn tile(&self, [row]: [&[u8]; 1], qs: [&[i8]; MATMUL_COLS]) -> [[i32; MATMUL_COLS]; 1] {
+        [super::avx2::qk256_dots_cols(*self, row, qs)]
+    }
+    fn row_cols(&self, row: &[u8], qs: [&[i8]; MATMUL_COLS]) -> [i32; MATMUL_COLS] {
+        super::avx2::qk256_dots_cols(*self, row, qs)
+    }
+    fn dot1(&self, row: &[u8], q: &[i8]) -> i32 {
+        super::avx2::qk256_dots_cols(*self, row, [q])[0]
+    }
+}
+
 /// A ternary matrix of `rows × cols`, borrowing its bytes (typically from the GGUF map).
 #[derive(Debug, Clone)]
 pub struct TernaryMatrix<'a> {
@@ -407,29 +449,11 @@ impl<'a> TernaryMatrix<'a> {
         #[cfg(target_arch = "x86_64")]
         if let (I2sFlavor::X86Qk256, Scales::Tensor(w)) = (self.flavor, self.scales) {
             if let Some(t) = self.kernel.vnni_token() {
-                use super::avx512vnni::qk256_dots_tile;
-                self.matmul_rows_blocked::<MATMUL_TILE_ROWS, MATMUL_COLS>(
-                    xs,
-                    rows,
-                    out,
-                    w,
-                    |rs, qs| qk256_dots_tile(t, rs, qs),
-                    |row, qs| qk256_dots_tile(t, [row], qs)[0],
-                    |row, q| qk256_dots_tile(t, [row], [q])[0][0],
-                );
+                self.matmul_rows_blocked::<MATMUL_TILE_ROWS, MATMUL_COLS>(xs, rows, out, w, &t);
                 return;
             }
             if let Some(t) = self.kernel.avx2_token() {
-                use super::avx2::qk256_dots_cols;
-                self.matmul_rows_blocked::<1, MATMUL_COLS>(
-                    xs,
-                    rows,
-                    out,
-                    w,
-                    |[row], qs| [qk256_dots_cols(t, row, qs)],
-                    |row, qs| qk256_dots_cols(t, row, qs),
-                    |row, q| qk256_dots_cols(t, row, [q])[0],
-                );
+                self.matmul_rows_blocked::<1, MATMUL_COLS>(xs, rows, out, w, &t);
                 return;
             }
         }
@@ -440,25 +464,21 @@ impl<'a> TernaryMatrix<'a> {
         }
     }
 
-    /// [`matmul_rows`](Self::matmul_rows) for x86 I2_S with a SIMD kernel: `tile` multiplies
-    /// `R` weight rows with `W` activation rows (columns), `row_cols` one weight row with `W`
-    /// columns, `dot1` one row with one column.
+    /// [`matmul_rows`](Self::matmul_rows) for x86 I2_S with a SIMD kernel's integer dots
+    /// ([`TileDots`]) and the tensor scale `w`.
     ///
     /// Blocks of rows, and within a block one group of columns at a time: the group's
     /// activations (`W` × cols bytes) stay in L1 across the block's rows, whose weights stay
     /// in L2 across the groups. The integer sums are stored first and the float epilogue
     /// applied to the block afterwards, in a loop the compiler vectorizes.
     #[cfg(target_arch = "x86_64")]
-    #[allow(clippy::too_many_arguments)]
     fn matmul_rows_blocked<const R: usize, const W: usize>(
         &self,
         xs: &[QuantizedActs],
         rows: Range<usize>,
         out: &mut [f32],
         w: f32,
-        tile: impl Fn([&[u8]; R], [&[i8]; W]) -> [[i32; W]; R],
-        row_cols: impl Fn(&[u8], [&[i8]; W]) -> [i32; W],
-        dot1: impl Fn(&[u8], &[i8]) -> i32,
+        dots: &impl TileDots<R, W>,
     ) {
         let n = xs.len();
         let mut start = rows.start;
@@ -472,7 +492,7 @@ impl<'a> TernaryMatrix<'a> {
                     let qs: [&[i8]; W] = std::array::from_fn(|k| xs[c + k].q());
                     let mut r = start;
                     for os in block.chunks_exact_mut(R * n) {
-                        let sums = tile(std::array::from_fn(|i| self.row(r + i)), qs);
+                        let sums = dots.tile(std::array::from_fn(|i| self.row(r + i)), qs);
                         for (o, s) in os.chunks_exact_mut(n).zip(sums) {
                             for (o, d) in o[c..c + W].iter_mut().zip(s) {
                                 *o = d as f32;
@@ -482,7 +502,7 @@ impl<'a> TernaryMatrix<'a> {
                     }
                     let tail = block.chunks_exact_mut(R * n).into_remainder();
                     for o in tail.chunks_exact_mut(n) {
-                        for (o, d) in o[c..c + W].iter_mut().zip(row_cols(self.row(r), qs)) {
+                        for (o, d) in o[c..c + W].iter_mut().zip(dots.row_cols(self.row(r), qs)) {
                             *o = d as f32;
                         }
                         r += 1;
@@ -490,7 +510,7 @@ impl<'a> TernaryMatrix<'a> {
                 } else {
                     for (r, o) in (start..end).zip(block.chunks_exact_mut(n)) {
                         for (o, x) in o[c..c + width].iter_mut().zip(&xs[c..c + width]) {
-                            *o = dot1(self.row(r), x.q()) as f32;
+                            *o = dots.dot1(self.row(r), x.q()) as f32;
                         }
                     }
                 }
@@ -516,7 +536,7 @@ impl<'a> TernaryMatrix<'a> {
     ///
     /// # Panics
     /// If `r >= rows` or `out.len() != cols`.
-    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+    pub(crate) fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         assert!(r < self.rows, "row {r} out of range ({} rows)", self.rows);
         assert_eq!(out.len(), self.cols, "output length must equal the row length");
         let row = self.row(r);

@@ -7,7 +7,7 @@
 //! | `flavor.rs`     | [`I2sFlavor`], sizes, [`detect_flavor`] (the detection rules)      |
 //! | `layout.rs`     | where each 2-bit code sits, for every flavour                      |
 //! | `pack.rs`       | packing helpers for writers and fixtures; the reference quantizer  |
-//! | `act.rs`        | [`quantize_row_i8_s`] and [`QuantizedActs`] (reference mirror)      |
+//! | `act.rs`        | `quantize_row_i8_s` and `QuantizedActs` (reference mirror)          |
 //! | `scalar.rs`     | scalar kernels (the oracle)                                        |
 //! | `avx2.rs`       | AVX2 kernels (QK256 rows and columns kernels, activation quantization) |
 //! | `avx512vnni.rs` | AVX-512 VNNI kernels (QK256 rows and columns kernels, `vpdpbusd`)   |
@@ -18,7 +18,8 @@
 //! # Using it
 //!
 //! ```
-//! use bitnet_engine::quant::{pack_i2s_x86, I2sFlavor, QuantizedActs, TernaryMatrix};
+//! use bitnet_engine::internals::quant::{QuantizedActs, TernaryMatrix};
+//! use bitnet_engine::quant::{pack_i2s_x86, I2sFlavor};
 //!
 //! // A 2 × 128 matrix (ggml dims [128, 2]): row 0 all +1, row 1 all −1, scale 0.5.
 //! let mut t = vec![1i8; 128];
@@ -41,32 +42,32 @@
 //! (the reference's AVX2 kernel can wrap its int16 lanes on extreme inputs; ours widens in
 //! time, see `avx2.rs`, or accumulates in i32 directly, see `avx512vnni.rs`), so results depend on neither the kernel nor row splitting nor
 //! batching. Activation quantization mirrors the reference including its FMA contraction
-//! (see the `act.rs` docs, and [`ActRounding`]).
+//! (see the `act.rs` docs, and `ActRounding`).
 //!
 //! Code 3 never comes out of a quantizer. Kernels use it as the value it stores (like the
 //! reference's dot product: weight +2); dequantization maps it to 0 (like the reference's
 //! `dequantize_row_i2_s`); [`check_i2s_integrity`] counts it.
 
-pub mod act;
+pub(crate) mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512vnni;
 mod error;
-pub mod flavor;
+mod flavor;
 mod integrity;
 mod kernel;
-pub mod layout;
-mod matrix;
+pub(crate) mod layout;
+pub(crate) mod matrix;
 mod pack;
-pub mod scalar;
+mod scalar;
 
-pub use act::{quantize_row_i8_s, quantize_row_i8_s_with, ActRounding, QuantizedActs};
+pub(crate) use act::QuantizedActs;
 pub use error::QuantError;
 pub use flavor::{detect_flavor, detect_flavor_with, parse_override, FlavorDetection, I2sFlavor, FLAVOR_ENV};
 pub use integrity::{check_i2s_integrity, Code3Position, I2sIntegrity, ScaleProblem};
 pub use kernel::{kernel_name, Qk256Kernel, KERNEL_ENV};
-pub use matrix::TernaryMatrix;
+pub(crate) use matrix::TernaryMatrix;
 pub use pack::{
     pack_bitnet32_f16, pack_i2s_arm64, pack_i2s_x86, pack_split32_codes, pack_split32_scales,
     quantize_i2s_x86, SiblingScaleType,

@@ -69,23 +69,7 @@ impl Tokenizer {
     /// Texts are cut at their first NUL character, as the reference reads GGUF strings as C
     /// strings; a token left empty becomes `[EMPTY_<id>]`, as there.
     pub fn from_spec(mut spec: TokenizerSpec) -> Result<Self, TokenizerError> {
-        for s in spec.tokens.iter_mut().chain(&mut spec.merges).chain([&mut spec.model]) {
-            cut_at_nul(s);
-        }
-        for s in spec.pre.iter_mut().chain(spec.model_name.iter_mut()) {
-            cut_at_nul(s);
-        }
-        let n_vocab = spec.tokens.len();
-        if n_vocab == 0 {
-            return Err(TokenizerError::EmptyVocab);
-        }
-        if u32::try_from(n_vocab).is_err() || n_vocab > i32::MAX as usize {
-            return Err(TokenizerError::TooManyTokens(n_vocab));
-        }
-        check_len("tokenizer.ggml.token_type", n_vocab, spec.token_types.len(), true)?;
-        if let Some(scores) = &spec.scores {
-            check_len("tokenizer.ggml.scores", n_vocab, scores.len(), false)?;
-        }
+        let n_vocab = clean_and_check(&mut spec)?;
 
         // Vocabulary type and its defaults.
         let (kind, pre_cfg) = match spec.model.as_str() {
@@ -103,38 +87,8 @@ impl Tokenizer {
         let mut add_eos = false;
         let add_space_prefix = spec.add_space_prefix.unwrap_or(!is_bpe);
 
-        // Tokens: empty texts get a placeholder, as in the reference; duplicates are fatal there.
-        let mut tokens = Vec::with_capacity(n_vocab);
-        let mut token_to_id = HashMap::with_capacity(n_vocab);
-        for (i, text) in spec.tokens.into_iter().enumerate() {
-            let id = i as u32;
-            let text = if text.is_empty() { format!("[EMPTY_{i}]") } else { text };
-            if let Some(first) = token_to_id.insert(text.clone(), id) {
-                return Err(TokenizerError::DuplicateToken { text, first, second: id });
-            }
-            let attr = match spec.token_types.get(i) {
-                Some(&t) => TokenAttr::from_token_type(t),
-                None => TokenAttr::NORMAL,
-            };
-            let score = spec.scores.as_ref().map_or(0.0, |s| s[i]);
-            tokens.push(TokenData { text, score, attr });
-        }
-
-        // Merges: "left right", split at the first space after the first byte; the first
-        // occurrence of a pair keeps its rank.
-        let mut merges = HashMap::with_capacity(spec.merges.len());
-        if is_bpe {
-            for (rank, m) in spec.merges.iter().enumerate() {
-                if m.is_empty() {
-                    return Err(TokenizerError::EmptyMerge(rank));
-                }
-                // A rule without such a space becomes the pair ("", ""), which no pair of
-                // non-empty symbols can hit: it only takes up a rank.
-                if m.as_bytes()[1..].contains(&b' ') {
-                    merges.entry(m.clone()).or_insert(rank as u32);
-                }
-            }
-        }
+        let (mut tokens, token_to_id) = read_tokens(&mut spec)?;
+        let merges = if is_bpe { read_merges(&spec.merges)? } else { HashMap::new() };
 
         // Special ids: type defaults, then keys (ids out of range keep the default).
         let default_id = |id: u32| (id < n_vocab as u32).then_some(id);
@@ -175,44 +129,8 @@ impl Tokenizer {
             add_eos = v;
         }
 
-        // Text-based detection: an unset id takes a token with a well-known text, which is
-        // forced to CONTROL. The reference walks a hash map, so with several candidates its
-        // pick is unspecified; we take the lowest id.
-        let find = |texts: &[&str]| -> Option<u32> {
-            texts.iter().filter_map(|t| token_to_id.get(*t).copied()).min()
-        };
-        let mut force_control = Vec::new();
-        for (slot, texts) in [
-            (&mut ids.eot, EOT_TEXTS),
-            (&mut ids.eom, EOM_TEXTS),
-            (&mut ids.fim_pre, FIM_PRE_TEXTS),
-            (&mut ids.fim_suf, FIM_SUF_TEXTS),
-            (&mut ids.fim_mid, FIM_MID_TEXTS),
-            (&mut ids.fim_pad, FIM_PAD_TEXTS),
-            (&mut ids.fim_rep, FIM_REP_TEXTS),
-            (&mut ids.fim_sep, FIM_SEP_TEXTS),
-        ] {
-            if slot.is_none() {
-                *slot = find(texts);
-                force_control.extend(*slot);
-            }
-        }
-        force_control.extend(EOG_TEXTS.iter().filter_map(|t| token_to_id.get(*t).copied()));
-        for id in force_control {
-            tokens[id as usize].attr.set(TokenAttr::CONTROL, true);
-        }
-
-        // Special tokens are matched in the text longest first. The reference's std::sort is
-        // not stable; equal lengths keep id order here (only overlapping specials of equal
-        // length could tell the difference).
-        let mut specials: Vec<u32> = (0..n_vocab as u32)
-            .filter(|&id| {
-                tokens[id as usize]
-                    .attr
-                    .any(TokenAttr::CONTROL | TokenAttr::USER_DEFINED | TokenAttr::UNKNOWN)
-            })
-            .collect();
-        specials.sort_by_key(|&id| std::cmp::Reverse(tokens[id as usize].text.len()));
+        detect_by_text(&mut ids, &token_to_id, &mut tokens);
+        let specials = special_order(&tokens);
 
         // End-of-generation tokens: fill-in-the-middle pad/repo/separator, the well-known
         // texts, then EOS, EOT and EOM.
@@ -245,23 +163,27 @@ impl Tokenizer {
             clean_spaces,
         };
         tok.pieces = (0..n_vocab as u32).map(|id| tok.render_piece(id)).collect();
+        tok.set_model_strip_attrs(spec.model_name.unwrap_or_default())?;
+        Ok(tok)
+    }
 
-        // Per-model strip attributes, set after the special list as in the reference, which
-        // fails to load when one of the tokens it names is missing.
-        let name = spec.model_name.unwrap_or_default().to_lowercase();
-        let pre = tok.pre.clone().unwrap_or_default();
+    /// Per-model strip attributes, set after the special list as in the reference, which
+    /// fails to load when one of the tokens it names is missing.
+    fn set_model_strip_attrs(&mut self, model_name: String) -> Result<(), TokenizerError> {
+        let name = model_name.to_lowercase();
+        let pre = self.pre.clone().unwrap_or_default();
         if ["jina-v2-de", "jina-v2-es", "jina-v2-code"].iter().any(|p| pre.contains(p)) {
-            tok.set_attr_by_text("<mask>", TokenAttr::LSTRIP, true, "a jina-v2 pre-tokenizer")?;
+            self.set_attr_by_text("<mask>", TokenAttr::LSTRIP, true, "a jina-v2 pre-tokenizer")?;
         } else if name.contains("phi-3") || name.contains("phi3") {
-            for id in tok.specials.clone() {
-                tok.tokens[id as usize].attr.set(TokenAttr::RSTRIP, true);
+            for id in self.specials.clone() {
+                self.tokens[id as usize].attr.set(TokenAttr::RSTRIP, true);
             }
-            tok.set_attr_by_text("</s>", TokenAttr::RSTRIP, true, "a Phi-3 model (general.name)")?;
+            self.set_attr_by_text("</s>", TokenAttr::RSTRIP, true, "a Phi-3 model (general.name)")?;
             for t in ["<unk>", "<s>", "<|endoftext|>"] {
-                tok.set_attr_by_text(t, TokenAttr::RSTRIP, false, "a Phi-3 model (general.name)")?;
+                self.set_attr_by_text(t, TokenAttr::RSTRIP, false, "a Phi-3 model (general.name)")?;
             }
         }
-        Ok(tok)
+        Ok(())
     }
 
     fn set_attr_by_text(
@@ -275,6 +197,109 @@ impl Tokenizer {
         self.tokens[id as usize].attr.set(attr, on);
         Ok(())
     }
+}
+
+/// Cuts every text at its first NUL, then checks the vocabulary's size and the lengths of
+/// the per-token arrays; returns the vocabulary size.
+fn clean_and_check(spec: &mut TokenizerSpec) -> Result<usize, TokenizerError> {
+    for s in spec.tokens.iter_mut().chain(&mut spec.merges).chain([&mut spec.model]) {
+        cut_at_nul(s);
+    }
+    for s in spec.pre.iter_mut().chain(spec.model_name.iter_mut()) {
+        cut_at_nul(s);
+    }
+    let n_vocab = spec.tokens.len();
+    if n_vocab == 0 {
+        return Err(TokenizerError::EmptyVocab);
+    }
+    if u32::try_from(n_vocab).is_err() || n_vocab > i32::MAX as usize {
+        return Err(TokenizerError::TooManyTokens(n_vocab));
+    }
+    check_len("tokenizer.ggml.token_type", n_vocab, spec.token_types.len(), true)?;
+    if let Some(scores) = &spec.scores {
+        check_len("tokenizer.ggml.scores", n_vocab, scores.len(), false)?;
+    }
+    Ok(n_vocab)
+}
+
+/// The tokens (taken out of `spec`) and the text → id map. Empty texts get a placeholder, as
+/// in the reference; duplicates are fatal there.
+fn read_tokens(spec: &mut TokenizerSpec) -> Result<(Vec<TokenData>, HashMap<String, u32>), TokenizerError> {
+    let n_vocab = spec.tokens.len();
+    let mut tokens = Vec::with_capacity(n_vocab);
+    let mut token_to_id = HashMap::with_capacity(n_vocab);
+    for (i, text) in std::mem::take(&mut spec.tokens).into_iter().enumerate() {
+        let id = i as u32;
+        let text = if text.is_empty() { format!("[EMPTY_{i}]") } else { text };
+        if let Some(first) = token_to_id.insert(text.clone(), id) {
+            return Err(TokenizerError::DuplicateToken { text, first, second: id });
+        }
+        let attr = match spec.token_types.get(i) {
+            Some(&t) => TokenAttr::from_token_type(t),
+            None => TokenAttr::NORMAL,
+        };
+        let score = spec.scores.as_ref().map_or(0.0, |s| s[i]);
+        tokens.push(TokenData { text, score, attr });
+    }
+    Ok((tokens, token_to_id))
+}
+
+/// BPE merges, rule → rank: "left right", split at the first space after the first byte; the
+/// first occurrence of a pair keeps its rank.
+fn read_merges(rules: &[String]) -> Result<HashMap<String, u32>, TokenizerError> {
+    let mut merges = HashMap::with_capacity(rules.len());
+    for (rank, m) in rules.iter().enumerate() {
+        if m.is_empty() {
+            return Err(TokenizerError::EmptyMerge(rank));
+        }
+        // A rule without such a space becomes the pair ("", ""), which no pair of
+        // non-empty symbols can hit: it only takes up a rank.
+        if m.as_bytes()[1..].contains(&b' ') {
+            merges.entry(m.clone()).or_insert(rank as u32);
+        }
+    }
+    Ok(merges)
+}
+
+/// Text-based detection: an unset id takes a token with a well-known text, which is forced to
+/// CONTROL (as are the well-known end-of-generation texts). The reference walks a hash map, so
+/// with several candidates its pick is unspecified; we take the lowest id.
+fn detect_by_text(ids: &mut SpecialIds, token_to_id: &HashMap<String, u32>, tokens: &mut [TokenData]) {
+    let find =
+        |texts: &[&str]| -> Option<u32> { texts.iter().filter_map(|t| token_to_id.get(*t).copied()).min() };
+    let mut force_control = Vec::new();
+    for (slot, texts) in [
+        (&mut ids.eot, EOT_TEXTS),
+        (&mut ids.eom, EOM_TEXTS),
+        (&mut ids.fim_pre, FIM_PRE_TEXTS),
+        (&mut ids.fim_suf, FIM_SUF_TEXTS),
+        (&mut ids.fim_mid, FIM_MID_TEXTS),
+        (&mut ids.fim_pad, FIM_PAD_TEXTS),
+        (&mut ids.fim_rep, FIM_REP_TEXTS),
+        (&mut ids.fim_sep, FIM_SEP_TEXTS),
+    ] {
+        if slot.is_none() {
+            *slot = find(texts);
+            force_control.extend(*slot);
+        }
+    }
+    force_control.extend(EOG_TEXTS.iter().filter_map(|t| token_to_id.get(*t).copied()));
+    for id in force_control {
+        tokens[id as usize].attr.set(TokenAttr::CONTROL, true);
+    }
+}
+
+/// The special tokens in the order they are matched in a text: longest first. The reference's
+/// std::sort is not stable; equal lengths keep id order here (only overlapping specials of
+/// equal length could tell the difference).
+fn special_order(tokens: &[TokenData]) -> Vec<u32> {
+    let mut specials: Vec<u32> = (0..tokens.len() as u32)
+        .filter(|&id| {
+            tokens[id as usize].attr.any(TokenAttr::CONTROL | TokenAttr::USER_DEFINED | TokenAttr::UNKNOWN)
+        })
+        .collect();
+    specials.sort_by_key(|&id| std::cmp::Reverse(tokens[id as usize].text.len()));
+    specials
 }
 
 fn cut_at_nul(s: &mut String) {

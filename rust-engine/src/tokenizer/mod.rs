@@ -6,7 +6,7 @@
 //! - **Byte-level BPE** (`tokenizer.ggml.model = "gpt2"`), with the Llama-3 pre-tokenizer
 //!   (`pre = "llama-bpe"`, also `llama3`, `llama-v3`, `dbrx`, `smaug-bpe`, `chatglm-bpe`) or
 //!   the GPT-2 one (`gpt-2`, `phi-2`, `jina-*`, `mpt`, `olmo`, `jais`): the text is split into
-//!   words ([`pretokenize`]), each word is written in the byte-level alphabet
+//!   words (`pretokenize.rs`), each word is written in the byte-level alphabet
 //!   ([`unicode::BYTE_TO_CHAR`]), looked up whole when the pre-tokenizer says so (Llama-3), or
 //!   merged pair by pair by rank (`bpe.rs`).
 //! - **SentencePiece** (`"llama"`): `▁` for spaces, a space prefix, merges by token score, byte
@@ -58,10 +58,10 @@ mod decode;
 mod error;
 mod from_gguf;
 mod load;
-pub mod pretokenize;
+pub(crate) mod pretokenize;
 mod special;
 mod spm;
-pub mod unicode;
+pub(crate) mod unicode;
 mod unicode_tables;
 
 use std::collections::HashMap;

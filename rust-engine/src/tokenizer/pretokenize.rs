@@ -10,7 +10,7 @@ use super::unicode::{is_letter, is_number, is_whitespace};
 
 /// Which split a vocabulary's `tokenizer.ggml.pre` selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PreSplit {
+pub(crate) enum PreSplit {
     /// Llama-3: `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
     /// ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
     Llama3,
@@ -20,7 +20,7 @@ pub enum PreSplit {
 
 impl PreSplit {
     /// Cuts `text` into words.
-    pub fn split(self, text: &str) -> Vec<&str> {
+    pub(crate) fn split(self, text: &str) -> Vec<&str> {
         let cuts = Cuts::new(text);
         match self {
             PreSplit::Llama3 => cuts.llama3(),

@@ -2,12 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::corpus::parse_corpus;
 use crate::exit::{Exit, Failure};
-use crate::tokenize_check::corpus::parse_corpus;
 
 /// The fixture built into the binary, used when no model is given.
 pub const DEFAULT_FIXTURE_NAME: &str = "tiny-256-gqa-i2_s.gguf";
-const DEFAULT_FIXTURE: &[u8] = include_bytes!("../../../fixtures/tiny-256-gqa-i2_s.gguf");
+const DEFAULT_FIXTURE: &[u8] = include_bytes!("../../fixtures/tiny-256-gqa-i2_s.gguf");
 
 /// A model to run: where it is on disk, and how the receipt should name it.
 pub struct ModelSource {

@@ -6,11 +6,11 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::heatmap;
-use super::html::{self, code, esc, verdict_badge};
-use super::page::{case_plot, plot_legend};
-use super::plot::Series;
 use crate::diff::{self, DiffReport, MetricRow, Status};
+use crate::report::heatmap;
+use crate::report::html::{self, code, esc, verdict_badge};
+use crate::report::page::{case_plot, hazard_html, plot_legend, profile_text};
+use crate::report::plot::Series;
 use crate::schema::LoadedReceipt;
 
 pub const OLD_COLOUR: &str = "#0969da";
@@ -36,7 +36,7 @@ pub fn render(old: &LoadedReceipt, new: &LoadedReceipt, d: &DiffReport) -> Strin
             verdict_badge(&r.verdict.status),
             r.summary.positions,
             code(&r.engines.rust.kernel),
-            super::page::profile_text(r),
+            profile_text(r),
             code(&r.engines.reference.source),
         );
     }
@@ -49,12 +49,7 @@ pub fn render(old: &LoadedReceipt, new: &LoadedReceipt, d: &DiffReport) -> Strin
     }
     for side in [&d.old, &d.new] {
         for h in &side.hazards {
-            let _ = writeln!(
-                b,
-                "<div class=\"warn\">{}: {}</div>",
-                code(&side.path),
-                super::page::hazard_html(h)
-            );
+            let _ = writeln!(b, "<div class=\"warn\">{}: {}</div>", code(&side.path), hazard_html(h));
         }
         if !side.ignored_fields.is_empty() {
             let _ = writeln!(

@@ -1,146 +1,16 @@
-//! The reference side of a run: a live bitnet.cpp worker process, or logits saved earlier.
+//! A saved reference as an [`Engine`]: the logits, token ids and build identity that a live
+//! run wrote with `--save-reference`, replayed on another machine or later.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
-use bitnet_cpp::worker::{LibraryChoice, RefWorker, WorkerError};
-use bitnet_cpp::{BuildInfo, ContextParams};
 use serde::{Deserialize, Serialize};
 
-use crate::exit::{Exit, Failure};
+use super::{Engine, EngineError, EngineResult, Identity};
 use crate::files::{AtomicFile, FileError};
 use crate::receipt::ReferenceEngine;
-
-/// How the reference process is started: the harness binary itself, re-executed as the
-/// hidden `cpp-worker` subcommand, in its own process group (so a Ctrl-C in the terminal
-/// reaches the harness, which then stops cleanly, and not the worker).
-pub fn spawn_worker(library: LibraryChoice) -> Result<RefWorker, WorkerError> {
-    use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe()
-        .map_err(|e| WorkerError::Spawn(format!("cannot find the harness binary: {e}")))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("cpp-worker").process_group(0);
-    // The reference's own log (model loading, vocabulary warnings) is noise in a parity run;
-    // BITNET_CPP_LOG=warn|info|debug brings it back.
-    if std::env::var_os("BITNET_CPP_LOG").is_none() {
-        cmd.env("BITNET_CPP_LOG", "error");
-    }
-    RefWorker::spawn(cmd, library)
-}
-
-/// The library a live run loads: the build for `--reference-build MARCH` (`BITNET_CPP_BUILD`),
-/// else the default (`BITNET_CPP_DIR` at run time if set, else the first build). A build this
-/// harness was not built with is exit 4, in one line naming those it was built with.
-pub fn library_choice(build: Option<&str>) -> Result<LibraryChoice, Failure> {
-    match build.filter(|m| !m.is_empty()) {
-        None => Ok(LibraryChoice::Default),
-        Some(march) => match bitnet_cpp::built_reference(march) {
-            Ok(_) => Ok(LibraryChoice::Build(march.to_string())),
-            Err(e) => {
-                Err(Failure::new(Exit::ReferenceUnavailable, anyhow!("--reference-build {march}: {e}")))
-            }
-        },
-    }
-}
-
-/// What the reference computes, for the receipt.
-pub fn engine_identity(info: &BuildInfo, library: Option<&Path>, threads: usize) -> ReferenceEngine {
-    let source = match (info.source.kind.as_str(), &info.source.package) {
-        ("registry", Some(pkg)) => format!("registry:{pkg}"),
-        (kind, _) => format!("{kind}:{}", info.source.path.display()),
-    };
-    let portable = |s: &str| portable_path(s, &info.source.path);
-    let flags =
-        info.compile.iter().map(|g| portable(&format!("{}: {}", g.group, g.args.join(" ")))).collect();
-    ReferenceEngine {
-        source,
-        version: info.source.version.clone(),
-        compiler: info.compiler.as_ref().map(|c| c.cxx_version.clone()),
-        flags,
-        isa: info.isa.as_ref().map(|i| i.macros.clone()).unwrap_or_default(),
-        library_path: library.map(|p| portable(&p.display().to_string())),
-        threads,
-        kv_cache_type: "f16".into(),
-        flash_attention: false,
-    }
-}
-
-/// `text` with the machine's own folders replaced by names that mean the same on any
-/// machine, so that receipts committed as baselines leak no home folder and a diff between
-/// two machines does not report paths as identity changes: the reference's source root
-/// becomes `$BITNET_CPP`, the build cache `<target>/bitnet-cpp-ref/` becomes
-/// `$TARGET/bitnet-cpp-ref/`, and the home folder `~`.
-pub fn portable_path(text: &str, source_root: &Path) -> String {
-    let mut out = text.to_string();
-    let root = source_root.display().to_string();
-    if root.len() > 1 {
-        out = out.replace(&root, "$BITNET_CPP");
-    }
-    // Every absolute path that runs into the build cache (flags are space-separated).
-    const CACHE: &str = "/bitnet-cpp-ref/";
-    let mut rebuilt = String::with_capacity(out.len());
-    for (i, word) in out.split(' ').enumerate() {
-        if i > 0 {
-            rebuilt.push(' ');
-        }
-        match (word.find('/'), word.find(CACHE)) {
-            (Some(start), Some(at)) if start < at => {
-                rebuilt.push_str(&word[..start]);
-                rebuilt.push_str("$TARGET");
-                rebuilt.push_str(&word[at..]);
-            }
-            _ => rebuilt.push_str(word),
-        }
-    }
-    out = rebuilt;
-    if let Some(home) =
-        std::env::var_os("HOME").map(|h| h.to_string_lossy().into_owned()).filter(|h| h.len() > 1)
-    {
-        out = out.replace(&format!("{}/", home.trim_end_matches('/')), "~/");
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::portable_path;
-    use std::path::Path;
-
-    #[test]
-    fn machine_folders_become_portable_names() {
-        let root = Path::new("/home/ci/.cargo/registry/src/x/bitnet-llm-sys-1.0.2/bitnet.cpp");
-        let flags = "ggml-c: -O3 -I/home/ci/.cargo/registry/src/x/bitnet-llm-sys-1.0.2/bitnet.cpp/include -march=native";
-        assert_eq!(portable_path(flags, root), "ggml-c: -O3 -I$BITNET_CPP/include -march=native");
-        let lib = "/work/main/target/bitnet-cpp-ref/0123/libbitnet_cpp_ref.so";
-        assert_eq!(portable_path(lib, root), "$TARGET/bitnet-cpp-ref/0123/libbitnet_cpp_ref.so");
-        assert_eq!(portable_path("-L/opt/x y", root), "-L/opt/x y");
-    }
-}
-
-/// A live worker with a model loaded.
-pub struct LiveReference {
-    pub worker: RefWorker,
-}
-
-impl LiveReference {
-    /// Starts a worker and loads the model; raising `cancel` (Ctrl-C) ends any wait for the
-    /// worker, now or later, and stops it.
-    pub fn start(
-        library: LibraryChoice,
-        model: &Path,
-        n_ctx: usize,
-        threads: usize,
-        cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    ) -> Result<LiveReference, WorkerError> {
-        let mut worker = spawn_worker(library)?;
-        worker.set_cancel(cancel);
-        worker.load_model(model, ContextParams { n_ctx: n_ctx as u32, n_threads: threads as u32 })?;
-        Ok(LiveReference { worker })
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Saved reference files (`--save-reference FILE`, `--reference FILE`).
@@ -315,5 +185,80 @@ impl SavedReference {
         let mut bytes = vec![0u8; n * 4];
         self.file.read_exact(&mut bytes)?;
         Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect())
+    }
+}
+
+/// A saved reference being replayed.
+pub struct SavedSide {
+    saved: SavedReference,
+    path: PathBuf,
+    case: usize,
+    pending: Option<EngineResult<Vec<f32>>>,
+}
+
+impl SavedSide {
+    /// Opens `path` (framing, format and sizes checked).
+    pub fn open(path: &Path) -> anyhow::Result<SavedSide> {
+        Ok(SavedSide { saved: SavedReference::open(path)?, path: path.to_path_buf(), case: 0, pending: None })
+    }
+
+    pub fn footer(&self) -> &SavedFooter {
+        &self.saved.footer
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn logits(&mut self, tokens: &[u32], pos: usize) -> EngineResult<Vec<f32>> {
+        let c = self.case;
+        if c >= self.saved.footer.cases.len() {
+            return Err(EngineError::Failed(format!("{}: holds no case {}", self.path.display(), c + 1)));
+        }
+        // The logits are those of the saved tokens: a run checks its ids against them first
+        // (the tokenizer agreement), and `--ids-from` compares anyway on purpose.
+        let last = pos + tokens.len().saturating_sub(1);
+        self.saved.logits(c, last).map_err(|e| EngineError::Failed(format!("{}: {e}", self.path.display())))
+    }
+}
+
+impl Engine for SavedSide {
+    fn identity(&self) -> Identity {
+        let mut r = self.saved.footer.reference.clone();
+        r.source = format!("saved:{}", self.path.display());
+        Identity::Cpp(Box::new(r))
+    }
+
+    fn n_vocab(&self) -> usize {
+        self.saved.footer.n_vocab
+    }
+
+    /// The saved prompt ids of the case whose prompt is `text` (the run's settings: BOS added,
+    /// no special-token parsing); `None` for any other text or settings.
+    fn tokenize(&mut self, text: &str, add_bos: bool, parse_special: bool) -> EngineResult<Option<Vec<u32>>> {
+        if !add_bos || parse_special {
+            return Ok(None);
+        }
+        let case = self.saved.footer.cases.iter().find(|c| c.prompt == text);
+        Ok(case.map(|c| c.token_ids[..c.n_prompt_tokens].to_vec()))
+    }
+
+    fn tokenize_many(&mut self, _: &[String], _: bool, _: bool) -> EngineResult<Option<Vec<Vec<u32>>>> {
+        // A saved file holds its prompts only: no corpus to check.
+        Ok(None)
+    }
+
+    fn reset(&mut self, case: usize) -> EngineResult<()> {
+        self.case = case;
+        Ok(())
+    }
+
+    fn start_eval(&mut self, tokens: &[u32], pos: usize) -> EngineResult<()> {
+        self.pending = Some(self.logits(tokens, pos));
+        Ok(())
+    }
+
+    fn finish_eval(&mut self) -> EngineResult<Vec<f32>> {
+        self.pending.take().unwrap_or_else(|| Err(EngineError::Protocol("no evaluation was started".into())))
     }
 }

@@ -20,11 +20,23 @@ pub struct ContextParams {
     pub n_ctx: u32,
     /// Threads for evaluation (single tokens and batches alike).
     pub n_threads: u32,
+    /// llama.cpp's `n_ubatch`: the most tokens one graph evaluation takes; a batch of more is
+    /// split into ubatches of this many (the last one shorter). It decides the reference's
+    /// batched numerics, so a batched comparison fixes it. llama.cpp's default is 512.
+    #[serde(default = "default_n_ubatch")]
+    pub n_ubatch: u32,
+}
+
+/// llama.cpp's default `n_ubatch`.
+pub const DEFAULT_N_UBATCH: u32 = 512;
+
+fn default_n_ubatch() -> u32 {
+    DEFAULT_N_UBATCH
 }
 
 impl Default for ContextParams {
     fn default() -> Self {
-        ContextParams { n_ctx: 512, n_threads: 1 }
+        ContextParams { n_ctx: 512, n_threads: 1, n_ubatch: DEFAULT_N_UBATCH }
     }
 }
 
@@ -36,6 +48,7 @@ pub struct Context {
     capture: Box<CaptureState>,
     n_vocab: usize,
     n_ctx: u32,
+    n_ubatch: u32,
     // Declared last: dropped after the context is freed in Drop.
     model: Arc<ModelHandle>,
 }
@@ -55,10 +68,10 @@ impl Drop for Context {
 impl Model {
     /// A new context with an empty KV cache.
     pub fn new_context(&self, params: ContextParams) -> Result<Context> {
-        if params.n_ctx == 0 || params.n_threads == 0 {
+        if params.n_ctx == 0 || params.n_threads == 0 || params.n_ubatch == 0 {
             return Err(Error::InvalidArgument(format!(
-                "n_ctx ({}) and n_threads ({}) must be positive",
-                params.n_ctx, params.n_threads
+                "n_ctx ({}), n_threads ({}) and n_ubatch ({}) must be positive",
+                params.n_ctx, params.n_threads, params.n_ubatch
             )));
         }
         let api = &self.inner.api.raw;
@@ -70,8 +83,10 @@ impl Model {
         let ptr = unsafe {
             let mut p = api.llama_context_default_params();
             p.n_ctx = params.n_ctx;
-            // One logical batch may hold the whole context; ggml splits it into ubatches.
+            // One logical batch may hold the whole context (n_batch must be at least any batch
+            // fed); llama_decode splits it into ubatches of n_ubatch (clamped to n_batch).
             p.n_batch = params.n_ctx;
+            p.n_ubatch = params.n_ubatch.min(params.n_ctx);
             p.n_threads = params.n_threads as i32;
             p.n_threads_batch = params.n_threads as i32;
             p.type_k = sys::ggml_type_GGML_TYPE_F16;
@@ -86,7 +101,8 @@ impl Model {
             .ok_or_else(|| Error::Context { n_ctx: params.n_ctx, reason: take_last_error() })?;
         // SAFETY: ptr is the context just created.
         let n_ctx = unsafe { api.llama_n_ctx(ptr.as_ptr()) };
-        Ok(Context { ptr, capture, n_vocab: self.n_vocab(), n_ctx, model: self.inner.clone() })
+        let n_ubatch = params.n_ubatch.min(params.n_ctx);
+        Ok(Context { ptr, capture, n_vocab: self.n_vocab(), n_ctx, n_ubatch, model: self.inner.clone() })
     }
 }
 
@@ -103,6 +119,11 @@ impl Context {
     /// Context length actually allocated.
     pub fn n_ctx(&self) -> u32 {
         self.n_ctx
+    }
+
+    /// The ubatch size batches are split into (`ContextParams::n_ubatch`, at most `n_ctx`).
+    pub fn n_ubatch(&self) -> u32 {
+        self.n_ubatch
     }
 
     /// Clear the KV cache (start a new sequence).
@@ -217,6 +238,26 @@ impl Context {
     /// position only, as llama.cpp's own prompt processing does; returns those `n_vocab` values.
     pub fn eval_batch_last(&mut self, tokens: &[i32], start_pos: u32) -> Result<Vec<f32>> {
         self.decode(tokens, start_pos, true)
+    }
+
+    /// Like [`Context::eval_batch`] (logits of every position), also returning the graph nodes
+    /// that `filter` selects, in evaluation order. A batch longer than [`Context::n_ubatch`] is
+    /// evaluated as several graphs, so each node is then reported once per ubatch; captured
+    /// per-token tensors hold one row per token of their ubatch (`ne` says how many).
+    pub fn eval_batch_capture(
+        &mut self,
+        tokens: &[i32],
+        start_pos: u32,
+        filter: &CaptureFilter,
+    ) -> Result<(Vec<f32>, Vec<CapturedTensor>)> {
+        self.capture.begin(filter.clone());
+        let logits = self.decode(tokens, start_pos, false);
+        let (captured, errors) = self.capture.end();
+        let logits = logits?;
+        if let Some(e) = errors.first() {
+            return Err(Error::InvalidArgument(format!("cannot capture {e}")));
+        }
+        Ok((logits, captured))
     }
 
     /// Like [`Context::eval_token`], also returning the graph nodes that `filter` selects, as

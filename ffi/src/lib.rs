@@ -30,7 +30,7 @@ pub use build_info::{
     IsaInfo, SourceInfo, BAKED_LIBRARY,
 };
 pub use capture::{CaptureFilter, CapturedTensor};
-pub use context::{Context, ContextParams};
+pub use context::{Context, ContextParams, DEFAULT_N_UBATCH};
 pub use error::{Error, Result};
 pub use library::{set_log_level, LogLevel, Reference};
 pub use locate::{PINNED_HEADERS, PINNED_SOURCE_VERSION};

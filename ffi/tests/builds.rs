@@ -114,7 +114,8 @@ fn an_unknown_march_is_refused_naming_the_builds() {
 }
 
 fn logits_for(w: &mut RefWorker, model: &Path) -> Vec<Vec<f32>> {
-    w.load_model(model, ContextParams { n_ctx: 64, n_threads: 2 }).unwrap();
+    w.load_model(model, ContextParams { n_ctx: 64, n_threads: 2, n_ubatch: bitnet_cpp::DEFAULT_N_UBATCH })
+        .unwrap();
     let tokens = w.tokenize(PROMPT, true, false).unwrap();
     tokens.iter().enumerate().map(|(p, &t)| w.eval_token(t, p as u32).unwrap()).collect()
 }

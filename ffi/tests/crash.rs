@@ -10,7 +10,8 @@ use bitnet_cpp::ContextParams;
 use common::{write_f32_model, Spec};
 
 const PROMPT: &str = "the cat sat on the mat in the sun";
-const PARAMS: ContextParams = ContextParams { n_ctx: 64, n_threads: 1 };
+const PARAMS: ContextParams =
+    ContextParams { n_ctx: 64, n_threads: 1, n_ubatch: bitnet_cpp::DEFAULT_N_UBATCH };
 
 /// Evaluate token by token until the first error; return the logits obtained and the error.
 fn run(

@@ -15,7 +15,8 @@ use bitnet_engine::quant::quantize_i2s_x86;
 use bitnet_fixtures::{ensure, ModelSpec, WeightForm};
 use common::{argmax, cosine, forward_f64, Spec};
 
-const PARAMS: ContextParams = ContextParams { n_ctx: 256, n_threads: 2 };
+const PARAMS: ContextParams =
+    ContextParams { n_ctx: 256, n_threads: 2, n_ubatch: bitnet_cpp::DEFAULT_N_UBATCH };
 
 /// `ensure` writes a missing F32 form through a temporary file named by process id, so tests
 /// of this binary (threads of one process) must not generate the same file at once.

@@ -12,7 +12,8 @@ use bitnet_cpp::{BuildInfo, ContextParams, Error, Reference, PINNED_HEADERS};
 use common::{write_f32_model, Spec};
 
 const PROMPT: &str = "the cat sat on the mat";
-const PARAMS: ContextParams = ContextParams { n_ctx: 64, n_threads: 2 };
+const PARAMS: ContextParams =
+    ContextParams { n_ctx: 64, n_threads: 2, n_ubatch: bitnet_cpp::DEFAULT_N_UBATCH };
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();

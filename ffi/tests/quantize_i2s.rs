@@ -84,7 +84,11 @@ fn reference_i2s_bytes_equal_ours_and_dequantize_exactly() {
     assert_eq!(w.list_tensors(&out_path).unwrap(), ggml.entries());
 
     // And the quantized model runs.
-    w.load_model(&out_path, ContextParams { n_ctx: 32, n_threads: 2 }).unwrap();
+    w.load_model(
+        &out_path,
+        ContextParams { n_ctx: 32, n_threads: 2, n_ubatch: bitnet_cpp::DEFAULT_N_UBATCH },
+    )
+    .unwrap();
     let tokens = w.tokenize("the sun", true, false).unwrap();
     for (pos, &t) in tokens.iter().enumerate() {
         let logits = w.eval_token(t, pos as u32).unwrap();

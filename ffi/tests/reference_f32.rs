@@ -38,7 +38,9 @@ fn f32_logits_match_a_float64_forward_at_every_position() {
     let file = GgufFile::open(&path).unwrap();
     let want = forward_f64(&file, &spec, &tokens);
 
-    let mut ctx = model.new_context(ContextParams { n_ctx: 64, n_threads: 2 }).unwrap();
+    let mut ctx = model
+        .new_context(ContextParams { n_ctx: 64, n_threads: 2, n_ubatch: bitnet_cpp::DEFAULT_N_UBATCH })
+        .unwrap();
     let mut sequential = Vec::new();
     let mut worst = 1.0f64;
     for (pos, &t) in tokens.iter().enumerate() {
@@ -77,7 +79,9 @@ fn captures_named_tensors_for_one_position() {
     let model = reference.load_model(&path).unwrap();
     let tokens = model.tokenize(PROMPT, true, false).unwrap();
     let want = forward_f64(&GgufFile::open(&path).unwrap(), &spec, &tokens);
-    let mut ctx = model.new_context(ContextParams { n_ctx: 64, n_threads: 1 }).unwrap();
+    let mut ctx = model
+        .new_context(ContextParams { n_ctx: 64, n_threads: 1, n_ubatch: bitnet_cpp::DEFAULT_N_UBATCH })
+        .unwrap();
 
     let at = 5;
     for (pos, &t) in tokens[..at].iter().enumerate() {
@@ -122,7 +126,7 @@ fn the_worker_returns_the_same_bits_as_the_library_in_process() {
     let dir = tempfile::tempdir().unwrap();
     let spec = Spec::small();
     let path = write_f32_model(dir.path(), "small-f32", &spec);
-    let params = ContextParams { n_ctx: 64, n_threads: 2 };
+    let params = ContextParams { n_ctx: 64, n_threads: 2, n_ubatch: bitnet_cpp::DEFAULT_N_UBATCH };
 
     let reference = Reference::open_built().unwrap();
     let model = reference.load_model(&path).unwrap();

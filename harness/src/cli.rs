@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{bench, diff, fixtures, gate, inspect, report, run, tokenize_check};
+use crate::{bench, diff, fixtures, gate, inspect, merge, report, run, tokenize_check};
 
 /// bitnet-parity: does a Rust BitNet engine compute what bitnet.cpp computes?
 ///
@@ -26,6 +26,8 @@ pub enum Command {
     Gate(gate::GateArgs),
     /// Compare two receipts metric by metric.
     Diff(diff::DiffArgs),
+    /// Put the receipts of a run split across machines (`run --shard I/N`) back together.
+    Merge(merge::MergeArgs),
     /// Write a self-contained HTML report of a receipt: plots per prompt, layer trace heat map.
     Report(report::ReportArgs),
     /// Describe a GGUF file: architecture, hyper-parameters, tokenizer, tensors.

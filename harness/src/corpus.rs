@@ -30,12 +30,18 @@ pub fn builtin_corpus() -> Vec<String> {
 pub fn parse_corpus(text: &str) -> Result<Vec<String>, CorpusError> {
     let mut out = Vec::new();
     for (i, line) in text.split('\n').enumerate() {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        out.push(unescape(line).map_err(|reason| CorpusError { line: i + 1, reason })?);
+        out.extend(parse_line(line).map_err(|reason| CorpusError { line: i + 1, reason })?);
     }
     Ok(out)
+}
+
+/// One line of a corpus (without its `\n`): its string, or `None` for a comment or an empty
+/// line; the reason when it is malformed. For readers that stream a file line by line.
+pub fn parse_line(line: &str) -> Result<Option<String>, String> {
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    unescape(line).map(Some)
 }
 
 fn unescape(line: &str) -> Result<String, String> {

@@ -396,7 +396,13 @@ fn trace_rows(old: Option<&Trace>, new: Option<&Trace>, tol: Tolerance) -> Vec<M
 fn identity_parts(json: &Value) -> Vec<(String, String)> {
     let mut parts = Vec::new();
     for key in ["tool", "model", "engines", "settings", "tokenizer", "hazards", "verdict", "run_state"] {
-        parts.push((key.to_string(), pretty(json.get(key))));
+        let mut v = json.get(key).cloned();
+        // A receipt before 1.3 has no mode: it decoded. A change of mode, batch or ubatch is a
+        // settings difference like any other.
+        if let (Some(Value::Object(m)), "settings") = (v.as_mut(), key) {
+            m.entry("mode").or_insert_with(|| Value::String("decode".into()));
+        }
+        parts.push((key.to_string(), pretty(v.as_ref())));
     }
     let cases = json.get("cases").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     for (i, case) in cases.iter().enumerate() {
@@ -405,6 +411,12 @@ fn identity_parts(json: &Value) -> Vec<(String, String)> {
         {
             if let Some(v) = case.get(key) {
                 picked.insert(key.into(), v.clone());
+            }
+        }
+        // `--mode both`: the digests of the batched logits too.
+        for key in ["rust_logits_sha256", "reference_logits_sha256"] {
+            if let Some(v) = case.get("batch").and_then(|b| b.get(key)) {
+                picked.insert(format!("batch.{key}"), v.clone());
             }
         }
         parts.push((format!("cases[{i}]"), pretty(Some(&Value::Object(picked)))));

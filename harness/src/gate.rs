@@ -325,7 +325,98 @@ pub fn evaluate(r: &Receipt, t: &Resolved) -> Vec<Check> {
             ),
         });
     }
+    checks.extend(mode_checks(r, t));
     checks
+}
+
+/// What a batched run adds (schema 1.3): a note of the mode; with `--mode both`, the batched
+/// comparison held to the same thresholds as the decode one (`batch.*`), and each engine's
+/// batch-against-decode agreement as notes (the reference's own paths differ by design).
+fn mode_checks(r: &Receipt, t: &Resolved) -> Vec<Check> {
+    let st = &r.settings;
+    let sizes = match (st.batch, st.ubatch) {
+        (Some(b), Some(u)) => format!(" (batch {b}, ubatch {u})"),
+        _ => String::new(),
+    };
+    let mut checks = match st.mode.as_str() {
+        "decode" => return Vec::new(),
+        "batch" => vec![Check::new(
+            Outcome::Note,
+            "settings.mode",
+            format!("batch{sizes}: the positions above were compared on the batched path"),
+        )],
+        "both" => vec![Check::new(
+            Outcome::Note,
+            "settings.mode",
+            format!("both{sizes}: the positions above were decoded; batch.* checks the batched path"),
+        )],
+        other => {
+            return vec![Check::new(
+                Outcome::Fail,
+                "settings.mode",
+                format!("{other:?} is not a mode this harness knows"),
+            )]
+        }
+    };
+    if st.mode != "both" {
+        return checks;
+    }
+    let Some(s) = &r.batch_summary else {
+        checks.push(Check::new(Outcome::Fail, "batch.positions", "mode both without a batch_summary".into()));
+        return checks;
+    };
+    checks.push(if s.positions > 0 {
+        Check::new(Outcome::Pass, "batch.positions", format!("{} > 0", s.positions))
+    } else {
+        Check::new(Outcome::Fail, "batch.positions", "0 (nothing was compared on the batched path)".into())
+    });
+    checks.push(if s.nonfinite_positions == 0 {
+        Check::new(Outcome::Pass, "batch.nonfinite_positions", "0 (no NaN or Inf logits)".into())
+    } else {
+        Check::new(Outcome::Fail, "batch.nonfinite_positions", format!("{} > 0", s.nonfinite_positions))
+    });
+    checks.push(at_least("batch.cosine_min", s.cosine_min, &t.min_cosine, "min_cosine"));
+    checks.push(at_least(
+        "batch.exact_match_rate",
+        s.exact_match_rate,
+        &t.min_exact_match,
+        "min_exact_match",
+    ));
+    checks.push(match s.kl_max {
+        None => null_metric("batch.kl_max", &t.max_kl, "max_kl"),
+        Some(v) if v <= t.max_kl.value => Check::new(
+            Outcome::Pass,
+            "batch.kl_max",
+            format!("{} <= {} (max_kl from {})", num(v), num(t.max_kl.value), t.max_kl.source),
+        ),
+        Some(v) => Check::new(
+            Outcome::Fail,
+            "batch.kl_max",
+            format!("{} > {} (max_kl from {})", num(v), num(t.max_kl.value), t.max_kl.source),
+        ),
+    });
+    if let Some(sc) = &r.self_consistency {
+        for (name, side) in
+            [("self_consistency.rust", &sc.rust), ("self_consistency.reference", &sc.reference)]
+        {
+            let cosine = sc_cosine(side.cosine_min);
+            checks.push(Check::new(
+                Outcome::Note,
+                name,
+                format!(
+                    "batch against decode: {}/{} positions bit-exact, cosine min {cosine}, max |Δ| {}",
+                    side.bit_exact_positions,
+                    side.positions,
+                    side.max_abs_diff.map_or("-".into(), num)
+                ),
+            ));
+        }
+    }
+    checks
+}
+
+fn sc_cosine(v: Option<f64>) -> String {
+    v.map_or("-".into(), |c| format!("{c:.9}"))
 }
 
 /// Whether the Rust engine mirrored the reference build it faced. A build without a profile (a

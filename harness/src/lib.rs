@@ -17,6 +17,7 @@ pub mod gate;
 pub mod hazards;
 pub mod inputs;
 pub mod inspect;
+pub mod merge;
 pub mod profile_choice;
 pub mod receipt;
 pub mod report;

@@ -26,6 +26,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Fixtures(args) => harness::fixtures::run(&args),
         Command::Gate(args) => harness::gate::run(&args),
         Command::Diff(args) => harness::diff::run(&args),
+        Command::Merge(args) => harness::merge::run(&args),
         Command::Report(args) => harness::report::run(&args),
         Command::TokenizeCheck(args) => harness::tokenize_check::run(&args),
         Command::CppWorker => std::process::exit(bitnet_cpp::worker::serve_stdio()),

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::hazards::{Hazard, HazardPolicy};
 
 /// Version written by this build.
-pub const SCHEMA_VERSION: &str = "1.2.0";
+pub const SCHEMA_VERSION: &str = "1.3.0";
 /// Major version this build understands.
 pub const SCHEMA_MAJOR: u64 = 1;
 
@@ -43,6 +43,37 @@ pub struct Receipt {
     /// Layer-by-layer comparison at one position (`run --trace`), if requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<Trace>,
+    /// `run --mode both` (since 1.3.0): the batched comparison of every case (`cases[].batch`)
+    /// summarized, as `summary` summarizes the decode comparison. Absent in other modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_summary: Option<Summary>,
+    /// `run --mode both` (since 1.3.0): each engine's batch logits against its own decode
+    /// logits over every case (see [`SelfConsistency`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_consistency: Option<SelfConsistency>,
+}
+
+/// Each engine's batch logits held against its own decode logits (`run --mode both`): where
+/// an engine's batched path parts from its one-token path. Informational: the reference's
+/// batched logits differ from its decode logits by design (other kernels), so nothing here
+/// fails a verdict. In each [`Summary`], the `rust` fields are the engine's batch logits and
+/// the `reference` fields its decode logits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelfConsistency {
+    /// Side A (`engines.rust`).
+    pub rust: Summary,
+    /// Side B (`engines.reference`).
+    pub reference: Summary,
+}
+
+/// A case's batched comparison in `run --mode both` (in `--mode batch`, `cases[]` itself is).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchCase {
+    /// sha256 over each engine's batch logits of every position (f32 little-endian, in order).
+    pub rust_logits_sha256: String,
+    pub reference_logits_sha256: String,
+    pub positions: Vec<Position>,
+    pub summary: Summary,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +167,10 @@ pub struct ExternalIdentity {
     pub command: String,
 }
 
+fn decode_mode() -> String {
+    "decode".into()
+}
+
 fn rust_engine_kind() -> String {
     "rust-engine".into()
 }
@@ -177,6 +212,39 @@ pub struct Settings {
     pub add_bos: bool,
     pub parse_special: bool,
     pub thresholds: Thresholds,
+    /// How the engines evaluated the cases (since 1.3.0; absent: `decode`): `decode` (one token
+    /// at a time), `batch` (the batched path: batches of `batch` tokens at increasing
+    /// positions, split into ubatches of `ubatch`, logits at every position; `cases` compare
+    /// those) or `both` (`cases` compare decode, `cases[].batch` the batched path).
+    #[serde(default = "decode_mode")]
+    pub mode: String,
+    /// Tokens per batch (`--batch`), with mode `batch` or `both`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+    /// Tokens per ubatch (`--ubatch`, llama.cpp's `n_ubatch`), with mode `batch` or `both`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ubatch: Option<usize>,
+    /// Which part of the cases this run evaluated (`run --shard I/N`, since 1.3.0); absent in
+    /// a whole run and in a receipt `harness merge` put back together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+}
+
+/// One shard of a run split across machines (`run --shard I/N`): case `k` (0-based, in prompt
+/// order) belongs to shard `k mod N + 1`. The receipt's `cases` are this shard's, in order, and
+/// every case index in it (summaries, worst positions, tokenizer mismatches, trace) is global.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// 1-based: this shard is `index` of `count`.
+    pub index: usize,
+    pub count: usize,
+    /// Cases of the whole run (every shard's).
+    pub total_cases: usize,
+    /// sha256 over every prompt of the whole run, in order (each as its length, u64 little
+    /// endian, then its UTF-8 bytes): shards of one run agree on it.
+    pub prompts_sha256: String,
+    /// The global (0-based) index of each case this shard evaluated: `cases[j]` is case `cases[j]`.
+    pub cases: Vec<usize>,
 }
 
 /// The limits a receipt is judged against (`run` records the ones it used; `gate` may use others).
@@ -275,6 +343,13 @@ pub struct Case {
     pub reference_logits_sha256: String,
     pub positions: Vec<Position>,
     pub summary: Summary,
+    /// `run --mode both` (since 1.3.0): the same positions on the batched path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchCase>,
+    /// `run --mode both` (since 1.3.0): each engine's batch logits against its own decode
+    /// logits at the positions of this case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_consistency: Option<SelfConsistency>,
 }
 
 /// Metrics of one position. All computed in f64 from the f32 logits. When either vector holds
@@ -432,6 +507,28 @@ pub struct Trace {
     pub first_divergent_op: Option<String>,
     /// Names one engine reported and the other did not, or with different sizes.
     pub unmatched: Vec<String>,
+    /// In a batched run (since 1.3.0): the batch traced and the path each side's tensors came
+    /// from. Absent in a decode run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<TraceBatch>,
+}
+
+/// How a trace of a batched run was taken. The reference's tensors are those of its batched
+/// graph: the positions before the traced position's ubatch are replayed as the run fed them,
+/// then that ubatch alone (the same tokens on the same cache, so the same graph) is captured
+/// and the position's row sliced from every tensor. An engine that cannot trace its batched
+/// path gives its decode tensors at the position (after a decode replay) and says so.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceBatch {
+    pub batch: usize,
+    pub ubatch: usize,
+    /// First position of the traced ubatch, and its number of tokens.
+    pub ubatch_start: usize,
+    pub ubatch_tokens: usize,
+    /// `batch` or `decode`: the path side A's tensors came from.
+    pub rust_path: String,
+    /// `batch` or `decode`: the path side B's tensors came from.
+    pub reference_path: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

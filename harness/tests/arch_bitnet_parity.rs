@@ -64,7 +64,13 @@ fn every_position_is_bit_exact_against_every_reference_build() {
             Model::load(&file, ModelOptions { n_ctx: N_CTX, profile, ..ModelOptions::default() }).unwrap();
         assert_eq!(model.config().arch, Arch::Bitnet);
         let cpp = reference.load_model(&path).unwrap();
-        let mut ctx = cpp.new_context(ContextParams { n_ctx: N_CTX as u32, n_threads: 1 }).unwrap();
+        let mut ctx = cpp
+            .new_context(ContextParams {
+                n_ctx: N_CTX as u32,
+                n_threads: 1,
+                n_ubatch: bitnet_cpp::DEFAULT_N_UBATCH,
+            })
+            .unwrap();
         // The saved logits of this profile (made on another day, maybe another machine).
         let saved = std::fs::read(dir().join(entry["logits"][profile.name()].as_str().unwrap())).unwrap();
         let saved: Vec<f32> =
@@ -94,7 +100,13 @@ fn a_trace_names_every_operation_as_the_reference_does_and_all_are_bit_exact() {
         let mut model =
             Model::load(&file, ModelOptions { n_ctx: N_CTX, profile, ..ModelOptions::default() }).unwrap();
         let cpp = reference.load_model(&path).unwrap();
-        let mut ctx = cpp.new_context(ContextParams { n_ctx: N_CTX as u32, n_threads: 1 }).unwrap();
+        let mut ctx = cpp
+            .new_context(ContextParams {
+                n_ctx: N_CTX as u32,
+                n_threads: 1,
+                n_ubatch: bitnet_cpp::DEFAULT_N_UBATCH,
+            })
+            .unwrap();
         for (pos, &t) in ids[..TRACE_POS].iter().enumerate() {
             model.eval(t, pos).unwrap();
             ctx.eval_token(t as i32, pos as u32).unwrap();
@@ -160,7 +172,13 @@ fn the_generated_bitnet_fixture_is_bit_exact_in_both_forms() {
             let cpp_ids: Vec<u32> =
                 cpp.tokenize(&text, true, false).unwrap().iter().map(|&t| t as u32).collect();
             assert_eq!(cpp_ids, ids, "tokenizers disagree");
-            let mut ctx = cpp.new_context(ContextParams { n_ctx: 128, n_threads: 1 }).unwrap();
+            let mut ctx = cpp
+                .new_context(ContextParams {
+                    n_ctx: 128,
+                    n_threads: 1,
+                    n_ubatch: bitnet_cpp::DEFAULT_N_UBATCH,
+                })
+                .unwrap();
             let mut exact = 0;
             for (pos, &t) in ids.iter().enumerate() {
                 let want = ctx.eval_token(t as i32, pos as u32).unwrap();

@@ -238,7 +238,7 @@ fn compatible_versions_diff_incompatible_ones_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let base = &runs().threads1;
     let newer = edited(base, dir.path(), "newer.json", |v| {
-        v["schema_version"] = json!("1.3.0");
+        v["schema_version"] = json!("1.99.0");
         v["summary"]["kl_p999"] = json!(0.0);
     });
     let (code, out, err) = diff(&[s(base), s(&newer)]);

@@ -36,7 +36,9 @@ fn compare(reference: &Reference, path: &std::path::Path, exact: bool, profile: 
     let cpp_model = reference.load_model(path).unwrap();
     let cpp_ids = cpp_model.tokenize(PROMPT, true, false).unwrap();
     assert_eq!(cpp_ids.iter().map(|&t| t as u32).collect::<Vec<_>>(), ids, "tokenizers disagree");
-    let mut ctx = cpp_model.new_context(ContextParams { n_ctx: 128, n_threads: 1 }).unwrap();
+    let mut ctx = cpp_model
+        .new_context(ContextParams { n_ctx: 128, n_threads: 1, n_ubatch: bitnet_cpp::DEFAULT_N_UBATCH })
+        .unwrap();
 
     let mut f = Figures { cos_min: 1.0, max_abs: 0.0, argmax_agree: 0, n: ids.len(), bit_exact: 0 };
     for (pos, &t) in ids.iter().enumerate() {

@@ -238,7 +238,9 @@ fn bit_exact(
     let mut model =
         Model::load(&file, ModelOptions { n_ctx: 128, profile, ..ModelOptions::default() }).unwrap();
     let cpp_model = reference.load_model(path).unwrap();
-    let mut ctx = cpp_model.new_context(ContextParams { n_ctx: 128, n_threads: 1 }).unwrap();
+    let mut ctx = cpp_model
+        .new_context(ContextParams { n_ctx: 128, n_threads: 1, n_ubatch: bitnet_cpp::DEFAULT_N_UBATCH })
+        .unwrap();
     let mut exact = 0;
     let mut pos = 0;
     while pos < n_prompt + extra {

@@ -62,14 +62,31 @@ fn assert_keys_match(root: &Value, node: &Value, value: &Value, path: &str, seen
             assert_eq!(written, listed, "{path}: keys written vs keys in the schema");
             let required: BTreeSet<&str> =
                 node["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-            let optional =
-                ["trace", "injected_fault", "token_texts", "reference_profile", "hazards", "fail_on_hazards"];
+            let optional = [
+                "trace",
+                "injected_fault",
+                "token_texts",
+                "reference_profile",
+                "hazards",
+                "fail_on_hazards",
+                "shard", // 1.3: only in a shard's receipt
+            ];
             // 1.2: absent in older receipts (`kind`), or there only for some kinds of side A.
             let side_a = ["kind", "build", "external"];
+            // 1.3: absent in older receipts (`settings.mode`), or there only in some modes.
+            let batched = |k: &str| match k {
+                "mode" | "ubatch" => path == "$.settings",
+                "batch" => ["$.settings", "$.cases[]", "$.trace"].contains(&path),
+                "self_consistency" => ["$", "$.cases[]"].contains(&path),
+                "batch_summary" => path == "$",
+                _ => false,
+            };
             let expected: BTreeSet<&str> = listed
                 .iter()
                 .copied()
-                .filter(|k| !(optional.contains(k) || path == "$.engines.rust" && side_a.contains(k)))
+                .filter(|k| {
+                    !(optional.contains(k) || path == "$.engines.rust" && side_a.contains(k) || batched(k))
+                })
                 .collect();
             assert_eq!(required, expected, "{path}: every field but the optional ones is required");
             seen.insert(node as *const Value as usize);
@@ -303,6 +320,28 @@ struct StrictReceipt {
     run_state: StrictRunState,
     #[serde(default)]
     trace: Option<Value>,
+    #[serde(default)]
+    batch_summary: Option<StrictSummary>,
+    #[serde(default)]
+    self_consistency: Option<StrictSelfConsistency>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct StrictSelfConsistency {
+    rust: StrictSummary,
+    reference: StrictSummary,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct StrictBatchCase {
+    rust_logits_sha256: String,
+    reference_logits_sha256: String,
+    positions: Vec<Value>,
+    summary: StrictSummary,
 }
 
 #[derive(Deserialize)]
@@ -397,6 +436,25 @@ struct StrictSettings {
     add_bos: bool,
     parse_special: bool,
     thresholds: StrictThresholds,
+    #[serde(default)]
+    shard: Option<StrictShard>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    batch: Option<usize>,
+    #[serde(default)]
+    ubatch: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct StrictShard {
+    index: usize,
+    count: usize,
+    total_cases: usize,
+    prompts_sha256: String,
+    cases: Vec<usize>,
 }
 
 #[derive(Deserialize)]
@@ -412,6 +470,10 @@ struct StrictCase {
     summary: StrictSummary,
     #[serde(default)]
     token_texts: Option<Vec<String>>,
+    #[serde(default)]
+    batch: Option<StrictBatchCase>,
+    #[serde(default)]
+    self_consistency: Option<StrictSelfConsistency>,
 }
 
 #[derive(Deserialize)]

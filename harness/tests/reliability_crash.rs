@@ -44,7 +44,7 @@ fn start_long_run(dir: &Path, out: &Path) -> std::process::Child {
     cmd.spawn().expect("spawn harness run")
 }
 
-/// Waits until the run has finished `n` cases (its "case N+1/..." progress line), then
+/// Waits until the run has finished `n` cases (a progress line of a later case), then
 /// calls `act`; returns what the process left once it exits.
 fn intervene_after_cases(mut child: std::process::Child, n: usize, act: impl FnOnce(u32)) -> Finished {
     let stderr = child.stderr.take().unwrap();
@@ -59,10 +59,14 @@ fn intervene_after_cases(mut child: std::process::Child, n: usize, act: impl FnO
         }
         all
     });
-    let marker = format!("case {}/", n + 1);
+    // "case 3/600: …" per case, or, on long runs, throttled "case 1,234/5,000, position …".
+    let case_of = |line: &str| -> Option<usize> {
+        let rest = line.strip_prefix("case ")?;
+        rest[..rest.find('/')?].replace(',', "").parse().ok()
+    };
     let mut seen = false;
     for line in rx.iter() {
-        if line.starts_with(&marker) {
+        if case_of(&line).is_some_and(|c| c > n) {
             seen = true;
             break;
         }

@@ -297,7 +297,21 @@ impl RefWorker {
         Ok(PendingEval { during })
     }
 
-    /// The logits of the evaluation started by [`RefWorker::start_eval_token`].
+    /// [`RefWorker::eval_batch`] split like [`RefWorker::start_eval_token`]: the worker
+    /// evaluates the batch while the caller works; [`RefWorker::finish_eval`] collects the
+    /// logits of every position.
+    pub fn start_eval_batch(&mut self, tokens: &[i32], start_pos: u32) -> R<PendingEval> {
+        let during = format!("eval of a batch of {} tokens at position {start_pos}", tokens.len());
+        if self.in_flight {
+            return Err(proto(&during, "a started evaluation was not finished"));
+        }
+        self.send(tag::EVAL_BATCH, Enc::new().i32s(tokens).u32(start_pos), &during)?;
+        self.in_flight = true;
+        Ok(PendingEval { during })
+    }
+
+    /// The logits of the evaluation started by [`RefWorker::start_eval_token`] (or
+    /// [`RefWorker::start_eval_batch`]: every position's, row after row).
     pub fn finish_eval(&mut self, pending: PendingEval) -> R<Vec<f32>> {
         self.in_flight = false;
         let body = self.receive(&pending.during)?;
@@ -307,7 +321,8 @@ impl RefWorker {
         d.f32s("logits").map_err(|m| proto(&pending.during, m))
     }
 
-    /// How long the worker itself spent computing the last `eval_token` (excluding the pipe).
+    /// How long the worker itself spent computing the last `eval_token` or `eval_batch` (excluding
+    /// the pipe).
     pub fn last_eval_time(&self) -> std::time::Duration {
         self.last_eval
     }
@@ -325,7 +340,11 @@ impl RefWorker {
     /// Load a model and create its context (replacing any previous one).
     pub fn load_model(&mut self, path: &Path, params: ContextParams) -> R<ModelInfo> {
         let during = format!("loading {}", path.display());
-        let p = Enc::new().str(&path.to_string_lossy()).u32(params.n_ctx).u32(params.n_threads);
+        let p = Enc::new()
+            .str(&path.to_string_lossy())
+            .u32(params.n_ctx)
+            .u32(params.n_threads)
+            .u32(params.n_ubatch);
         let body = self.call(tag::LOAD_MODEL, p, &during)?;
         let info: ModelInfo = Dec::new(&body).json("model info").map_err(|m| proto(&during, m))?;
         self.model = Some(info.clone());
@@ -383,11 +402,10 @@ impl RefWorker {
         self.finish_eval(pending)
     }
 
-    /// Logits of every position of a batch, row after row.
+    /// Logits of every position of a batch, row after row (split into the context's ubatches).
     pub fn eval_batch(&mut self, tokens: &[i32], start_pos: u32) -> R<Vec<f32>> {
-        let during = format!("eval of a batch of {} tokens at position {start_pos}", tokens.len());
-        let body = self.call(tag::EVAL_BATCH, Enc::new().i32s(tokens).u32(start_pos), &during)?;
-        Dec::new(&body).f32s("logits").map_err(|m| proto(&during, m))
+        let pending = self.start_eval_batch(tokens, start_pos)?;
+        self.finish_eval(pending)
     }
 
     /// Logits plus the captured graph nodes for this position.
@@ -399,19 +417,22 @@ impl RefWorker {
     ) -> R<(Vec<f32>, Vec<CapturedTensor>)> {
         let during = format!("eval (with capture) of token {token} at position {pos}");
         let body = self.call(tag::EVAL_CAPTURE, Enc::new().i32(token).u32(pos).json(filter), &during)?;
-        let mut d = Dec::new(&body);
-        let decode = |d: &mut Dec| -> Result<(Vec<f32>, Vec<CapturedTensor>), String> {
-            let logits = d.f32s("logits")?;
-            let n = d.u32("capture count")?;
-            let mut out = Vec::with_capacity(n as usize);
-            for _ in 0..n {
-                let mut c: CapturedTensor = d.json("captured tensor")?;
-                c.data = d.f32s("captured data")?;
-                out.push(c);
-            }
-            Ok((logits, out))
-        };
-        decode(&mut d).map_err(|m| proto(&during, m))
+        decode_capture(&body).map_err(|m| proto(&during, m))
+    }
+
+    /// [`RefWorker::eval_batch`] plus the captured graph nodes (once per ubatch; see
+    /// `Context::eval_batch_capture`).
+    pub fn eval_batch_capture(
+        &mut self,
+        tokens: &[i32],
+        start_pos: u32,
+        filter: &CaptureFilter,
+    ) -> R<(Vec<f32>, Vec<CapturedTensor>)> {
+        let during =
+            format!("eval (with capture) of a batch of {} tokens at position {start_pos}", tokens.len());
+        let body =
+            self.call(tag::EVAL_BATCH_CAPTURE, Enc::new().i32s(tokens).u32(start_pos).json(filter), &during)?;
+        decode_capture(&body).map_err(|m| proto(&during, m))
     }
 
     /// Clear the KV cache.
@@ -463,6 +484,20 @@ impl Drop for RefWorker {
 }
 
 /// Whether process `pid` is stopped (state `T` or `t` in `/proc/<pid>/stat`).
+/// Logits, then the captured tensors (JSON header and raw f32 data each).
+fn decode_capture(body: &[u8]) -> Result<(Vec<f32>, Vec<CapturedTensor>), String> {
+    let mut d = Dec::new(body);
+    let logits = d.f32s("logits")?;
+    let n = d.u32("capture count")?;
+    let mut out = Vec::with_capacity(n.min(1 << 16) as usize);
+    for _ in 0..n {
+        let mut c: CapturedTensor = d.json("captured tensor")?;
+        c.data = d.f32s("captured data")?;
+        out.push(c);
+    }
+    Ok((logits, out))
+}
+
 fn process_stopped(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
     // The state follows the command name, which is in parentheses and may hold anything.

@@ -9,7 +9,7 @@
 use std::io::{self, Read, Write};
 
 /// Bumped on any change of the format; both sides check it in `Hello`.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Frames larger than this are refused (a corrupt length would otherwise allocate wildly).
 /// 1 GiB covers a batch of 2048 positions × 128256 logits.
@@ -20,6 +20,9 @@ pub const ERR: u8 = 1;
 
 /// Request tags.
 pub mod tag {
+    /// Version 5: `LOAD_MODEL` carries `n_ubatch` after `n_threads`; `EVAL_BATCH` answers
+    /// with the worker's compute time (`u32` µs) before the logits; `EVAL_BATCH_CAPTURE`.
+    ///
     /// `u32` protocol version, `u8` library choice: 0 default, 1 built, 2 a folder (then its
     /// path), 3 the build for a `-march` (then that value).
     pub const HELLO: u8 = 1;
@@ -38,6 +41,8 @@ pub mod tag {
     pub const SHUTDOWN: u8 = 14;
     /// Several strings in one round trip (a corpus check is hundreds of them).
     pub const TOKENIZE_MANY: u8 = 15;
+    /// A batch (logits at every position) with the graph nodes a filter selects (since 5).
+    pub const EVAL_BATCH_CAPTURE: u8 = 16;
 }
 
 /// Write one frame and flush.

@@ -157,7 +157,11 @@ fn handle(state: &mut State, t: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
         }
         tag::LOAD_MODEL => {
             let path = PathBuf::from(d.str("model path")?);
-            let params = ContextParams { n_ctx: d.u32("n_ctx")?, n_threads: d.u32("n_threads")? };
+            let params = ContextParams {
+                n_ctx: d.u32("n_ctx")?,
+                n_threads: d.u32("n_threads")?,
+                n_ubatch: d.u32("n_ubatch")?,
+            };
             state.context = None;
             state.model = None;
             let model = reference(state)?.load_model(&path).map_err(e)?;
@@ -212,7 +216,23 @@ fn handle(state: &mut State, t: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
         tag::EVAL_BATCH => {
             let tokens = d.i32s("tokens")?;
             let start = d.u32("start_pos")?;
-            Enc::new().f32s(&context(state)?.eval_batch(&tokens, start).map_err(e)?)
+            let ctx = context(state)?;
+            let started = std::time::Instant::now();
+            let logits = ctx.eval_batch(&tokens, start).map_err(e)?;
+            let micros = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+            Enc::new().u32(micros).f32s(&logits)
+        }
+        tag::EVAL_BATCH_CAPTURE => {
+            let tokens = d.i32s("tokens")?;
+            let start = d.u32("start_pos")?;
+            let filter: CaptureFilter = d.json("capture filter")?;
+            let (logits, captured) =
+                context(state)?.eval_batch_capture(&tokens, start, &filter).map_err(e)?;
+            let mut enc = Enc::new().f32s(&logits).u32(captured.len() as u32);
+            for c in &captured {
+                enc = enc.json(c).f32s(&c.data);
+            }
+            enc
         }
         tag::EVAL_CAPTURE => {
             let (token, pos) = (d.i32("token")?, d.u32("pos")?);

@@ -9,6 +9,10 @@
 //! decode; the Rust side: the engine's own thread pool, made once, splitting the rows of
 //! every product, as in the engine's decode). A batch's time ÷ `repeats` is one product;
 //! the median over batches is reported.
+//!
+//! Every QK256 kernel this CPU runs (`Qk256Kernel::available()`: the scalar oracle, AVX2,
+//! AVX-512 VNNI) is timed against the same reference timing, and each one's output is
+//! compared with the reference's bit for bit.
 
 use std::time::Instant;
 
@@ -16,10 +20,10 @@ use anyhow::Context;
 use bitnet_cpp::Reference;
 use bitnet_engine::internals::parallel::{Pool, Rows};
 use bitnet_engine::internals::quant::{QuantizedActs, TernaryMatrix};
-use bitnet_engine::quant::{pack_i2s_x86, I2sFlavor};
+use bitnet_engine::quant::{pack_i2s_x86, I2sFlavor, Qk256Kernel};
 use bitnet_fixtures::rng::Rng;
 
-use super::report::{GemvResult, GemvSpeed};
+use super::report::{GemvKernelResult, GemvResult, GemvSpeed};
 
 /// `(rows, cols)`: attn_q/attn_output (2560×2560), ffn_gate/ffn_up (6912×2560) and ffn_down
 /// (2560×6912) of the 2B-4T model. Rows are the output length, cols the input length.
@@ -45,8 +49,10 @@ impl GemvData {
         Ok(GemvData { rows, cols, i2s, x })
     }
 
-    pub fn matrix(&self) -> anyhow::Result<TernaryMatrix<'_>> {
-        Ok(TernaryMatrix::new("gemv", I2sFlavor::X86Qk256, &self.i2s, self.rows, self.cols, None)?)
+    /// The matrix, computed with `kernel`.
+    pub fn matrix(&self, kernel: Qk256Kernel) -> anyhow::Result<TernaryMatrix<'_>> {
+        Ok(TernaryMatrix::new("gemv", I2sFlavor::X86Qk256, &self.i2s, self.rows, self.cols, None)?
+            .with_kernel(kernel))
     }
 }
 
@@ -54,20 +60,20 @@ impl GemvData {
 /// the engine's forward pass cuts them.
 const ROW_ALIGN: usize = 16;
 
-/// Rust: `batches` timed batches (after one warm-up batch) of `repeats` products, with the
-/// engine's own thread pool (`parallel::Pool`, made once, as a model makes it at load): the
-/// activations are quantized on one thread, then the rows are split between the threads.
-/// Returns the seconds of each timed batch and the output.
+/// Rust with `kernel`: `batches` timed batches (after one warm-up batch) of `repeats` products,
+/// with the engine's own thread pool (`parallel::Pool`, made once, as a model makes it at
+/// load): the activations are quantized on one thread, then the rows are split between the
+/// threads. Returns the seconds of each timed batch and the output.
 pub fn time_rust(
     data: &GemvData,
-    threads: usize,
+    kernel: Qk256Kernel,
+    pool: &Pool,
     repeats: usize,
     batches: usize,
 ) -> anyhow::Result<(Vec<f64>, Vec<f32>)> {
-    let m = data.matrix()?;
-    let pool = Pool::new(threads)?;
+    let m = data.matrix(kernel)?;
     let mut y = vec![0f32; data.rows];
-    let mut acts = QuantizedActs::new(data.cols);
+    let mut acts = QuantizedActs::with_kernel(data.cols, kernel);
     let times = pool.install(|| {
         let mut times = Vec::with_capacity(batches);
         for batch in 0..=batches {
@@ -131,35 +137,69 @@ fn speed(batch_s: &[f64], repeats: usize, rows: usize, cols: usize) -> GemvSpeed
     }
 }
 
-/// One shape at one thread count: the reference, then Rust (never at the same time), then
-/// the outputs compared.
+/// How the products are timed: products per batch and timed batches, per side.
+#[derive(Debug, Clone, Copy)]
+pub struct Batches {
+    pub repeats: usize,
+    pub batches: usize,
+}
+
+/// One shape at one thread count: the reference, then each of `kernels` in turn (never two at
+/// the same time), each output compared with the reference's. `chosen` (the engine's kernel)
+/// fills the top-level Rust fields; it must be one of `kernels`.
 pub fn bench_shape(
     reference: &Reference,
     data: &GemvData,
     threads: usize,
-    repeats: usize,
-    batches: usize,
+    kernels: &[Qk256Kernel],
+    chosen: Qk256Kernel,
+    timing: Batches,
 ) -> anyhow::Result<GemvResult> {
+    let Batches { repeats, batches } = timing;
     let (ref_times, ref_y) = time_reference(reference, data, threads, repeats, batches)?;
-    let (rust_times, rust_y) = time_rust(data, threads, repeats, batches)?;
-    let identical =
-        ref_y.len() == rust_y.len() && ref_y.iter().zip(&rust_y).all(|(a, b)| a.to_bits() == b.to_bits());
-    let max_abs_diff =
-        ref_y.iter().zip(&rust_y).map(|(a, b)| f64::from((a - b).abs())).fold(0.0f64, f64::max);
     let (rows, cols) = (data.rows, data.cols);
-    let rust = speed(&rust_times, repeats, rows, cols);
     let reference = speed(&ref_times, repeats, rows, cols);
+    let pool = Pool::new(threads)?;
+    let mut rows_by_kernel = Vec::with_capacity(kernels.len());
+    for &kernel in kernels {
+        let (rust_times, rust_y) = time_rust(data, kernel, &pool, repeats, batches)?;
+        let rust = speed(&rust_times, repeats, rows, cols);
+        let (outputs_identical, max_abs_diff) = compare(&ref_y, &rust_y);
+        rows_by_kernel.push(GemvKernelResult {
+            kernel: kernel.name().into(),
+            speedup: reference.us_per_product / rust.us_per_product,
+            rust,
+            outputs_identical,
+            max_abs_diff,
+        });
+    }
+    let main = rows_by_kernel
+        .iter()
+        .find(|k| k.kernel == chosen.name())
+        .cloned()
+        .with_context(|| format!("the engine's kernel {} is not among those timed", chosen.name()))?;
     Ok(GemvResult {
         rows,
         cols,
         threads,
         packed_bytes: (rows * cols / 4) as u64,
-        speedup: reference.us_per_product / rust.us_per_product,
-        rust,
+        kernel: main.kernel,
+        rust: main.rust,
         reference,
-        outputs_identical: identical,
-        max_abs_diff,
+        speedup: main.speedup,
+        outputs_identical: main.outputs_identical,
+        max_abs_diff: main.max_abs_diff,
+        kernels: rows_by_kernel,
     })
+}
+
+/// Bit-for-bit equality of two outputs, and their largest absolute difference.
+fn compare(reference: &[f32], rust: &[f32]) -> (bool, f64) {
+    let identical =
+        reference.len() == rust.len() && reference.iter().zip(rust).all(|(a, b)| a.to_bits() == b.to_bits());
+    let max_abs_diff =
+        reference.iter().zip(rust).map(|(a, b)| f64::from((a - b).abs())).fold(0.0f64, f64::max);
+    (identical, max_abs_diff)
 }
 
 #[cfg(test)]
@@ -174,17 +214,27 @@ mod tests {
     }
 
     #[test]
-    fn threaded_rust_gemv_equals_one_thread() {
+    fn threaded_rust_gemv_equals_one_thread_for_every_kernel() {
         let data = GemvData::new(64, 256).unwrap();
-        let (_, one) = time_rust(&data, 1, 2, 1).unwrap();
-        let (t, three) = time_rust(&data, 3, 2, 2).unwrap();
-        assert_eq!(t.len(), 2);
-        assert_eq!(one, three);
-        let m = data.matrix().unwrap();
-        let mut acts = QuantizedActs::new(256);
+        let m = data.matrix(Qk256Kernel::scalar()).unwrap();
+        let mut acts = QuantizedActs::with_kernel(256, Qk256Kernel::scalar());
         acts.quantize(&data.x);
-        let mut y = vec![0f32; 64];
-        m.matvec(&acts, &mut y);
-        assert_eq!(y, one);
+        let mut oracle = vec![0f32; 64];
+        m.matvec(&acts, &mut oracle);
+        let (one_pool, three_pool) = (Pool::new(1).unwrap(), Pool::new(3).unwrap());
+        for kernel in Qk256Kernel::available() {
+            let (_, one) = time_rust(&data, kernel, &one_pool, 2, 1).unwrap();
+            let (t, three) = time_rust(&data, kernel, &three_pool, 2, 2).unwrap();
+            assert_eq!(t.len(), 2);
+            assert_eq!(one, three, "{}", kernel.name());
+            assert_eq!(one, oracle, "{}", kernel.name());
+        }
+    }
+
+    #[test]
+    fn compare_is_bitwise() {
+        assert_eq!(compare(&[1.0, -0.0], &[1.0, -0.0]), (true, 0.0));
+        assert_eq!(compare(&[1.0, 0.0], &[1.0, -0.0]), (false, 0.0));
+        assert_eq!(compare(&[1.0, 2.0], &[1.5, 2.0]), (false, 0.5));
     }
 }

@@ -3,7 +3,79 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use bitnet_engine::quant::Qk256Kernel;
+
 use super::report::{Bandwidth, Machine};
+
+/// The CPU flags the bench reports, in /proc/cpuinfo's spelling: what the QK256 and float
+/// kernels use or could use (AVX2/FMA/F16C; AVX-512 and its VNNI and BF16 parts; the 256-bit
+/// AVX-VNNI of Intel client CPUs; AMX).
+pub const RELEVANT_FLAGS: [&str; 22] = [
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "bmi2",
+    "avx512f",
+    "avx512bw",
+    "avx512dq",
+    "avx512vl",
+    "avx512cd",
+    "avx512vbmi",
+    "avx512_vbmi2",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "avx_vnni_int8",
+    "avx_ne_convert",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+];
+
+/// The relevant flags of the first `flags` line of /proc/cpuinfo (`None`: no such line).
+pub fn cpuinfo_flags(cpuinfo: &str) -> Option<Vec<String>> {
+    let line = cpuinfo.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        (key.trim() == "flags").then_some(value)
+    })?;
+    let present: Vec<&str> = line.split_whitespace().collect();
+    Some(RELEVANT_FLAGS.iter().filter(|f| present.contains(*f)).map(|f| f.to_string()).collect())
+}
+
+/// The relevant flags as this process detects them at run time (where /proc/cpuinfo is
+/// missing); the flags the standard library cannot detect on stable Rust are left out.
+fn detected_flags() -> Vec<String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let detected = [
+            ("sse4_2", std::arch::is_x86_feature_detected!("sse4.2")),
+            ("avx", std::arch::is_x86_feature_detected!("avx")),
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+            ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+            ("bmi2", std::arch::is_x86_feature_detected!("bmi2")),
+            ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+            ("avx512bw", std::arch::is_x86_feature_detected!("avx512bw")),
+            ("avx512dq", std::arch::is_x86_feature_detected!("avx512dq")),
+            ("avx512vl", std::arch::is_x86_feature_detected!("avx512vl")),
+            ("avx512cd", std::arch::is_x86_feature_detected!("avx512cd")),
+            ("avx512vbmi", std::arch::is_x86_feature_detected!("avx512vbmi")),
+            ("avx512_vbmi2", std::arch::is_x86_feature_detected!("avx512vbmi2")),
+            ("avx512_vnni", std::arch::is_x86_feature_detected!("avx512vnni")),
+            ("avx512_bf16", std::arch::is_x86_feature_detected!("avx512bf16")),
+            ("avx512_fp16", std::arch::is_x86_feature_detected!("avx512fp16")),
+            ("avx_vnni", std::arch::is_x86_feature_detected!("avxvnni")),
+        ];
+        detected.iter().filter(|(_, on)| *on).map(|(name, _)| name.to_string()).collect()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Vec::new()
+    }
+}
 
 /// What /proc and /sys say about this machine (fields it cannot read are left empty).
 pub fn describe() -> Machine {
@@ -17,8 +89,19 @@ pub fn describe() -> Machine {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024);
+    let (cpu_flags, cpu_flags_source) = match cpuinfo_flags(&cpuinfo) {
+        Some(flags) => (flags, "proc_cpuinfo"),
+        None => {
+            let detected = detected_flags();
+            let source = if detected.is_empty() { "none" } else { "cpuid" };
+            (detected, source)
+        }
+    };
     Machine {
         cpu_model,
+        cpu_flags,
+        cpu_flags_source: cpu_flags_source.into(),
+        qk256_kernels: Qk256Kernel::available().into_iter().map(|k| k.name().to_string()).collect(),
         logical_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         caches: caches(),
         memory_total_bytes,
@@ -185,9 +268,26 @@ mod tests {
     }
 
     #[test]
+    fn cpuinfo_flags_keeps_the_relevant_ones_in_order() {
+        let info = "processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx512_vnni sse avx2 fma amx_int8 avx\n\
+                    processor\t: 1\nflags\t\t: fpu\n";
+        assert_eq!(cpuinfo_flags(info).unwrap(), ["avx", "avx2", "fma", "avx512_vnni", "amx_int8"]);
+        assert_eq!(cpuinfo_flags("processor\t: 0\n"), None);
+        assert_eq!(cpuinfo_flags("flags\t: fpu sse\n").unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
     fn machine_description_reads_proc() {
         let m = describe();
         assert!(m.logical_cpus >= 1);
+        assert_eq!(m.qk256_kernels.first().map(String::as_str), Some("scalar"));
+        if std::path::Path::new("/proc/cpuinfo").exists() {
+            assert_eq!(m.cpu_flags_source, "proc_cpuinfo");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert!(m.cpu_flags.iter().any(|f| f == "avx2"), "{:?}", m.cpu_flags);
+        }
         if std::path::Path::new("/proc/loadavg").exists() {
             assert!(m.load_average_start.is_some());
         }

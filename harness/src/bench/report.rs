@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::receipt::ToolInfo;
 
 /// Version written by this build.
-pub const BENCH_SCHEMA_VERSION: &str = "bench-1.1.0";
+pub const BENCH_SCHEMA_VERSION: &str = "bench-1.2.0";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
@@ -39,6 +39,15 @@ pub struct BenchReport {
 pub struct Machine {
     /// `model name` from /proc/cpuinfo.
     pub cpu_model: Option<String>,
+    /// The CPU's flags that matter to the kernels (`avx2`, `fma`, `avx512_vnni`, `amx_int8`, ...),
+    /// in /proc/cpuinfo's spelling and the order of [`super::machine::RELEVANT_FLAGS`]; from
+    /// /proc/cpuinfo, or from run-time feature detection where that file is missing (1.2.0).
+    pub cpu_flags: Vec<String>,
+    /// Where `cpu_flags` came from: `proc_cpuinfo`, `cpuid` (run-time detection) or `none` (1.2.0).
+    pub cpu_flags_source: String,
+    /// The QK256 kernels the Rust engine runs on this CPU (`scalar`, `avx2`, `avx512vnni`),
+    /// the scalar oracle first, the fastest last (1.2.0).
+    pub qk256_kernels: Vec<String>,
     /// CPUs this process may run on.
     pub logical_cpus: usize,
     /// Cache levels from /sys (`L1d 64K`, ...).
@@ -232,6 +241,9 @@ pub struct RunCheck {
     pub wall_over_slower: f64,
 }
 
+/// One GEMV shape at one thread count: the reference once, every QK256 kernel of this CPU
+/// against it. The top-level `rust`, `speedup`, `outputs_identical` and `max_abs_diff` are those
+/// of `kernel`, the one the engine chose (`BITNET_QK256_IMPL`, else the best), as in 1.1.0.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GemvResult {
     /// Output length (ggml `ne[1]`).
@@ -241,11 +253,29 @@ pub struct GemvResult {
     pub threads: usize,
     /// Packed weight bytes one product reads (rows·cols/4).
     pub packed_bytes: u64,
+    /// The kernel of `rust`: the engine's choice (1.2.0).
+    pub kernel: String,
     pub rust: GemvSpeed,
     pub reference: GemvSpeed,
     /// Reference time ÷ Rust time.
     pub speedup: f64,
     /// Both outputs equal bit for bit.
+    pub outputs_identical: bool,
+    pub max_abs_diff: f64,
+    /// Every QK256 kernel this CPU runs (`Machine::qk256_kernels`, same order), each against the
+    /// same reference timing and output (1.2.0).
+    pub kernels: Vec<GemvKernelResult>,
+}
+
+/// One QK256 kernel's row of a GEMV shape (1.2.0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GemvKernelResult {
+    /// `scalar`, `avx2` or `avx512vnni`.
+    pub kernel: String,
+    pub rust: GemvSpeed,
+    /// Reference time ÷ this kernel's time.
+    pub speedup: f64,
+    /// This kernel's output equals the reference's bit for bit.
     pub outputs_identical: bool,
     pub max_abs_diff: f64,
 }

@@ -35,6 +35,8 @@ struct GemvRow {
     shape: String,
     #[tabled(rename = "threads")]
     threads: usize,
+    #[tabled(rename = "kernel")]
+    kernel: String,
     #[tabled(rename = "rust µs")]
     rust_us: String,
     #[tabled(rename = "rust GB/s")]
@@ -148,6 +150,13 @@ fn header(s: &mut String, r: &BenchReport) {
         m.caches.join(", "),
         m.load_average_start.map_or("-".into(), |l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]))
     );
+    let _ = writeln!(
+        s,
+        "cpu flags: {} (from {}); QK256 kernels: {}",
+        if m.cpu_flags.is_empty() { "none of interest".to_string() } else { m.cpu_flags.join(" ") },
+        m.cpu_flags_source,
+        m.qk256_kernels.join(", ")
+    );
     let bw: Vec<String> =
         r.bandwidth.iter().map(|b| format!("{:.1} GB/s at {} thread(s)", b.gb_per_s, b.threads)).collect();
     let _ = writeln!(s, "read bandwidth: {}", bw.join(", "));
@@ -224,27 +233,36 @@ fn run_checks(s: &mut String, r: &BenchReport) {
     }
 }
 
-/// The GEMV micro-benchmarks, when run.
+/// The GEMV micro-benchmarks, when run: a row per shape, thread count and kernel, each kernel
+/// against the same reference timing.
 fn gemv_table(s: &mut String, r: &BenchReport) {
     if !r.gemv.is_empty() {
         let rows: Vec<GemvRow> = r
             .gemv
             .iter()
-            .map(|g| GemvRow {
-                shape: format!("{}×{}", g.rows, g.cols),
-                threads: g.threads,
-                rust_us: format!("{:.1}", g.rust.us_per_product),
-                rust_gb: format!("{:.1}", g.rust.gb_per_s),
-                rust_gop: format!("{:.1}", g.rust.gop_per_s),
-                ref_us: format!("{:.1}", g.reference.us_per_product),
-                ref_gb: format!("{:.1}", g.reference.gb_per_s),
-                speedup: format!("{:.2}×", g.speedup),
-                same: same_output(g.outputs_identical, g.max_abs_diff),
+            .flat_map(|g| {
+                g.kernels.iter().map(move |k| GemvRow {
+                    shape: format!("{}×{}", g.rows, g.cols),
+                    threads: g.threads,
+                    kernel: if k.kernel == g.kernel {
+                        format!("{} (engine's)", k.kernel)
+                    } else {
+                        k.kernel.clone()
+                    },
+                    rust_us: format!("{:.1}", k.rust.us_per_product),
+                    rust_gb: format!("{:.1}", k.rust.gb_per_s),
+                    rust_gop: format!("{:.1}", k.rust.gop_per_s),
+                    ref_us: format!("{:.1}", g.reference.us_per_product),
+                    ref_gb: format!("{:.1}", g.reference.gb_per_s),
+                    speedup: format!("{:.2}×", k.speedup),
+                    same: same_output(k.outputs_identical, k.max_abs_diff),
+                })
             })
             .collect();
         let _ = writeln!(
             s,
-            "QK256 GEMV, matrix in cache ({} products per batch, median of {} batches):",
+            "QK256 GEMV, matrix in cache ({} products per batch, median of {} batches; the reference timed once \
+             per shape and thread count):",
             r.settings.gemv_repeats, r.settings.gemv_batches
         );
         let _ = writeln!(s, "{}", Table::new(rows).with(Style::rounded()));
@@ -288,7 +306,7 @@ fn goals_table(s: &mut String, r: &BenchReport) {
         .map(|g| GoalRow {
             description: format!("[{}] {}", g.level, g.description),
             measured: measured(g.measured, &g.id),
-            status: g.status.clone(),
+            status: g.status.replace('_', " "),
         })
         .collect();
     let _ = writeln!(s, "{}", Table::new(rows).with(Style::rounded()));

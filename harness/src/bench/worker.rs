@@ -228,7 +228,11 @@ fn serve_inner(args: &WorkerArgs, out: &mut impl Write) -> anyhow::Result<()> {
         EngineKind::Cpp => {
             let reference = Reference::open_default()?;
             let model = reference.load_model(&args.model)?;
-            let params = ContextParams { n_ctx: args.n_ctx as u32, n_threads: args.threads as u32 };
+            let params = ContextParams {
+                n_ctx: args.n_ctx as u32,
+                n_threads: args.threads as u32,
+                n_ubatch: bitnet_cpp::DEFAULT_N_UBATCH,
+            };
             let ctx = model.new_context(params)?;
             let (n_vocab, n_ctx) = (model.n_vocab(), ctx.n_ctx() as usize);
             let kernel = reference.build_info().kernels.clone();

@@ -10,7 +10,7 @@ use anyhow::anyhow;
 use bitnet_cpp::worker::{LibraryChoice, PendingEval, RefWorker, WorkerError};
 use bitnet_cpp::{BuildInfo, CaptureFilter, ContextParams};
 
-use super::{Engine, EngineError, EngineResult, Identity};
+use super::{Engine, EngineError, EngineResult, Identity, NamedTensors};
 use crate::exit::{Exit, Failure};
 use crate::receipt::ReferenceEngine;
 
@@ -148,6 +148,24 @@ pub struct CppSide {
     n_vocab: usize,
     pending: Option<PendingEval>,
     batch_logits: Option<Vec<f32>>,
+    /// Tokens of the batch [`Engine::start_eval_batch`] started.
+    pending_batch: usize,
+}
+
+/// The row of position `row` of a tensor captured from a batch of `n_tokens` tokens: the token
+/// is the outermost dimension of every per-token tensor ggml builds (`[n_embd, n_tokens]`,
+/// `[head_dim, n_head, n_tokens]`, `[n_vocab, n_outputs]`). `None` when the outermost
+/// dimension that is not 1 does not count `n_tokens` (a tensor that is not per token).
+pub fn token_row(ne: [i64; 4], data: &[f32], row: usize, n_tokens: usize) -> Option<Vec<f32>> {
+    if n_tokens == 1 && row == 0 {
+        return Some(data.to_vec());
+    }
+    let outer = (0..4).rev().find(|&d| ne[d] > 1)?;
+    if ne[outer] as usize != n_tokens || row >= n_tokens || !data.len().is_multiple_of(n_tokens) {
+        return None;
+    }
+    let len = data.len() / n_tokens;
+    Some(data[row * len..(row + 1) * len].to_vec())
 }
 
 impl CppSide {
@@ -160,13 +178,29 @@ impl CppSide {
         threads: usize,
         cancel: Arc<AtomicBool>,
     ) -> Result<CppSide, WorkerError> {
+        let params = ContextParams {
+            n_ctx: n_ctx as u32,
+            n_threads: threads as u32,
+            n_ubatch: bitnet_cpp::DEFAULT_N_UBATCH,
+        };
+        CppSide::start_with(library, model, params, cancel)
+    }
+
+    /// [`CppSide::start`] with every setting of the context (`n_ubatch` decides how batches
+    /// are split, see [`Engine::eval_batch`]).
+    pub fn start_with(
+        library: LibraryChoice,
+        model: &Path,
+        params: ContextParams,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<CppSide, WorkerError> {
+        let threads = params.n_threads as usize;
         let mut worker = spawn_worker(library)?;
         worker.set_cancel(cancel);
-        let info =
-            worker.load_model(model, ContextParams { n_ctx: n_ctx as u32, n_threads: threads as u32 })?;
+        let info = worker.load_model(model, params)?;
         let identity = engine_identity(worker.build_info(), Some(worker.library_path()), threads);
         let n_vocab = info.n_vocab as usize;
-        Ok(CppSide { worker, identity, n_vocab, pending: None, batch_logits: None })
+        Ok(CppSide { worker, identity, n_vocab, pending: None, batch_logits: None, pending_batch: 0 })
     }
 
     /// The worker, for requests beyond the [`Engine`] interface.
@@ -226,9 +260,12 @@ impl Engine for CppSide {
         let pending = match tokens {
             [token] => self.worker.start_eval_token(*token as i32, pos as u32).map_err(engine_error)?,
             _ => {
-                // Batches are evaluated synchronously (the worker has no split form for them).
+                // Batches are evaluated synchronously (the worker has no split form for them);
+                // the last row is the one wanted.
                 let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-                let logits = self.worker.eval_batch(&ids, pos as u32).map_err(engine_error)?;
+                let mut logits = self.worker.eval_batch(&ids, pos as u32).map_err(engine_error)?;
+                let last = logits.len().saturating_sub(self.n_vocab);
+                logits.drain(..last);
                 self.batch_logits = Some(logits);
                 return Ok(());
             }
@@ -248,6 +285,53 @@ impl Engine for CppSide {
 
     fn last_eval_seconds(&self) -> Option<f64> {
         Some(self.worker.last_eval_time().as_secs_f64())
+    }
+
+    fn eval_batch(&mut self, tokens: &[u32], pos: usize) -> EngineResult<Option<Vec<f32>>> {
+        self.start_eval_batch(tokens, pos)?;
+        self.finish_eval_batch().map(Some)
+    }
+
+    fn start_eval_batch(&mut self, tokens: &[u32], pos: usize) -> EngineResult<bool> {
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        self.pending = Some(self.worker.start_eval_batch(&ids, pos as u32).map_err(engine_error)?);
+        self.pending_batch = tokens.len();
+        Ok(true)
+    }
+
+    fn finish_eval_batch(&mut self) -> EngineResult<Vec<f32>> {
+        let pending = self
+            .pending
+            .take()
+            .ok_or_else(|| EngineError::Protocol("no batched evaluation was started".into()))?;
+        let logits = self.worker.finish_eval(pending).map_err(engine_error)?;
+        let tokens = std::mem::take(&mut self.pending_batch);
+        if logits.len() != tokens * self.n_vocab {
+            return Err(EngineError::Protocol(format!(
+                "the worker answered a batch of {tokens} tokens with {} logits",
+                logits.len()
+            )));
+        }
+        Ok(logits)
+    }
+
+    /// The reference's batched graph runs one ubatch at a time, and the eval callback sees each
+    /// ubatch's nodes with one row per token of that ubatch: the caller feeds the ubatch that
+    /// holds the position alone (see `run::tracing`), and its row is sliced out here.
+    fn eval_batch_traced(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        row: usize,
+        names: &[String],
+    ) -> EngineResult<Option<NamedTensors>> {
+        let filter = if names.is_empty() { CaptureFilter::All } else { CaptureFilter::Names(names.to_vec()) };
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        let (_, captured) =
+            self.worker.eval_batch_capture(&ids, pos as u32, &filter).map_err(engine_error)?;
+        let n = tokens.len();
+        let rows = captured.into_iter().filter_map(|c| token_row(c.ne, &c.data, row, n).map(|d| (c.name, d)));
+        Ok(Some(rows.collect()))
     }
 
     fn trace_names(&mut self) -> EngineResult<Option<Vec<String>>> {
@@ -274,7 +358,17 @@ impl Engine for CppSide {
 
 #[cfg(test)]
 mod tests {
-    use super::portable_path;
+    use super::{portable_path, token_row};
+
+    #[test]
+    fn a_captured_tensor_gives_the_row_of_its_token() {
+        // [2, 3] (3 tokens of 2 values), [2, 1, 3], and one that is not per token.
+        let data: Vec<f32> = (0..6).map(|v| v as f32).collect();
+        assert_eq!(token_row([2, 3, 1, 1], &data, 1, 3), Some(vec![2.0, 3.0]));
+        assert_eq!(token_row([2, 1, 3, 1], &data, 2, 3), Some(vec![4.0, 5.0]));
+        assert_eq!(token_row([3, 2, 1, 1], &data, 0, 3), None);
+        assert_eq!(token_row([6, 1, 1, 1], &data, 0, 1), Some(data.clone()));
+    }
     use std::path::Path;
 
     #[test]

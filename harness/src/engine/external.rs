@@ -21,8 +21,8 @@ use serde::de::DeserializeOwned;
 
 use super::protocol::{
     decode_f32s, read_line, split_command, DetokenizeAnswer, EmptyAnswer, EvalAnswer, HelloAnswer, Line,
-    LoadAnswer, LoadRequest, Request, TokenizeAnswer, TraceAnswer, TraceNamesAnswer, CAP_TOKENIZE, CAP_TRACE,
-    MAX_LINE_BYTES, PROTOCOL_VERSION,
+    LoadAnswer, LoadRequest, Request, TokenizeAnswer, TraceAnswer, TraceNamesAnswer, CAP_BATCH, CAP_TOKENIZE,
+    CAP_TRACE, LOGITS_ALL, MAX_LINE_BYTES, PROTOCOL_VERSION,
 };
 use super::{Engine, EngineError, EngineResult, ExternalIdentity, Identity};
 
@@ -65,6 +65,8 @@ pub struct ExternalEngine {
     n_vocab: usize,
     /// The `eval` sent by `start_eval`, awaiting `finish_eval`.
     pending_eval: Option<InFlight>,
+    /// Tokens of the batched `eval` in flight (`start_eval_batch`).
+    pending_batch: usize,
     /// The error that ended the engine; returned by every later call.
     dead: Option<EngineError>,
 }
@@ -89,6 +91,18 @@ impl ExternalEngine {
         model: &Path,
         n_ctx: usize,
         threads: usize,
+        timeout: Duration,
+        cancel: Arc<AtomicBool>,
+    ) -> EngineResult<ExternalEngine> {
+        let load = LoadRequest { model: model.to_path_buf(), n_ctx, threads, n_ubatch: None };
+        ExternalEngine::start_with(command, load, timeout, cancel)
+    }
+
+    /// [`ExternalEngine::start`] with the whole `load` request; its `n_ubatch` is sent only to
+    /// an engine that announced the `batch` capability (others never see the field).
+    pub fn start_with(
+        command: &str,
+        load: LoadRequest,
         timeout: Duration,
         cancel: Arc<AtomicBool>,
     ) -> EngineResult<ExternalEngine> {
@@ -137,10 +151,11 @@ impl ExternalEngine {
             hello: HelloAnswer::new("", ""),
             n_vocab: 0,
             pending_eval: None,
+            pending_batch: 0,
             dead: None,
         };
         engine.hello()?;
-        engine.load(model, n_ctx, threads)?;
+        engine.load(load)?;
         Ok(engine)
     }
 
@@ -170,9 +185,12 @@ impl ExternalEngine {
         Ok(())
     }
 
-    fn load(&mut self, model: &Path, n_ctx: usize, threads: usize) -> EngineResult<()> {
-        let what = format!("load of {}", model.display());
-        let request = Request::Load(LoadRequest { model: model.to_path_buf(), n_ctx, threads });
+    fn load(&mut self, mut load: LoadRequest) -> EngineResult<()> {
+        let what = format!("load of {}", load.model.display());
+        if !self.hello.can(CAP_BATCH) {
+            load.n_ubatch = None;
+        }
+        let request = Request::Load(load);
         let answer: LoadAnswer = self.call(&request, &what)?;
         if answer.n_vocab == 0 {
             return Err(
@@ -493,7 +511,7 @@ impl Engine for ExternalEngine {
 
     fn start_eval(&mut self, tokens: &[u32], pos: usize) -> EngineResult<()> {
         let what = Self::eval_what(tokens, pos);
-        self.send(&Request::Eval { tokens: tokens.to_vec(), pos }, &what)?;
+        self.send(&Request::Eval { tokens: tokens.to_vec(), pos, logits: None }, &what)?;
         self.pending_eval = Some(InFlight { what });
         Ok(())
     }
@@ -507,6 +525,48 @@ impl Engine for ExternalEngine {
             self.parse(object, &what)?
         };
         self.decode(&answer.logits, Some(self.n_vocab), &what, "logits")
+    }
+
+    /// `eval` with `"logits": "all"`, when the engine announced `batch`.
+    fn eval_batch(&mut self, tokens: &[u32], pos: usize) -> EngineResult<Option<Vec<f32>>> {
+        if !self.start_eval_batch(tokens, pos)? {
+            return Ok(None);
+        }
+        self.finish_eval_batch().map(Some)
+    }
+
+    fn start_eval_batch(&mut self, tokens: &[u32], pos: usize) -> EngineResult<bool> {
+        if !self.hello.can(CAP_BATCH) {
+            return Ok(false);
+        }
+        let what = format!("batched {}", Self::eval_what(tokens, pos));
+        let request = Request::Eval { tokens: tokens.to_vec(), pos, logits: Some(LOGITS_ALL.into()) };
+        self.send(&request, &what)?;
+        self.pending_eval = Some(InFlight { what });
+        self.pending_batch = tokens.len();
+        Ok(true)
+    }
+
+    fn finish_eval_batch(&mut self) -> EngineResult<Vec<f32>> {
+        let Some(InFlight { what }) = self.pending_eval.take() else {
+            return Err(EngineError::Protocol(format!("{}: no batched evaluation was started", self.label)));
+        };
+        let answer: EvalAnswer = {
+            let object = self.receive(&what)?;
+            self.parse(object, &what)?
+        };
+        let tokens = std::mem::take(&mut self.pending_batch);
+        let n = tokens * self.n_vocab;
+        let logits = self.decode(&answer.logits, None, &what, "logits")?;
+        if logits.len() != n {
+            let detail = format!(
+                "`logits` holds {} values, {tokens} tokens × n_vocab {} are {n}",
+                logits.len(),
+                self.n_vocab
+            );
+            return Err(self.die_protocol(&what, detail));
+        }
+        Ok(logits)
     }
 
     fn trace_names(&mut self) -> EngineResult<Option<Vec<String>>> {

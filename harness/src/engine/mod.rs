@@ -46,6 +46,9 @@ pub enum EngineError {
 
 pub type EngineResult<T> = Result<T, EngineError>;
 
+/// Named tensors of one evaluation (bitnet.cpp's names, values as f32), in graph order.
+pub type NamedTensors = Vec<(String, Vec<f32>)>;
+
 /// What an engine says about itself, for the receipt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Identity {
@@ -143,8 +146,46 @@ pub trait Engine {
     /// `pos` are in the engine's cache); the logits of the last one are wanted.
     fn start_eval(&mut self, tokens: &[u32], pos: usize) -> EngineResult<()>;
 
-    /// The logits of the evaluation started last (`n_vocab` values).
+    /// The logits of the evaluation started last (`n_vocab` values: those of the last token).
     fn finish_eval(&mut self) -> EngineResult<Vec<f32>>;
+
+    /// Evaluates `tokens` at positions `pos..pos + tokens.len()` on the engine's batched path,
+    /// the one engines use for prompts (llama.cpp's `llama_decode` with many tokens, split into
+    /// ubatches of the size fixed when the engine was created), and returns the logits of
+    /// every position, row after row (`tokens.len() × n_vocab` values). These need not be the
+    /// bits of one-token evaluations: the batched path runs other kernels. `None` when the
+    /// engine has no batched path.
+    fn eval_batch(&mut self, tokens: &[u32], pos: usize) -> EngineResult<Option<Vec<f32>>> {
+        let _ = (tokens, pos);
+        Ok(None)
+    }
+
+    /// Starts [`Engine::eval_batch`] and returns at once, for an engine in another process
+    /// (it computes while the other side does); [`Engine::finish_eval_batch`] collects the
+    /// logits. `false`: the engine has no split form, call [`Engine::eval_batch`] instead.
+    fn start_eval_batch(&mut self, tokens: &[u32], pos: usize) -> EngineResult<bool> {
+        let _ = (tokens, pos);
+        Ok(false)
+    }
+
+    /// The logits of every position of the batch [`Engine::start_eval_batch`] started.
+    fn finish_eval_batch(&mut self) -> EngineResult<Vec<f32>> {
+        Err(EngineError::Protocol("no batched evaluation was started".into()))
+    }
+
+    /// [`Engine::eval_batch`] of `tokens` at `pos`, returning the named tensors of `names` at
+    /// position `pos + row` as the batched path computed them (that position's row of each);
+    /// `None` when the engine cannot trace its batched path.
+    fn eval_batch_traced(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        row: usize,
+        names: &[String],
+    ) -> EngineResult<Option<NamedTensors>> {
+        let _ = (tokens, pos, row, names);
+        Ok(None)
+    }
 
     /// Seconds the last evaluation took as the engine measured it, when it measures itself
     /// (a worker process, whose time excludes the pipe); else the harness's clock is used.

@@ -29,6 +29,10 @@ pub const MAX_LINE_BYTES: usize = 256 << 20;
 pub const CAP_TOKENIZE: &str = "tokenize";
 /// `trace_names` and `trace`.
 pub const CAP_TRACE: &str = "trace";
+/// A batched path: `load` may carry `n_ubatch`, `eval` may ask `"logits": "all"`.
+pub const CAP_BATCH: &str = "batch";
+/// The `logits` of an `eval` that wants the logits of every position.
+pub const LOGITS_ALL: &str = "all";
 
 /// A request, as the harness writes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,10 +53,13 @@ pub enum Request {
     Reset {
         case: usize,
     },
-    /// Evaluates `tokens` at positions `pos..`; the answer holds the logits of the last one.
+    /// Evaluates `tokens` at positions `pos..`; the answer holds the logits of the last one,
+    /// or with `logits: "all"` ([`CAP_BATCH`]) those of every position, on the batched path.
     Eval {
         tokens: Vec<u32>,
         pos: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        logits: Option<String>,
     },
     TraceNames,
     Trace {
@@ -89,6 +96,10 @@ pub struct LoadRequest {
     pub n_ctx: usize,
     /// Threads the engine may use.
     pub threads: usize,
+    /// The ubatch size of the batched path (llama.cpp's `n_ubatch`), sent to engines that
+    /// announced [`CAP_BATCH`] when the run compares batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_ubatch: Option<usize>,
 }
 
 /// The answer to `hello`: who the engine is and which optional requests it answers.
@@ -145,7 +156,8 @@ pub struct DetokenizeAnswer {
 /// The answer to `eval`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalAnswer {
-    /// [`encode_f32s`] of the logits of the last token.
+    /// [`encode_f32s`] of the logits of the last token; with `logits: "all"`, of the logits of
+    /// every position, one row after the other (`tokens × n_vocab` values).
     pub logits: String,
 }
 
@@ -397,9 +409,19 @@ impl<'m> Server<'m> {
                 engine.reset(case).map_err(failed)?;
                 Ok(ok_line(&EmptyAnswer {}))
             }
-            Request::Eval { tokens, pos } => {
+            Request::Eval { tokens, pos, logits } => {
                 if tokens.is_empty() {
                     return Err("no tokens to evaluate".into());
+                }
+                match logits.as_deref() {
+                    None => {}
+                    Some(LOGITS_ALL) => {
+                        return match engine.eval_batch(&tokens, pos).map_err(failed)? {
+                            Some(all) => Ok(ok_line(&EvalAnswer { logits: encode_f32s(&all) })),
+                            None => Err("this engine has no batched path".into()),
+                        };
+                    }
+                    Some(other) => return Err(format!("logits {other:?}: expected \"all\" or nothing")),
                 }
                 engine.start_eval(&tokens, pos).map_err(failed)?;
                 let logits = engine.finish_eval().map_err(failed)?;
@@ -457,14 +479,22 @@ mod tests {
 
     #[test]
     fn requests_have_the_documented_form() {
-        let line = serde_json::to_string(&Request::Eval { tokens: vec![1], pos: 0 }).unwrap();
+        let line = serde_json::to_string(&Request::Eval { tokens: vec![1], pos: 0, logits: None }).unwrap();
         assert_eq!(line, r#"{"op":"eval","tokens":[1],"pos":0}"#);
+        let all = Request::Eval { tokens: vec![1, 2], pos: 0, logits: Some(LOGITS_ALL.into()) };
+        assert_eq!(
+            serde_json::to_string(&all).unwrap(),
+            r#"{"op":"eval","tokens":[1,2],"pos":0,"logits":"all"}"#
+        );
         let line = serde_json::to_string(&Request::TraceNames).unwrap();
         assert_eq!(line, r#"{"op":"trace_names"}"#);
         let load: Request =
             serde_json::from_str(r#"{"op":"load","model":"/m.gguf","n_ctx":64,"threads":1,"extra":true}"#)
                 .unwrap();
-        assert_eq!(load, Request::Load(LoadRequest { model: "/m.gguf".into(), n_ctx: 64, threads: 1 }));
+        assert_eq!(
+            load,
+            Request::Load(LoadRequest { model: "/m.gguf".into(), n_ctx: 64, threads: 1, n_ubatch: None })
+        );
         assert_eq!(ok_line(&LoadAnswer { n_vocab: 3 }), r#"{"ok":true,"n_vocab":3}"#);
         assert_eq!(error_line("a\nb"), r#"{"ok":false,"error":"a b"}"#);
     }
@@ -506,6 +536,65 @@ mod tests {
         }
         fn finish_eval(&mut self) -> EngineResult<Vec<f32>> {
             Ok(vec![1.0, 2.0])
+        }
+    }
+
+    /// Echo with a batched path: every row is [token, pos].
+    struct Batched;
+
+    impl Engine for Batched {
+        fn identity(&self) -> Identity {
+            Echo.identity()
+        }
+        fn n_vocab(&self) -> usize {
+            2
+        }
+        fn tokenize(&mut self, _: &str, _: bool, _: bool) -> EngineResult<Option<Vec<u32>>> {
+            Ok(None)
+        }
+        fn reset(&mut self, _: usize) -> EngineResult<()> {
+            Ok(())
+        }
+        fn start_eval(&mut self, _: &[u32], _: usize) -> EngineResult<()> {
+            Ok(())
+        }
+        fn finish_eval(&mut self) -> EngineResult<Vec<f32>> {
+            Ok(vec![1.0, 2.0])
+        }
+        fn eval_batch(&mut self, tokens: &[u32], pos: usize) -> EngineResult<Option<Vec<f32>>> {
+            Ok(Some(tokens.iter().enumerate().flat_map(|(i, &t)| [t as f32, (pos + i) as f32]).collect()))
+        }
+    }
+
+    #[test]
+    fn logits_all_answers_every_row_or_says_there_is_no_batched_path() {
+        let requests = [
+            r#"{"op":"load","model":"x","n_ctx":4,"threads":1,"n_ubatch":2}"#,
+            r#"{"op":"eval","tokens":[5,6],"pos":3,"logits":"all"}"#,
+            r#"{"op":"eval","tokens":[5],"pos":3,"logits":"some"}"#,
+        ];
+        for (engine, ok) in [(true, [true, true, false]), (false, [true, false, false])] {
+            let mut out = Vec::new();
+            let load: Loader<'static> = if engine {
+                Box::new(|req| {
+                    assert_eq!(req.n_ubatch, Some(2));
+                    Ok(Box::new(Batched))
+                })
+            } else {
+                Box::new(|_| Ok(Box::new(Echo)))
+            };
+            let input = requests.join("\n");
+            serve_on(&mut input.as_bytes(), &mut out, HelloAnswer::new("b", "0"), load).unwrap();
+            let answers: Vec<serde_json::Value> =
+                String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            let oks: Vec<bool> = answers.iter().map(|a| a["ok"].as_bool().unwrap()).collect();
+            assert_eq!(oks, ok);
+            if engine {
+                let rows = decode_f32s(answers[1]["logits"].as_str().unwrap()).unwrap();
+                assert_eq!(rows, [5.0, 3.0, 6.0, 4.0]);
+            } else {
+                assert!(answers[1]["error"].as_str().unwrap().contains("no batched path"));
+            }
         }
     }
 

@@ -20,12 +20,26 @@ pub struct RustSide<'a> {
     /// The logits of the evaluation started last (computed at once: this engine is in-process).
     pending: Option<EngineResult<Vec<f32>>>,
     last_eval_s: f64,
+    /// The ubatch size of [`Engine::eval_batch`] (llama.cpp's `n_ubatch`, default 512).
+    n_ubatch: usize,
 }
+
+/// The ubatch size of the Rust engine's batched path unless set ([`RustSide::with_ubatch`]):
+/// llama.cpp's default.
+pub const DEFAULT_UBATCH: usize = 512;
 
 impl<'a> RustSide<'a> {
     /// The engine around a loaded model and the tokenizer its file embeds.
     pub fn new(model: Model<'a>, tokenizer: Tokenizer) -> RustSide<'a> {
-        RustSide { model, tokenizer, fault: None, profile_record: None, pending: None, last_eval_s: 0.0 }
+        RustSide {
+            model,
+            tokenizer,
+            fault: None,
+            profile_record: None,
+            pending: None,
+            last_eval_s: 0.0,
+            n_ubatch: DEFAULT_UBATCH,
+        }
     }
 
     /// Loads the model of `file` with `options` and the tokenizer the file embeds.
@@ -38,6 +52,13 @@ impl<'a> RustSide<'a> {
     /// Records where the mirrored profile came from (`build-info`, `override`, ...).
     pub fn with_profile_record(mut self, record: ReferenceProfile) -> Self {
         self.profile_record = Some(record);
+        self
+    }
+
+    /// Splits batches into ubatches of `n_ubatch` tokens (at least 1), as the reference's
+    /// context created with that `n_ubatch` does.
+    pub fn with_ubatch(mut self, n_ubatch: usize) -> Self {
+        self.n_ubatch = n_ubatch.max(1);
         self
     }
 
@@ -104,6 +125,14 @@ impl Engine for RustSide<'_> {
 
     fn last_eval_seconds(&self) -> Option<f64> {
         Some(self.last_eval_s)
+    }
+
+    fn eval_batch(&mut self, tokens: &[u32], pos: usize) -> EngineResult<Option<Vec<f32>>> {
+        let t = Instant::now();
+        let logits = self.model.decode_batch(tokens, pos, self.n_ubatch);
+        let logits = logits.map(<[f32]>::to_vec).map_err(|e| EngineError::Failed(e.to_string()))?;
+        self.last_eval_s = t.elapsed().as_secs_f64();
+        Ok(Some(logits))
     }
 
     fn trace_names(&mut self) -> EngineResult<Option<Vec<String>>> {

@@ -18,9 +18,24 @@ use crate::receipt::ReferenceEngine;
 // Layout: MAGIC | u32 format version | logits of every position of every case, f32 LE, in
 // order | JSON footer | u64 footer length | MAGIC. The logits are written as they arrive, so a
 // long run never holds them all; the footer (written last) says what they are.
+//
+// Format 2 adds the footer's `mode` (with `batch` and `ubatch`): which path of the reference
+// computed the logits. Format 1 files, which have none, hold decode logits and are still read.
 
 const MAGIC: &[u8; 16] = b"BITNET-PARITY-RF";
-const FORMAT_VERSION: u32 = 1;
+/// The format written.
+pub const FORMAT_VERSION: u32 = 2;
+/// The formats read.
+const FORMATS_READ: [u32; 2] = [1, 2];
+
+/// The `mode` of a footer whose logits come from one-token evaluations.
+pub const MODE_DECODE: &str = "decode";
+/// The `mode` of a footer whose logits come from the batched path (`run --mode batch`).
+pub const MODE_BATCH: &str = "batch";
+
+fn decode_mode() -> String {
+    MODE_DECODE.into()
+}
 
 /// The footer of a saved reference file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +49,14 @@ pub struct SavedFooter {
     pub n_vocab: usize,
     pub reference: ReferenceEngine,
     pub cases: Vec<SavedCase>,
+    /// [`MODE_DECODE`] (one token at a time) or [`MODE_BATCH`] (the batched path, in batches
+    /// of `batch` tokens split into ubatches of `ubatch`). Since format 2; format 1 is decode.
+    #[serde(default = "decode_mode")]
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ubatch: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,10 +144,11 @@ impl SavedReference {
             bail!("{}: not a saved reference file (bad magic)", path.display());
         }
         let version = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes"));
-        if version != FORMAT_VERSION {
+        if !FORMATS_READ.contains(&version) {
             bail!(
-                "{}: saved reference format {version} is not supported (expected {FORMAT_VERSION})",
-                path.display()
+                "{}: saved reference format {version} is not supported (this harness reads {:?})",
+                path.display(),
+                FORMATS_READ
             );
         }
         let mut tail = [0u8; 24];
@@ -143,6 +167,13 @@ impl SavedReference {
         f.read_exact(&mut json).with_context(ctx)?;
         let footer: SavedFooter = serde_json::from_slice(&json)
             .with_context(|| format!("{}: unreadable footer", path.display()))?;
+        let batch_sizes = footer.batch.zip(footer.ubatch).filter(|&(b, u)| u >= 1 && u <= b);
+        match footer.mode.as_str() {
+            MODE_DECODE => {}
+            MODE_BATCH if batch_sizes.is_some() => {}
+            MODE_BATCH => bail!("{}: footer mode batch without valid batch and ubatch sizes", path.display()),
+            other => bail!("{}: footer mode {other:?} is not decode or batch", path.display()),
+        }
         let mut case_offsets = Vec::new();
         let mut at = 20u64;
         for (i, c) in footer.cases.iter().enumerate() {
@@ -210,15 +241,31 @@ impl SavedSide {
         &self.path
     }
 
+    /// Whether the file holds batched logits (`run --mode batch`).
+    pub fn is_batched(&self) -> bool {
+        self.saved.footer.mode == MODE_BATCH
+    }
+
     fn logits(&mut self, tokens: &[u32], pos: usize) -> EngineResult<Vec<f32>> {
+        if self.is_batched() {
+            return Err(EngineError::Failed(format!(
+                "{}: holds batched logits, not one-token ones (compare it with --mode batch)",
+                self.path.display()
+            )));
+        }
+        let last = pos + tokens.len().saturating_sub(1);
+        self.row(last)
+    }
+
+    /// The saved logits of the current case at `pos`. They are those of the saved tokens: a run
+    /// checks its ids against them first (the tokenizer agreement), and `--ids-from` compares
+    /// anyway on purpose.
+    fn row(&mut self, pos: usize) -> EngineResult<Vec<f32>> {
         let c = self.case;
         if c >= self.saved.footer.cases.len() {
             return Err(EngineError::Failed(format!("{}: holds no case {}", self.path.display(), c + 1)));
         }
-        // The logits are those of the saved tokens: a run checks its ids against them first
-        // (the tokenizer agreement), and `--ids-from` compares anyway on purpose.
-        let last = pos + tokens.len().saturating_sub(1);
-        self.saved.logits(c, last).map_err(|e| EngineError::Failed(format!("{}: {e}", self.path.display())))
+        self.saved.logits(c, pos).map_err(|e| EngineError::Failed(format!("{}: {e}", self.path.display())))
     }
 }
 
@@ -260,5 +307,18 @@ impl Engine for SavedSide {
 
     fn finish_eval(&mut self) -> EngineResult<Vec<f32>> {
         self.pending.take().unwrap_or_else(|| Err(EngineError::Protocol("no evaluation was started".into())))
+    }
+
+    /// The saved batched logits (a file saved by `run --mode batch`; the run checks that its
+    /// batch sizes are the file's); `None` for a file of one-token logits.
+    fn eval_batch(&mut self, tokens: &[u32], pos: usize) -> EngineResult<Option<Vec<f32>>> {
+        if !self.is_batched() {
+            return Ok(None);
+        }
+        let mut all = Vec::with_capacity(tokens.len() * self.saved.footer.n_vocab);
+        for p in pos..pos + tokens.len() {
+            all.extend(self.row(p)?);
+        }
+        Ok(Some(all))
     }
 }

@@ -303,6 +303,7 @@ mod tests {
             ops: names.iter().map(|n| op(n)).collect(),
             first_divergent_op: None,
             unmatched: vec!["silu-1 (rust did not report it)".into()],
+            batch: None,
         };
         let (cols, n) = columns(&t);
         assert_eq!(cols, ["a", "up", "up_s", "out", "silu", "result_norm"]);

@@ -179,6 +179,25 @@ fn summary_table(rc: &Receipt) -> String {
         format!("case {} position {} — {}", d.case + 1, d.pos, esc(&d.reason))
     });
     s.push_str(&summary_row("all", "", &rc.summary, d).replacen("<tr class=\"", "<tr class=\"total ", 1));
+    // `--mode both`: the batched comparison, then each engine's batch against its own decode.
+    let first = |sm: &Summary| {
+        sm.first_divergence.as_ref().map_or("none".to_string(), |d| {
+            format!("case {} position {} — {}", d.case + 1, d.pos, esc(&d.reason))
+        })
+    };
+    if let Some(b) = &rc.batch_summary {
+        s.push_str(&summary_row("all, batched", "both engines on the batched path", b, first(b)));
+    }
+    if let Some(sc) = &rc.self_consistency {
+        for (label, side) in [("A: batch vs decode", &sc.rust), ("B: batch vs decode", &sc.reference)] {
+            s.push_str(&summary_row(
+                label,
+                "one engine's batch logits against its decode logits",
+                side,
+                first(side),
+            ));
+        }
+    }
     s.push_str("</table>\n");
     let t = &rc.settings.thresholds;
     let _ = writeln!(
@@ -296,6 +315,7 @@ fn identity(rc: &Receipt) -> String {
     let tk = &rc.tokenizer;
     s.push_str("<h3>Run</h3>\n");
     s.push_str(&key_values(&[
+        ("mode", mode_text(st)),
         ("n_ctx", st.n_ctx.to_string()),
         ("max tokens", st.max_tokens.map_or("–".to_string(), |v| v.to_string())),
         ("continuation tokens", st.continue_tokens.to_string()),
@@ -336,4 +356,12 @@ fn identity(rc: &Receipt) -> String {
         ),
     ]));
     s
+}
+
+/// `decode`, `batch (batch 512, ubatch 512)`, `both (…)`: how the engines evaluated the cases.
+pub fn mode_text(st: &crate::receipt::Settings) -> String {
+    match (st.batch, st.ubatch) {
+        (Some(b), Some(u)) => format!("{} (batch {b}, ubatch {u})", esc(&st.mode)),
+        _ => esc(&st.mode),
+    }
 }

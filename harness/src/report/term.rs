@@ -5,10 +5,10 @@
 //! is a terminal and `--quiet` is off; otherwise the same steps are announced as plain lines
 //! (which scripts and tests read), exactly as before bars existed.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::OsStr;
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
@@ -110,6 +110,39 @@ pub struct Progress {
     /// Bars are drawn (stderr is a terminal, not `--quiet`).
     visible: bool,
     current: RefCell<Option<ProgressBar>>,
+    /// Where a run is: case (1-based) of cases, positions of the case, positions done in all.
+    at: Cell<At>,
+    /// When the last throttled progress line was printed (no bar, many cases).
+    last_line: Cell<Option<Instant>>,
+}
+
+/// Where a run is, for progress lines: `case 812/5000, position 41/77, 3,204,117 positions done`.
+#[derive(Debug, Clone, Copy, Default)]
+struct At {
+    case: usize,
+    cases: usize,
+    n_positions: usize,
+    position: usize,
+    done: u64,
+}
+
+/// Up to this many cases, every case and every 64th position get a line when no bar is drawn
+/// (as scripts and tests read them); beyond, a corpus of thousands of prompts gets one line
+/// every [`LINE_EVERY`].
+const CASES_WITH_LINES: usize = 100;
+const LINE_EVERY: Duration = Duration::from_secs(2);
+
+/// `3204117` as `3,204,117`.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl Progress {
@@ -119,7 +152,13 @@ impl Progress {
 
     /// For tests: bars drawn or not regardless of the terminal.
     pub fn with_visibility(quiet: bool, visible: bool) -> Progress {
-        Progress { quiet, visible: visible && !quiet, current: RefCell::new(None) }
+        Progress {
+            quiet,
+            visible: visible && !quiet,
+            current: RefCell::new(None),
+            at: Cell::new(At::default()),
+            last_line: Cell::new(None),
+        }
     }
 
     /// Whether bars are drawn; when not, callers print their own occasional progress lines.
@@ -162,7 +201,7 @@ impl Progress {
         }
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         let style = ProgressStyle::with_template(
-            "{msg:>10} [{bar:32}] {pos}/{len} positions · {rate} · {elapsed} elapsed, ~{eta} left",
+            "{msg} [{bar:32}] {human_pos}/{human_len} positions · {rate} · {elapsed} elapsed, ~{eta} left",
         )
         .map(|s| {
             s.progress_chars("=> ").with_key("rate", |st: &ProgressState, w: &mut dyn std::fmt::Write| {
@@ -173,6 +212,63 @@ impl Progress {
         bar.set_style(style);
         bar.enable_steady_tick(Duration::from_millis(250));
         self.replace(bar);
+    }
+
+    /// Case `case` (1-based) of `cases` starts: `n_prompt` prompt tokens, `n_positions` to
+    /// evaluate. On the bar's message; without a bar, a line per case for a few cases, one
+    /// line every two seconds for a corpus.
+    pub fn case(&self, case: usize, cases: usize, n_prompt: usize, n_positions: usize) {
+        let at = At { case, cases, n_positions, position: 0, ..self.at.get() };
+        self.at.set(at);
+        if self.visible {
+            self.set_message(&format!("case {case}/{cases}"));
+        } else if cases <= CASES_WITH_LINES {
+            self.say(&format!("case {case}/{cases}: {n_prompt} prompt tokens, {n_positions} positions"));
+        } else {
+            self.throttled_line(case == 1);
+        }
+    }
+
+    /// One more position of the current case is done.
+    pub fn position_done(&self) {
+        let mut at = self.at.get();
+        at.position += 1;
+        at.done += 1;
+        self.at.set(at);
+        if self.visible {
+            self.set_message(&format!(
+                "case {}/{} · position {}/{}",
+                at.case, at.cases, at.position, at.n_positions
+            ));
+            self.inc(1);
+        } else if at.cases <= CASES_WITH_LINES {
+            if !self.quiet && at.position.is_multiple_of(64) {
+                eprintln!("  {}/{} positions", at.position, at.n_positions);
+            }
+        } else {
+            self.throttled_line(at.case == at.cases && at.position == at.n_positions);
+        }
+    }
+
+    /// `case 812/5000, position 41/77, 3,204,117 positions done`, if `force` or it is time.
+    fn throttled_line(&self, force: bool) {
+        if self.quiet {
+            return;
+        }
+        let now = Instant::now();
+        if !force && self.last_line.get().is_some_and(|t| now.duration_since(t) < LINE_EVERY) {
+            return;
+        }
+        self.last_line.set(Some(now));
+        let at = self.at.get();
+        eprintln!(
+            "case {}/{}, position {}/{}, {} positions done",
+            grouped(at.case as u64),
+            grouped(at.cases as u64),
+            at.position,
+            at.n_positions,
+            grouped(at.done)
+        );
     }
 
     pub fn set_message(&self, msg: &str) {
@@ -230,6 +326,26 @@ mod tests {
         assert_eq!(on.verdict("fail"), "\x1b[1;31mFAIL\x1b[0m");
         assert_eq!(on.verdict("incomplete"), "\x1b[1;33mINCOMPLETE\x1b[0m");
         assert_eq!(on.paint(Tone::Dim, "x"), "\x1b[2mx\x1b[0m");
+    }
+
+    #[test]
+    fn grouped_thousands() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1000), "1,000");
+        assert_eq!(grouped(3_204_117), "3,204,117");
+    }
+
+    #[test]
+    fn progress_counts_cases_and_positions() {
+        let p = Progress::with_visibility(true, false);
+        p.case(1, 5000, 3, 2);
+        p.position_done();
+        p.position_done();
+        p.case(2, 5000, 3, 4);
+        p.position_done();
+        let at = p.at.get();
+        assert_eq!((at.case, at.cases, at.position, at.n_positions, at.done), (2, 5000, 1, 4, 3));
     }
 
     #[test]

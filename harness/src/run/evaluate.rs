@@ -8,12 +8,12 @@ use sha2::{Digest, Sha256};
 
 use super::plan::Plan;
 use super::sides::Engines;
-use super::{ModelFile, RunArgs};
+use super::{batched, ModeChoice, ModelFile, RunArgs, RunMode};
 use crate::compare::{argmax, compare_position, summarize};
 use crate::engine::saved::{SavedCase, SavedWriter};
 use crate::engine::{Engine, EngineError};
 use crate::exit::Failure;
-use crate::receipt::{self, Case, Position, RunState, Summary, Thresholds};
+use crate::receipt::{self, Case, Position, RunState, SelfConsistency, Summary, Thresholds};
 use crate::report::term::Progress;
 
 /// What the evaluation produced.
@@ -31,6 +31,19 @@ pub(super) struct Outcome {
     pub saver: Option<SavedWriter>,
     /// The layer-by-layer comparison of `--trace` (stage 4), when one was made.
     pub trace: Option<crate::trace::Trace>,
+    /// The index of each of `cases` among every prompt of the run (`Plan::index`; with
+    /// `--shard`, not its place in `cases`).
+    pub indices: Vec<usize>,
+    /// The mode the cases were evaluated in, with its batch sizes.
+    pub mode: ModeChoice,
+    /// `--mode both`: the batched comparison over every case, and each side's batch logits
+    /// against its decode logits (`(case, position)` pairs, summarized at the end).
+    pub batch_summary: Option<Summary>,
+    pub self_positions: [Vec<(usize, Position)>; 2],
+    pub self_consistency: Option<SelfConsistency>,
+    /// `--mode both`: while a case is decoded, both sides' logits of every position, for the
+    /// batched pass to hold its own against (`None` otherwise).
+    pub decode_rows: Option<Vec<[Vec<f32>; 2]>>,
 }
 
 /// A position evaluated by both engines whose metrics are still to be computed:
@@ -38,20 +51,20 @@ pub(super) struct Outcome {
 type Unmeasured = (usize, u32, Option<u32>, Vec<f32>, Vec<f32>);
 
 /// What every case needs from the run.
-struct Ctx<'r> {
-    model: &'r ModelFile,
-    args: &'r RunArgs,
-    interrupted: &'r AtomicBool,
-    ui: &'r Progress,
+pub(super) struct Ctx<'r> {
+    pub model: &'r ModelFile,
+    pub interrupted: &'r AtomicBool,
+    pub ui: &'r Progress,
+    pub mode: ModeChoice,
 }
 
 /// Which side failed, and how: the run stops at the first failure and records it.
-enum Stop {
+pub(super) enum Stop {
     Interrupted,
     Failed { side: usize, why: String },
 }
 
-fn stop(side: usize, e: EngineError, ci: usize, pos: usize) -> Stop {
+pub(super) fn stop(side: usize, e: EngineError, ci: usize, pos: usize) -> Stop {
     match e {
         EngineError::Interrupted => Stop::Interrupted,
         e => Stop::Failed { side, why: format!("{e} (case {}, position {pos})", ci + 1) },
@@ -91,23 +104,24 @@ pub(super) fn evaluate(
         saved_cases: Vec::new(),
         saver,
         trace: None,
+        indices: plans.iter().map(|p| p.index).collect(),
+        mode: ModeChoice::from_args(args)?,
+        batch_summary: None,
+        self_positions: [Vec::new(), Vec::new()],
+        self_consistency: None,
+        decode_rows: None,
     };
     let saved_tokens: Option<Vec<Vec<u32>>> =
         engines.saved.as_ref().map(|(_, f)| f.cases.iter().map(|c| c.token_ids.clone()).collect());
-    ui.positions(plans.iter().map(|p| p.n_positions as u64).sum());
+    let passes = if out.mode.mode == RunMode::Both { 2 } else { 1 };
+    ui.positions(passes * plans.iter().map(|p| p.n_positions as u64).sum::<u64>());
     for (ci, plan) in plans.iter().enumerate() {
-        ui.say(&format!(
-            "case {}/{}: {} prompt tokens, {} positions",
-            ci + 1,
-            plans.len(),
-            plan.n_prompt,
-            plan.n_positions
-        ));
-        ui.set_message(&format!("case {}/{}", ci + 1, plans.len()));
+        ui.case(ci + 1, plans.len(), plan.n_prompt, plan.n_positions);
         let (a, b) = engines.pair();
-        let saved = saved_tokens.as_ref().map(|s| s[ci].as_slice());
-        let ctx = Ctx { model, args, interrupted, ui };
-        let (case, stopped) = evaluate_case(&ctx, a, b, ci, plan, saved, &mut out)?;
+        let saved = saved_tokens.as_ref().map(|s| s[plan.index].as_slice());
+        let ctx = Ctx { model, interrupted, ui, mode: out.mode };
+        // Case indices in the receipt are global (the same with or without `--shard`).
+        let (case, stopped) = batched::evaluate_case_in_mode(&ctx, a, b, plan, saved, &mut out)?;
         let done = case.as_ref().is_some_and(|c| c.positions.len() == plan.n_positions) && stopped.is_none();
         out.cases.extend(case);
         match stopped {
@@ -127,14 +141,15 @@ pub(super) fn evaluate(
         && !out.state.interrupted;
     let text = token_text(model);
     out.summary = summarize(
-        out.cases.iter().enumerate().flat_map(|(ci, c)| c.positions.iter().map(move |p| (ci, p))),
+        out.cases.iter().zip(plans).flat_map(|(c, plan)| c.positions.iter().map(move |p| (plan.index, p))),
         out.thresholds.min_cosine,
         &text,
     );
+    batched::summarize_both(&mut out, plans, &text);
     Ok(out)
 }
 
-fn token_text(model: &ModelFile) -> impl Fn(u32) -> Option<String> + '_ {
+pub(super) fn token_text(model: &ModelFile) -> impl Fn(u32) -> Option<String> + '_ {
     |id| Some(String::from_utf8_lossy(&model.tokenizer.token_to_piece(id)).into_owned())
 }
 
@@ -166,7 +181,7 @@ fn eval_both<'e>(
 
 /// One case: both engines reset, then every position, until the plan's end or a failure
 /// (no case when an engine cannot even reset).
-fn evaluate_case<'e>(
+pub(super) fn evaluate_case<'e>(
     ctx: &Ctx<'_>,
     a: &mut (dyn Engine + 'e),
     b: &mut (dyn Engine + 'e),
@@ -175,7 +190,7 @@ fn evaluate_case<'e>(
     saved: Option<&[u32]>,
     out: &mut Outcome,
 ) -> Result<(Option<Case>, Option<Stop>), Failure> {
-    let Ctx { model, args, interrupted, ui } = *ctx;
+    let Ctx { model, interrupted, ui, .. } = *ctx;
     let mut ids = plan.ids.clone();
     let mut positions: Vec<Position> = Vec::with_capacity(plan.n_positions);
     let (mut a_hash, mut b_hash) = (Sha256::new(), Sha256::new());
@@ -241,11 +256,11 @@ fn evaluate_case<'e>(
             None if pos + 1 < plan.n_positions => saved.map_or(prev_argmax, |s| s.get(pos + 1).copied()),
             None => None,
         };
-        unmeasured = Some((pos, token, next, la, lb));
-        ui.inc(1);
-        if !args.quiet && !ui.visible() && (pos + 1) % 64 == 0 {
-            eprintln!("  {}/{} positions", pos + 1, plan.n_positions);
+        if let Some(rows) = out.decode_rows.as_mut() {
+            rows.push([la.clone(), lb.clone()]);
         }
+        unmeasured = Some((pos, token, next, la, lb));
+        ui.position_done();
     }
     if let Some((p, tok, next, ra, rb)) = unmeasured.take() {
         positions.push(compare_position(p, tok, next, &ra, &rb));
@@ -269,10 +284,12 @@ fn evaluate_case<'e>(
         reference_logits_sha256: hex(&b_hash.finalize()),
         positions,
         summary,
+        batch: None,
+        self_consistency: None,
     });
     Ok((case, stopped))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -9,8 +9,10 @@
 //! 4. [`tracing`]: at one position, every named tensor of both engines (`--trace`);
 //! 5. [`record`]: the receipt, its verdict, the saved reference, the table.
 
+mod batched;
 mod evaluate;
 mod identity;
+mod mode;
 mod plan;
 mod record;
 mod sides;
@@ -36,6 +38,9 @@ pub use crate::profile_choice::{parse_profile, ProfileChoice, ProfileSource};
 use crate::receipt::Receipt;
 use crate::report::term::Progress;
 pub use identity::{model_info, sha256_hex, tool_info};
+pub(crate) use mode::ModeChoice;
+pub use mode::RunMode;
+pub use plan::ShardSpec;
 pub use verdict::judge;
 
 /// Whose token ids to use when the tokenizers disagree.
@@ -57,6 +62,10 @@ pub struct RunArgs {
     /// comment line; `\n`, `\t`, `\s`, `\\`, `\#`, `\u{HEX}` are escapes).
     #[arg(long = "prompts", value_name = "FILE", conflicts_with = "prompt")]
     pub prompts_file: Option<PathBuf>,
+    /// Run only shard I of N (1 ≤ I ≤ N): case k (0-based, in prompt order) belongs to shard
+    /// k mod N + 1. The receipt records the shard; `harness merge` puts the shards back together.
+    #[arg(long, value_name = "I/N", value_parser = ShardSpec::parse, conflicts_with = "save_reference")]
+    pub shard: Option<ShardSpec>,
     /// Threads for each engine.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads: u32,
@@ -71,6 +80,20 @@ pub struct RunArgs {
     /// When the tokenizers disagree on a prompt, use this side's ids instead of stopping.
     #[arg(long, value_enum)]
     pub ids_from: Option<IdsFrom>,
+    /// How the engines evaluate each case: `decode` (one token at a time, as in generation),
+    /// `batch` (the batched path prompts take: batches of --batch tokens, logits at every
+    /// position, compared as decode compares them) or `both` (each, and each engine's batch
+    /// logits against its own decode logits).
+    #[arg(long, value_enum, default_value_t = RunMode::Decode)]
+    pub mode: RunMode,
+    /// Tokens per batch with --mode batch|both: each case is fed in batches of N at
+    /// increasing positions. Default 512.
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// llama.cpp's n_ubatch with --mode batch|both: each batch is split into ubatches of M
+    /// tokens (1 ≤ M ≤ N). Default min(N, 512).
+    #[arg(long, value_name = "M")]
+    pub ubatch: Option<usize>,
     /// The context the reference is created with, which bounds every case (prompt plus
     /// continuation); at most the model's context length, its default. (The Rust engine's
     /// cache holds what the cases need; results do not depend on either size.)
@@ -236,6 +259,7 @@ pub(crate) fn run_receipt<'e>(
     check_outputs(args, &src.path, &out, &specs)?;
 
     // The prompts the user gave (or the fixture's), checked before any engine starts.
+    ModeChoice::from_args(args)?;
     let given_prompts = plan::given_prompts(args, &specs)?;
     let t0 = Instant::now();
     let model = ModelFile::read(src, args, &ui)?;

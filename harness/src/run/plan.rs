@@ -7,11 +7,14 @@ use super::{IdsFrom, ModelFile, RunArgs};
 use crate::engine::{EngineError, EngineSpec};
 use crate::exit::{Exit, Failure};
 use crate::inputs;
-use crate::receipt::{CorpusAgreement, TokenizerMismatch};
+use crate::receipt::{CorpusAgreement, Shard, TokenizerMismatch};
 use crate::report::term::Progress;
 
 /// A case to evaluate: prompt text and the ids both engines will see.
 pub(super) struct Plan {
+    /// The case's index among every prompt of the run (0-based): with `--shard`, not its index
+    /// among the cases evaluated.
+    pub index: usize,
     pub prompt: String,
     pub ids: Vec<u32>,
     pub n_prompt: usize,
@@ -25,6 +28,37 @@ pub(super) struct Plans {
     pub mismatches: Vec<TokenizerMismatch>,
     /// The tokenizers on the built-in corpus, when both can tokenize any text.
     pub corpus: Option<CorpusAgreement>,
+    /// With `--shard`: which cases of the whole run these are.
+    pub shard: Option<Shard>,
+}
+
+/// `--shard I/N`: the part of the cases a run evaluates. Case `k` (0-based, in prompt order)
+/// belongs to shard `k mod N + 1`, so every shard gets every N-th case: shards are the same
+/// size to within one case, and long and short prompts spread evenly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardSpec {
+    /// 1-based.
+    pub index: usize,
+    pub count: usize,
+}
+
+impl ShardSpec {
+    /// `I/N` with 1 ≤ I ≤ N.
+    pub fn parse(s: &str) -> Result<ShardSpec, String> {
+        let bad = || format!("{s:?}: expected I/N with 1 <= I <= N (e.g. 2/4)");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) =
+            (i.trim().parse::<usize>().map_err(|_| bad())?, n.trim().parse::<usize>().map_err(|_| bad())?);
+        if index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(ShardSpec { index, count })
+    }
+
+    /// Whether case `k` (0-based) belongs to this shard.
+    pub fn contains(&self, k: usize) -> bool {
+        k % self.count == self.index - 1
+    }
 }
 
 /// The prompts the user gave (or the fixture's), checked before any engine starts; `None` when
@@ -50,8 +84,9 @@ pub(super) fn plan_cases(
         (None, Some((_, footer))) => footer.cases.iter().map(|c| c.prompt.clone()).collect(),
         (None, None) => unreachable!("prompts are resolved up front unless a saved reference holds them"),
     };
-    let mut plans = Plans { cases: Vec::new(), mismatches: Vec::new(), corpus: None };
-    for (i, prompt) in prompts.iter().enumerate() {
+    let mut plans = Plans { cases: Vec::new(), mismatches: Vec::new(), corpus: None, shard: None };
+    let shard = args.shard.unwrap_or(ShardSpec { index: 1, count: 1 });
+    for (i, prompt) in prompts.iter().enumerate().filter(|(i, _)| shard.contains(*i)) {
         check_saved_prompt(engines, i, prompt)?;
         let ids = decide_ids(args, model, engines, i, prompt, &mut plans.mismatches)?;
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= model.config.n_vocab) {
@@ -65,9 +100,30 @@ pub(super) fn plan_cases(
             ));
         }
         let n_positions = positions(args, model, engines, i, ids.len(), ui)?;
-        plans.cases.push(Plan { prompt: prompt.clone(), n_prompt: ids.len(), ids, n_positions });
+        plans.cases.push(Plan { index: i, prompt: prompt.clone(), n_prompt: ids.len(), ids, n_positions });
+    }
+    plans.shard = args.shard.map(|s| Shard {
+        index: s.index,
+        count: s.count,
+        total_cases: prompts.len(),
+        prompts_sha256: prompts_sha256(&prompts),
+        cases: plans.cases.iter().map(|p| p.index).collect(),
+    });
+    if let Some(s) = &plans.shard {
+        ui.say(&format!("shard {}/{}: {} of {} cases", s.index, s.count, s.cases.len(), s.total_cases));
     }
     Ok(plans)
+}
+
+/// sha256 over every prompt, each as its length (u64 little endian) then its UTF-8 bytes.
+fn prompts_sha256(prompts: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in prompts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A saved reference replays its own prompts, in order.

@@ -8,7 +8,7 @@ use super::identity::{model_info, tool_info};
 use super::plan::Plans;
 use super::sides::Engines;
 use super::{table, verdict, ModelFile, RunArgs};
-use crate::engine::saved::{SavedFooter, SavedWriter};
+use crate::engine::saved::{SavedFooter, SavedWriter, FORMAT_VERSION, MODE_BATCH, MODE_DECODE};
 use crate::engine::Identity;
 use crate::exit::{Exit, Failure, OrExit};
 use crate::receipt::{
@@ -115,6 +115,10 @@ pub(super) fn receipt(
             add_bos: true,
             parse_special: false,
             thresholds: outcome.thresholds.clone(),
+            shard: plans.shard.clone(),
+            mode: outcome.mode.mode.name().into(),
+            batch: outcome.mode.sizes().map(|(b, _)| b),
+            ubatch: outcome.mode.sizes().map(|(_, u)| u),
         },
         model: facts.info.clone(),
         tokenizer: TokenizerAgreement {
@@ -142,6 +146,8 @@ pub(super) fn receipt(
         },
         run_state: outcome.state.clone(),
         trace: outcome.trace.take(),
+        batch_summary: outcome.batch_summary.take(),
+        self_consistency: outcome.self_consistency.take(),
     };
     receipt.verdict = verdict::judge(&receipt);
     receipt
@@ -162,13 +168,16 @@ pub(super) fn save_reference(
         return Ok(());
     }
     let footer = SavedFooter {
-        format_version: 1,
+        format_version: FORMAT_VERSION,
         schema_version: receipt::SCHEMA_VERSION.into(),
         model_sha256: receipt.model.sha256.clone(),
         model_path: receipt.model.path.clone(),
         n_vocab: model.config.n_vocab,
         reference: receipt.engines.reference.clone(),
         cases: outcome.saved_cases.clone(),
+        mode: if outcome.mode.sizes().is_some() { MODE_BATCH } else { MODE_DECODE }.into(),
+        batch: outcome.mode.sizes().map(|(b, _)| b),
+        ubatch: outcome.mode.sizes().map(|(_, u)| u),
     };
     w.finish(&footer)?;
     Ok(())
@@ -192,6 +201,18 @@ pub(super) fn write_and_show(
             print!("{}", table::render(receipt, Paint::stdout()));
             if let Some(t) = &receipt.trace {
                 print!("{}", crate::trace::render(t));
+                if let Some(b) = &t.batch {
+                    println!(
+                        "trace of a batched run: ubatch at positions {}..{} of a batch of {} (ubatch {}); \
+                         side A's tensors from its {} path, side B's from its {} path",
+                        b.ubatch_start,
+                        b.ubatch_start + b.ubatch_tokens,
+                        b.batch,
+                        b.ubatch,
+                        b.rust_path,
+                        b.reference_path
+                    );
+                }
             }
         }
         println!("receipt: {}", out.display());

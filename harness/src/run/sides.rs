@@ -9,15 +9,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use bitnet_cpp::worker::LibraryChoice;
+use bitnet_cpp::ContextParams;
 use bitnet_engine::model::{Model, ModelOptions};
 
 use super::plan::Plans;
 use super::record::ModelFacts;
-use super::{model_failure, ModelFile, RunArgs};
+use super::RunMode;
+use super::{model_failure, ModeChoice, ModelFile, RunArgs};
 use crate::engine::cpp::{library_choice, CppSide};
 use crate::engine::external::ExternalEngine;
+use crate::engine::protocol::LoadRequest;
 use crate::engine::rust::RustSide;
-use crate::engine::saved::{SavedFooter, SavedSide};
+use crate::engine::saved::{SavedFooter, SavedSide, MODE_BATCH};
 use crate::engine::{Engine, EngineSpec, Identity};
 use crate::exit::{Exit, Failure, OrExit};
 use crate::profile_choice::{ProfileChoice, ProfileSource};
@@ -106,6 +109,7 @@ pub(super) fn start(
     cancel: &Arc<AtomicBool>,
     ui: &Progress,
 ) -> Result<Starting, Failure> {
+    let mode = ModeChoice::from_args(args)?;
     let one = |spec: &EngineSpec| -> Result<Start, Failure> {
         let (path, n_ctx, threads) = (model.path.clone(), model.n_ctx(), args.threads as usize);
         let cancel = Arc::clone(cancel);
@@ -126,8 +130,13 @@ pub(super) fn start(
                     EngineSpec::CppDir(dir) => LibraryChoice::Dir(dir.clone()),
                     _ => unreachable!("a bitnet.cpp spec"),
                 };
+                let params = ContextParams {
+                    n_ctx: n_ctx as u32,
+                    n_threads: threads as u32,
+                    n_ubatch: mode.engine_ubatch() as u32,
+                };
                 spawn(Box::new(move || {
-                    let side = CppSide::start(library, &path, n_ctx, threads, cancel).map_err(|e| {
+                    let side = CppSide::start_with(library, &path, params, cancel).map_err(|e| {
                         Failure::new(
                             Exit::ReferenceUnavailable,
                             anyhow!("cannot start the C++ reference: {e}"),
@@ -139,14 +148,15 @@ pub(super) fn start(
             EngineSpec::Command(cmd) => {
                 ui.step(&format!("starting the engine `{cmd}` (it loads the model)"));
                 let timeout = args.engine_timeout.map_or(DEFAULT_ENGINE_TIMEOUT, Duration::from_secs);
+                let n_ubatch = mode.sizes().map(|(_, u)| u);
+                let load = LoadRequest { model: path, n_ctx, threads, n_ubatch };
                 spawn(Box::new(move || {
-                    let side =
-                        ExternalEngine::start(&cmd, &path, n_ctx, threads, timeout, cancel).map_err(|e| {
-                            Failure::new(
-                                Exit::ReferenceUnavailable,
-                                anyhow!("cannot start the engine `{cmd}`: {e}"),
-                            )
-                        })?;
+                    let side = ExternalEngine::start_with(&cmd, load, timeout, cancel).map_err(|e| {
+                        Failure::new(
+                            Exit::ReferenceUnavailable,
+                            anyhow!("cannot start the engine `{cmd}`: {e}"),
+                        )
+                    })?;
                     Ok(Box::new(side) as Box<dyn Engine + Send>)
                 }))
             }
@@ -193,6 +203,7 @@ pub(super) fn join<'f>(
             Start::Given => (Side::Ready(given.take().expect("a given engine for side A")), 0.0),
             Start::Saved(s) => {
                 check_saved(&s, &facts.info.sha256, model.config.n_vocab)?;
+                check_saved_mode(&s, ModeChoice::from_args(args)?)?;
                 saved = Some((s.path().to_path_buf(), s.footer().clone()));
                 (Side::Ready(s), 0.0)
             }
@@ -281,6 +292,40 @@ fn check_saved(s: &SavedSide, sha256: &str, n_vocab: usize) -> Result<(), Failur
     Ok(())
 }
 
+/// A saved reference holds the logits of one path: a batched run needs a file saved by a
+/// batched run with the same batch sizes, a decode run one of decode logits.
+fn check_saved_mode(s: &SavedSide, mode: ModeChoice) -> Result<(), Failure> {
+    let footer = s.footer();
+    let saved = match (footer.mode.as_str(), footer.batch, footer.ubatch) {
+        (MODE_BATCH, Some(b), Some(u)) => Some((b, u)),
+        _ => None,
+    };
+    let wanted = match mode.mode {
+        RunMode::Decode => None,
+        RunMode::Batch => mode.sizes(),
+        RunMode::Both => {
+            return Err(Failure::new(
+                Exit::BadInput,
+                anyhow!(
+                    "{}: --mode both needs two live paths; a saved reference holds one",
+                    s.path().display()
+                ),
+            ))
+        }
+    };
+    if saved == wanted {
+        return Ok(());
+    }
+    let describe = |sizes: Option<(usize, usize)>| match sizes {
+        Some((b, u)) => format!("batched logits (--mode batch --batch {b} --ubatch {u})"),
+        None => "one-token logits (--mode decode)".to_string(),
+    };
+    Err(Failure::new(
+        Exit::BadInput,
+        anyhow!("{}: holds {}, this run compares {}", s.path().display(), describe(saved), describe(wanted)),
+    ))
+}
+
 impl<'f> Engines<'f> {
     fn sides(&self) -> [&Side<'f>; 2] {
         [&self.a, &self.b]
@@ -351,6 +396,7 @@ impl<'f> Engines<'f> {
                 ));
             }
             let engine = RustSide::new(loaded, model.tokenizer.clone())
+                .with_ubatch(ModeChoice::from_args(args)?.engine_ubatch())
                 .with_profile_record(choice.record())
                 .with_fault(fault);
             *side = Side::Ready(Box::new(engine));

@@ -96,6 +96,22 @@ pub fn render(r: &Receipt, paint: Paint) -> String {
         .map_or("none".into(), |d| format!("case {} pos {} ({})", d.case + 1, d.pos, d.reason));
     rows.push(row("all".into(), String::new(), s, divergence));
     summaries.push(s);
+    // `--mode both`: the batched comparison, then each side's batch against its own decode.
+    let first = |s: &Summary| {
+        s.first_divergence
+            .as_ref()
+            .map_or("none".into(), |d| format!("case {} pos {} ({})", d.case + 1, d.pos, d.reason))
+    };
+    if let Some(b) = &r.batch_summary {
+        rows.push(row("batch".into(), "both engines, batched".into(), b, first(b)));
+        summaries.push(b);
+    }
+    if let Some(sc) = &r.self_consistency {
+        for (label, side) in [("A b/d", &sc.rust), ("B b/d", &sc.reference)] {
+            rows.push(row(label.into(), "batch vs own decode".into(), side, first(side)));
+            summaries.push(side);
+        }
+    }
 
     let mut table = Table::new(rows);
     table.with(Style::psql());
@@ -116,6 +132,9 @@ pub fn render(r: &Receipt, paint: Paint) -> String {
     }
     let mut out = String::new();
     let _ = writeln!(out, "{table}");
+    if let Some(line) = mode_line(r) {
+        let _ = writeln!(out, "{line}");
+    }
     if let Some(line) = engines_line(r) {
         let _ = writeln!(out, "{line}");
     }
@@ -134,6 +153,20 @@ pub fn render(r: &Receipt, paint: Paint) -> String {
     };
     let _ = writeln!(out, "verdict: {}{reasons}", paint.verdict(&r.verdict.status));
     out
+}
+
+/// `mode: batch (batch 512, ubatch 512)` for a batched run; nothing for decode.
+fn mode_line(r: &Receipt) -> Option<String> {
+    let st = &r.settings;
+    let sizes = st.batch.zip(st.ubatch).map_or(String::new(), |(b, u)| format!(" (batch {b}, ubatch {u})"));
+    match st.mode.as_str() {
+        "decode" => None,
+        "both" => Some(format!(
+            "mode: both{sizes}: rows 1..all decode, `batch` the batched path, `A b/d`/`B b/d` each side's \
+             batch logits against its own decode logits (informational)"
+        )),
+        other => Some(format!("mode: {other}{sizes}: every position compared on the batched path")),
+    }
 }
 
 /// `engines: A … against B …`, when the run is not the default Rust engine against bitnet.cpp.

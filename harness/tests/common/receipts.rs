@@ -224,6 +224,16 @@ pub fn maximal() -> Receipt {
                 fail_on_hazards: HazardPolicy::Kinds(vec!["untied_output_ignored".into()]),
                 ..Thresholds::default()
             },
+            shard: Some(Shard {
+                index: 1,
+                count: 1,
+                total_cases: 1,
+                prompts_sha256: SHA_B.into(),
+                cases: vec![0],
+            }),
+            mode: "both".into(),
+            batch: Some(7),
+            ubatch: Some(3),
         },
         tokenizer: maximal_tokenizer(),
         cases: vec![Case {
@@ -233,8 +243,18 @@ pub fn maximal() -> Receipt {
             token_texts: Some(vec!["<s>".into(), " Hel".into(), "\\xC3".into()]),
             rust_logits_sha256: SHA_A.into(),
             reference_logits_sha256: SHA_B.into(),
-            positions,
+            positions: positions.clone(),
             summary: summary(3, Some(divergence(0, 2))),
+            batch: Some(BatchCase {
+                rust_logits_sha256: SHA_B.into(),
+                reference_logits_sha256: SHA_A.into(),
+                positions,
+                summary: summary(3, None),
+            }),
+            self_consistency: Some(SelfConsistency {
+                rust: summary(3, None),
+                reference: summary(3, Some(divergence(0, 1))),
+            }),
         }],
         summary: summary(3, Some(divergence(0, 2))),
         hazards: maximal_hazards(),
@@ -254,6 +274,11 @@ pub fn maximal() -> Receipt {
             rust_failure: Some("none".into()),
         },
         trace: maximal_trace(),
+        batch_summary: Some(summary(3, None)),
+        self_consistency: Some(SelfConsistency {
+            rust: summary(3, None),
+            reference: summary(3, Some(divergence(0, 1))),
+        }),
     }
 }
 
@@ -351,6 +376,14 @@ fn maximal_trace() -> Option<Trace> {
         }],
         first_divergent_op: Some("Qcur-1".into()),
         unmatched: vec!["Vcur-1 (reference did not report it)".into()],
+        batch: Some(TraceBatch {
+            batch: 7,
+            ubatch: 3,
+            ubatch_start: 0,
+            ubatch_tokens: 3,
+            rust_path: "decode".into(),
+            reference_path: "batch".into(),
+        }),
     })
 }
 

@@ -3,6 +3,11 @@
 //! rows across the pool's threads; each token then attends in order (storing its key and
 //! value first), so the result is exactly that of evaluating the tokens one at a time.
 //!
+//! [`Forward::run_ubatch`] is the reference's batched path (`llama_decode` of a batch, logits
+//! at every position): the same layers, with the ubatch's attention range and its tinyBLAS
+//! products (`V·softmax`, F16/F32 matrices; see `ops/tinyblas.rs`), and the lm_head for every
+//! token.
+//!
 //! [`Forward::run`] reads top to bottom: [`embed`](Forward::embed), then per layer
 //! [`attention_block`](Forward::attention_block) and [`ffn_block`](Forward::ffn_block), then
 //! [`output_block`](Forward::output_block). Shapes in the comments are token-major,
@@ -10,11 +15,12 @@
 //! the blocks report each traced tensor with [`Hooks::emit`] and ask [`Hooks::faulty`]
 //! before an operation a fault can perturb.
 
+use crate::ops::tinyblas::{self, TinyRow};
 use crate::ops::{self, rope::RopeMode, Rope};
 use crate::parallel::{Pool, Rows};
 
 use super::arch::FfnActivation;
-use super::attention::{Attention, AttnScratch};
+use super::attention::{Attention, AttnScratch, Ubatch};
 use super::config::Config;
 use super::fault::{Fault, FaultKind};
 use super::kv::KvCache;
@@ -101,20 +107,52 @@ impl Forward<'_, '_> {
     /// traced tensor when `n == 1` (with more tokens nothing is traced; faults still apply).
     pub(super) fn run(mut self, tokens: &[u32], pos: usize, logits: bool, mut hooks: Hooks<'_>) {
         let n = tokens.len();
-        if n > 1 {
-            hooks.emit = None;
-        }
-        let mm = Mm { pool: self.pool, nx: self.nx, n };
-        self.embed(tokens, &mut hooks);
-        let layers = self.layers;
-        for (l, layer) in layers.iter().enumerate() {
-            self.attention_block(l, layer, pos, &mm, &mut hooks);
-            self.ffn_block(l, layer, &mm, &mut hooks);
-        }
-        self.cache.filled = pos + n;
+        self.layers_pass(tokens, pos, None, &mut hooks);
         if logits {
             self.output_block(n, &mut hooks);
         }
+    }
+
+    /// The reference's batched path (`llama_decode` of a batch, logits at every position):
+    /// `tokens` at positions `pos..pos + n` (already checked, `n <= s.cap`), which are all or
+    /// part of the ubatch `ub`, computed as the reference computes that ubatch (its float
+    /// products with ≥ 2 columns go through tinyBLAS, see `ops/tinyblas.rs`). The logits of
+    /// every token go to rows `row0..row0 + n` of `s.batch_logits` (`n_vocab` values each).
+    pub(super) fn run_ubatch(
+        mut self,
+        tokens: &[u32],
+        pos: usize,
+        ub: Ubatch,
+        row0: usize,
+        mut hooks: Hooks<'_>,
+    ) {
+        let n = tokens.len();
+        self.layers_pass(tokens, pos, Some(ub), &mut hooks);
+        let (c, s) = (self.c, &mut *self.s);
+        let (e, nv) = (c.n_embd, c.n_vocab);
+        let mm = Mm { pool: self.pool, nx: self.nx, n, ref_cols: ub.len };
+        // result_norm (n, n_embd) -> logits = token_embd · result_norm (n, n_vocab).
+        mm.rms_norm_each(&s.x[..n * e], self.output_norm, c.rms_eps, &mut s.h[..n * e]);
+        let head = Product { w: self.token_embd, scale: None, bias: None };
+        mm.one(head, &s.h[..n * e], &mut s.input, &mut s.head[..nv * n]);
+        mm.token_major(&s.head[..nv * n], &mut s.batch_logits[row0 * nv..(row0 + n) * nv]);
+    }
+
+    /// Embedding and every layer for `tokens` at `pos..`; `ub` is the ubatch of the batched
+    /// path (`None`: one token at a time, the bits of `eval`).
+    fn layers_pass(&mut self, tokens: &[u32], pos: usize, ub: Option<Ubatch>, hooks: &mut Hooks<'_>) {
+        let n = tokens.len();
+        if n > 1 {
+            hooks.emit = None;
+        }
+        let mm = Mm { pool: self.pool, nx: self.nx, n, ref_cols: ub.map_or(1, |u| u.len) };
+        self.embed(tokens, hooks);
+        let layers = self.layers;
+        for (l, layer) in layers.iter().enumerate() {
+            self.attention_block(l, layer, pos, ub, &mm, hooks);
+            self.ffn_block(l, layer, &mm, hooks);
+        }
+        self.cache.filled = pos + n;
     }
 
     /// tokens (n,) -> x (n, n_embd): the embedding rows (`ggml_get_rows`).
@@ -132,12 +170,13 @@ impl Forward<'_, '_> {
         l: usize,
         layer: &Layer<'_>,
         pos: usize,
+        ub: Option<Ubatch>,
         mm: &Mm<'_>,
         hooks: &mut Hooks<'_>,
     ) {
         self.qkv(l, layer, mm, hooks);
         for t in 0..mm.n {
-            self.attend_token(l, pos, t, hooks);
+            self.attend_token(l, (pos, t), ub, hooks);
         }
         hooks.emit("kqv_out", Some(l), &self.s.attn[..self.c.n_embd]);
         self.attn_output(l, layer, mm, hooks);
@@ -167,10 +206,16 @@ impl Forward<'_, '_> {
         mm.token_major(&s.tv, &mut s.v[..n * kv]);
     }
 
-    /// Token `t`, at position `p = pos + t`:
+    /// Token `t`, at position `p = pos + t` (of ubatch `ub` in the batched path):
     /// q (n_embd), k (n_embd_kv) -> RoPE (NEOX) -> k, v into the cache at `p`
     ///   -> attn (n_embd) = softmax(K·q / sqrt(head_dim)) · V per head, heads split across the pool.
-    fn attend_token(&mut self, l: usize, pos: usize, t: usize, hooks: &mut Hooks<'_>) {
+    fn attend_token(
+        &mut self,
+        l: usize,
+        (pos, t): (usize, usize),
+        ub: Option<Ubatch>,
+        hooks: &mut Hooks<'_>,
+    ) {
         let (c, s, p) = (self.c, &mut *self.s, pos + t);
         let (e, kv) = (c.n_embd, c.n_embd_kv());
         let mode = if hooks.faulty(FaultKind::RopeAdjacent, l) { RopeMode::Adjacent } else { RopeMode::Neox };
@@ -182,7 +227,7 @@ impl Forward<'_, '_> {
         hooks.emit("Kcur", Some(l), k);
         hooks.emit("Vcur", Some(l), v);
         self.cache.store(l, p, k, v, self.nx);
-        let attention = Attention { c, cache: &*self.cache, nx: self.nx };
+        let attention = Attention { c, cache: &*self.cache, nx: self.nx, ubatch: ub };
         let q = &*q;
         let heads = Rows::new(&mut s.attn[t * e..(t + 1) * e], c.head_dim, 1);
         self.pool.split((heads, Rows::new(&mut *self.attn, 1, 1)), |(out, sc)| {
@@ -280,7 +325,7 @@ impl Forward<'_, '_> {
         let e = c.n_embd;
         ops::rms_norm(&s.x[(n - 1) * e..n * e], self.output_norm, c.rms_eps, &mut s.h[..e]);
         hooks.emit("result_norm", None, &s.h[..e]);
-        let mm = Mm { pool: self.pool, nx: self.nx, n: 1 };
+        let mm = Mm { pool: self.pool, nx: self.nx, n: 1, ref_cols: 1 };
         output(&mm, self.token_embd, &s.h[..e], &mut s.input, &mut s.logits);
         hooks.emit("result_output", None, &s.logits);
     }
@@ -288,7 +333,7 @@ impl Forward<'_, '_> {
     /// The output layer alone: `s.logits = token_embd · h` for one normed hidden state `h`
     /// (`n_embd` values), exactly as [`run`](Self::run) computes it.
     pub(super) fn output_only(self, h: &[f32]) {
-        let mm = Mm { pool: self.pool, nx: self.nx, n: 1 };
+        let mm = Mm { pool: self.pool, nx: self.nx, n: 1, ref_cols: 1 };
         output(&mm, self.token_embd, h, &mut self.s.input, &mut self.s.logits);
     }
 }
@@ -306,12 +351,26 @@ struct Mm<'p> {
     pool: &'p Pool,
     nx: Numerics,
     n: usize,
+    /// Columns of the reference's product (`src1->ne[1]`): 1 when it evaluates one token at a
+    /// time, the ubatch's tokens in its batched path (`n` is this pass's part of them).
+    ref_cols: usize,
 }
 
 impl Mm<'_> {
+    /// Whether the reference computes products with `w` through llamafile's tinyBLAS (F16
+    /// or F32 weights, ≥ 2 columns, rows a multiple of its lanes): then the input is used
+    /// unrounded, each element summed as [`tinyblas`] says.
+    fn tinyblas(&self, w: &Linear<'_>) -> bool {
+        matches!(w, Linear::F16 { .. } | Linear::F32 { .. })
+            && tinyblas::takes(self.nx.kernel.profile(), w.cols(), self.ref_cols)
+    }
+
     /// Prepares `x` for `w` (int8 quantization per token for ternary weights), the tokens
     /// split across threads when there are several.
     fn prepare(&self, w: &Linear<'_>, x: &[f32], inp: &mut LinearInput) {
+        if self.tinyblas(w) {
+            return;
+        }
         if self.n == 1 || !matches!(w, Linear::Ternary(_)) {
             w.prepare(x, self.n, inp, self.nx);
             return;
@@ -413,14 +472,45 @@ impl Mm<'_> {
     /// One thread's rows of a product (row-major over the tokens), then the optional
     /// per-tensor scale and bias, in the reference's order.
     fn rows(&self, p: &Product<'_, '_>, x: &[f32], inp: &LinearInput, out: Rows<'_, f32>) {
-        let input = ProductInput { x, n: self.n, prepared: inp };
-        p.w.forward_rows(input, out.range.clone(), out.data, self.nx);
+        if self.tinyblas(p.w) {
+            self.tinyblas_rows(p.w, x, out.range.clone(), out.data);
+        } else {
+            let input = ProductInput { x, n: self.n, prepared: inp };
+            p.w.forward_rows(input, out.range.clone(), out.data, self.nx);
+        }
         if let Some(s) = p.scale {
             out.data.iter_mut().for_each(|v| *v *= s);
         }
         if let Some(b) = p.bias {
             for (o, &bias) in out.data.chunks_exact_mut(self.n).zip(&b[out.range]) {
                 o.iter_mut().for_each(|v| *v += bias);
+            }
+        }
+    }
+
+    /// Rows `rows` of `W · x_t` (row-major, as [`Linear::forward_rows`]) as tinyBLAS computes
+    /// them: each element alone, `x_t` unrounded (see [`Mm::tinyblas`]).
+    fn tinyblas_rows(&self, w: &Linear<'_>, x: &[f32], rows: std::ops::Range<usize>, out: &mut [f32]) {
+        let (kernel, n) = (self.nx.kernel, self.n);
+        let row_of = |r: usize| match w {
+            Linear::F16 { data, cols, .. } => TinyRow::F16Bytes(&data[r * cols * 2..(r + 1) * cols * 2]),
+            Linear::F32 { data, cols, .. } => TinyRow::F32(&data[r * cols..(r + 1) * cols]),
+            _ => unreachable!("tinyBLAS takes only F16 and F32 weights (Mm::tinyblas)"),
+        };
+        let d = w.cols();
+        let col = |t: usize| &x[t * d..(t + 1) * d];
+        for (o, r) in out.chunks_exact_mut(n).zip(rows) {
+            let a = row_of(r);
+            // Eight tokens a call (the row loaded once for them, eight independent FMA
+            // chains), then the rest one by one.
+            let mut groups = o.chunks_exact_mut(8);
+            for (g, o8) in (&mut groups).enumerate() {
+                o8.copy_from_slice(&kernel.tinyblas(a, std::array::from_fn::<_, 8, _>(|i| col(8 * g + i))));
+            }
+            let rest = groups.into_remainder();
+            let done = n - rest.len();
+            for (t, ot) in (done..n).zip(rest) {
+                [*ot] = kernel.tinyblas(a, [col(t)]);
             }
         }
     }

@@ -256,8 +256,8 @@ impl<'a> Model<'a> {
         self.check(token, pos)?;
         let fault = self.fault;
         let (pass, pool) = self.pass();
-        // The whole pass runs on a worker, so its row splits fan out without a hand-off
-        // through this thread for every product.
+        // The whole pass is one parallel region: it runs on a worker while the others stay
+        // awake for its row splits (no wake-up per product, see `parallel.rs`).
         pool.install(|| pass.run(&[token], pos, true, Hooks::silent(fault)));
         Ok(&self.s.logits)
     }
@@ -303,6 +303,52 @@ impl<'a> Model<'a> {
             pool.install(|| pass.run(chunk, start_pos + i * cap, logits, Hooks::silent(fault)));
         }
         Ok(&self.s.logits)
+    }
+
+    /// What the reference's `llama_decode` computes for one batch of `tokens` at positions
+    /// `start_pos..`, with that `n_ubatch` (0: the whole batch in one ubatch, as llama.cpp
+    /// reads 0) and logits requested at every position: `tokens.len() × n_vocab` logits, row
+    /// after row, under the model's profile. The cache is filled as by [`eval`](Self::eval).
+    ///
+    /// These are not the bits of `eval`: the reference splits the batch into ubatches of
+    /// `n_ubatch` tokens, and in a ubatch of several tokens its float products with ≥ 2
+    /// columns go through llamafile's tinyBLAS (the attention's `V·softmax`, with the softmax
+    /// unrounded, and an F16 or F32 lm_head; see `ops/tinyblas.rs`, `model/attention.rs`). A
+    /// ubatch of one token computes what `eval` computes.
+    pub fn decode_batch(
+        &mut self,
+        tokens: &[u32],
+        start_pos: usize,
+        n_ubatch: usize,
+    ) -> Result<&[f32], ModelError> {
+        let Some(last) = tokens.len().checked_sub(1) else {
+            return Err(ModelError::EmptyBatch);
+        };
+        self.check(tokens[0], start_pos)?;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.n_vocab) {
+            return Err(ModelError::TokenOutOfRange { token: bad, n_vocab: self.config.n_vocab });
+        }
+        if start_pos + last >= self.cache.n_ctx {
+            return Err(ModelError::ContextFull { pos: start_pos + last, n_ctx: self.cache.n_ctx });
+        }
+        let n_ubatch = if n_ubatch == 0 { tokens.len() } else { n_ubatch };
+        if tokens.len() > 1 && self.s.cap < BATCH_TOKENS {
+            self.s = Scratch::new(&self.config, BATCH_TOKENS, self.qk256);
+        }
+        let (cap, nv) = (self.s.cap, self.config.n_vocab);
+        self.s.batch_logits.resize(tokens.len() * nv, 0.0);
+        self.s.head.resize(cap * nv, 0.0);
+        let mut row = 0;
+        for ubatch in tokens.chunks(n_ubatch) {
+            let ub = attention::Ubatch { last: start_pos + row + ubatch.len() - 1, len: ubatch.len() };
+            for part in ubatch.chunks(cap) {
+                let fault = self.fault;
+                let (pass, pool) = self.pass();
+                pool.install(|| pass.run_ubatch(part, start_pos + row, ub, row, Hooks::silent(fault)));
+                row += part.len();
+            }
+        }
+        Ok(&self.s.batch_logits[..tokens.len() * nv])
     }
 
     /// [`eval`](Self::eval), handing every named intermediate tensor to `hook`.

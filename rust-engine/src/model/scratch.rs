@@ -30,6 +30,12 @@ pub(super) struct Scratch {
     pub tg: Vec<f32>,
     pub tu: Vec<f32>,
     pub logits: Vec<f32>,
+    /// The logits of every position of a [`super::Model::decode_batch`] call, row after row
+    /// (grown on the first call that needs more).
+    pub batch_logits: Vec<f32>,
+    /// The lm_head's row-major product (`n_vocab × cap`) in the batched path (made by its
+    /// first call).
+    pub head: Vec<f32>,
     pub input: LinearInput,
 }
 
@@ -54,6 +60,8 @@ impl Scratch {
             tg: vec![0.0; f],
             tu: vec![0.0; f],
             logits: vec![0.0; c.n_vocab],
+            batch_logits: Vec::new(),
+            head: Vec::new(),
             input: LinearInput::new(cap, c.n_embd.max(c.n_ff), kernel),
         }
     }

@@ -56,7 +56,7 @@ fn reduce<const H: usize>(acc: [[__m256; H]; 4]) -> f32 {
 /// 128-bit halves, then `(t0+t2) + (t1+t3)`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn lane_sum16(lo: __m256, hi: __m256) -> f32 {
+pub(super) fn lane_sum16(lo: __m256, hi: __m256) -> f32 {
     let h = _mm256_add_ps(hi, lo);
     quad_sum(_mm_add_ps(_mm256_extractf128_ps::<1>(h), _mm256_castps256_ps128(h)))
 }
@@ -64,7 +64,7 @@ fn lane_sum16(lo: __m256, hi: __m256) -> f32 {
 /// `(t0+t2) + (t1+t3)` of four lanes (movehl, then movehdup).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn quad_sum(t: __m128) -> f32 {
+pub(super) fn quad_sum(t: __m128) -> f32 {
     let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
     _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
 }

@@ -43,7 +43,7 @@ impl Avx512 {
 /// `(t0+t2) + (t1+t3)`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512dq,avx2,fma,f16c")]
-fn reduce_add(v: __m512) -> f32 {
+pub(super) fn reduce_add(v: __m512) -> f32 {
     let lo = _mm512_castps512_ps256(v);
     let hi = _mm512_extractf32x8_ps::<1>(v);
     let h = _mm256_add_ps(hi, lo);

@@ -6,8 +6,9 @@
 //! identical bits; only speed differs.
 
 use super::blocks::{self, BlockQ8K, BlockQ8_0, BlockType, QK8_0, QK_K};
+use super::tinyblas::{self, TinyRow};
 #[cfg(target_arch = "x86_64")]
-use super::{avx2, avx512, qdot_avx2, qdot_avx512};
+use super::{avx2, avx512, qdot_avx2, qdot_avx512, tinyblas_x86};
 use super::{dot, qdot, softmax};
 use crate::profile::RefProfile;
 
@@ -222,6 +223,22 @@ impl FloatKernel {
             Path::Avx2x2(t) => avx2::dot_f16_bytes_rows_f16::<R, 2>(t, rows, y),
             #[cfg(target_arch = "x86_64")]
             Path::Avx512(t) => avx512::dot_f16_bytes_rows_f16::<R>(t, rows, y),
+        }
+    }
+
+    /// [`tinyblas::dot`] of the row `a` with each of the columns `b`: elements of llamafile's
+    /// tinyBLAS under this kernel's profile. Every length must be the row's, a multiple of the
+    /// profile's lanes ([`tinyblas::takes`]).
+    #[inline]
+    pub fn tinyblas<const C: usize>(self, a: TinyRow<'_>, b: [&[f32]; C]) -> [f32; C] {
+        match self.path() {
+            Path::Scalar(p) => b.map(|col| tinyblas::dot(p, a, col)),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2x1(t) => tinyblas_x86::avx2::<1, C>(t, a, b),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2x2(t) => tinyblas_x86::avx2::<2, C>(t, a, b),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512(t) => tinyblas_x86::avx512::<C>(t, a, b),
         }
     }
 

@@ -20,6 +20,9 @@ mod qdot_avx2;
 mod qdot_avx512;
 pub(crate) mod rope;
 pub(crate) mod softmax;
+pub mod tinyblas;
+#[cfg(target_arch = "x86_64")]
+mod tinyblas_x86;
 
 pub use blocks::BlockType;
 pub(crate) use dot::{f16_to_f32, f32_to_f16};

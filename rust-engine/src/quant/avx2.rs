@@ -67,6 +67,16 @@ pub(crate) fn qk256_dots<const R: usize>(_t: Avx2Token, rows: [&[u8]; R], q: &[i
     unsafe { rows_kernel::<R>(rows.map(|r| r.as_ptr()), q.as_ptr(), q.len() / 128) }
 }
 
+/// Asks the CPU to bring `bytes` into its L2 cache, one 64-byte line at a time: a hint that
+/// changes no result (for weights a blocked product reads next while it computes on others).
+pub(crate) fn prefetch_l2(bytes: &[u8]) {
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch never faults and changes no memory; the address is inside `bytes`
+        // (SSE, in every x86-64 CPU).
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr() as *const i8) }
+    }
+}
+
 /// `Σ c·q` of one weight row against `C` activation rows (columns): the codes of each chunk
 /// are extracted once for all columns.
 ///

@@ -166,11 +166,39 @@ fn trace_in_batch_mode_captures_the_reference_s_batched_ops() {
     assert_eq!((count(&b["batch"]), count(&b["ubatch"])), (32, 16));
     assert_eq!((count(&b["ubatch_start"]), count(&b["ubatch_tokens"])), (32, 16));
     assert_eq!(b["reference_path"], "batch");
-    assert_eq!(b["rust_path"], "decode");
-    // Every operation of the model was captured at that position (one row each).
+    assert_eq!(b["rust_path"], "batch");
+    // Every operation of the model was captured at that position (one row each), and the
+    // engine's batched path equals the reference's tensor by tensor, not just in the logits.
     assert!(t["unmatched"].as_array().unwrap().is_empty(), "{}", t["unmatched"]);
     let ops = t["ops"].as_array().unwrap();
     assert!(ops.len() > 10 && ops.iter().any(|o| o["name"] == "result_output"), "{t}");
+    assert!(ops.iter().all(|o| o["bit_exact"] == true), "{t}");
+    assert!(t["first_divergent_op"].is_null(), "{t}");
+}
+
+/// A fault in the Rust engine shows in a batched trace at the operation it perturbs.
+#[test]
+fn a_batched_trace_names_an_injected_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-256-gqa-i2_s.gguf");
+    let args = [
+        "--model",
+        model.as_str(),
+        "--mode",
+        "batch",
+        "--batch",
+        "16",
+        "--ubatch",
+        "8",
+        "--trace",
+        "1:11",
+        "--inject-fault",
+        "skip-ffn-sub-norm@1",
+    ];
+    let r = read_json(&run_receipt(dir.path(), "fault", &args));
+    let t = &r["trace"];
+    assert_eq!(t["batch"]["rust_path"], "batch");
+    assert_eq!(t["first_divergent_op"], "ffn_sub_norm-1", "{t}");
 }
 
 /// `--save-reference` in batch mode saves batched logits (format 2, mode recorded), which

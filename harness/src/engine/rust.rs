@@ -7,7 +7,7 @@ use bitnet_engine::model::{Fault, Model, ModelOptions};
 
 use bitnet_engine::tokenizer::Tokenizer;
 
-use super::{Engine, EngineError, EngineResult, Identity};
+use super::{Engine, EngineError, EngineResult, Identity, NamedTensors};
 use crate::receipt::{ReferenceProfile, RustEngine};
 
 /// The Rust engine on a model borrowed from an open GGUF file.
@@ -133,6 +133,25 @@ impl Engine for RustSide<'_> {
         let logits = logits.map(<[f32]>::to_vec).map_err(|e| EngineError::Failed(e.to_string()))?;
         self.last_eval_s = t.elapsed().as_secs_f64();
         Ok(Some(logits))
+    }
+
+    fn eval_batch_traced(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        row: usize,
+        names: &[String],
+    ) -> EngineResult<Option<NamedTensors>> {
+        let mut kept: NamedTensors = Vec::new();
+        let mut keep = |name: &str, data: &[f32]| {
+            if names.iter().any(|n| n == name) {
+                kept.push((name.to_string(), data.to_vec()));
+            }
+        };
+        self.model
+            .decode_batch_traced(tokens, pos, self.n_ubatch, row, &mut keep)
+            .map_err(|e| EngineError::Failed(e.to_string()))?;
+        Ok(Some(kept))
     }
 
     fn trace_names(&mut self) -> EngineResult<Option<Vec<String>>> {

@@ -36,6 +36,8 @@ pub enum ModelError {
     UnsupportedHeadType { tensor: String, ggml_type: String },
     #[error("a batch needs at least one token")]
     EmptyBatch,
+    #[error("cannot trace token {row} of a batch of {tokens}")]
+    TraceRow { row: usize, tokens: usize },
     #[error("token id {token} is outside the vocabulary (size {n_vocab})")]
     TokenOutOfRange { token: u32, n_vocab: usize },
     #[error("position {pos} is outside the context of {n_ctx} tokens")]

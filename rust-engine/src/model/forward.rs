@@ -34,7 +34,7 @@ const NO_BIAS: Option<Vec<f32>> = None;
 /// Output rows are split between threads at multiples of this (whole row blocks per kernel).
 const ROW_ALIGN: usize = 16;
 
-/// Receives `(name, layer, values)` for every traced tensor (of the single token evaluated).
+/// Receives `(name, layer, values)` for every traced tensor (of the one token traced).
 pub(super) type Emit<'e> = &'e mut dyn FnMut(&str, Option<usize>, &[f32]);
 
 /// What a pass does besides computing: report traced tensors and inject the deliberate
@@ -42,24 +42,42 @@ pub(super) type Emit<'e> = &'e mut dyn FnMut(&str, Option<usize>, &[f32]);
 pub(super) struct Hooks<'e> {
     emit: Option<Emit<'e>>,
     fault: Option<Fault>,
+    /// The token of the pass whose tensors are reported (0 in a single-token pass).
+    row: usize,
+    /// Whether a pass of several tokens reports (the batched path traces one of its rows; the
+    /// decode path's multi-token passes report nothing).
+    rows: bool,
 }
 
 impl<'e> Hooks<'e> {
     /// No tracing; `fault` (normally `None`) is injected.
     pub(super) fn silent(fault: Option<Fault>) -> Self {
-        Hooks { emit: None, fault }
+        Hooks { emit: None, fault, row: 0, rows: false }
     }
 
     /// Every traced tensor goes to `emit` (of a single-token pass only).
     pub(super) fn traced(emit: Emit<'e>, fault: Option<Fault>) -> Self {
-        Hooks { emit: Some(emit), fault }
+        Hooks { emit: Some(emit), fault, row: 0, rows: false }
     }
 
-    /// Reports `data` (the first token's values) as the tensor `name` of layer `layer`
-    /// (`None` outside the layers).
-    fn emit(&mut self, name: &str, layer: Option<usize>, data: &[f32]) {
+    /// Every traced tensor of token `row` of the pass goes to `emit`, whatever the pass's size.
+    pub(super) fn traced_row(emit: Emit<'e>, fault: Option<Fault>, row: usize) -> Self {
+        Hooks { emit: Some(emit), fault, row, rows: true }
+    }
+
+    /// Reports the traced token's row of `rows` (token-major rows of `width` values) as the
+    /// tensor `name` of layer `layer` (`None` outside the layers).
+    fn emit(&mut self, name: &str, layer: Option<usize>, rows: &[f32], width: usize) {
         if let Some(emit) = &mut self.emit {
-            emit(name, layer, data);
+            let r = self.row * width;
+            emit(name, layer, rows.get(r..r + width).unwrap_or(rows));
+        }
+    }
+
+    /// Reports `data`, computed for token `t` of the pass alone, when `t` is the traced token.
+    fn emit_token(&mut self, name: &str, layer: Option<usize>, t: usize, data: &[f32]) {
+        if t == self.row {
+            self.emit(name, layer, data, data.len());
         }
     }
 
@@ -133,16 +151,18 @@ impl Forward<'_, '_> {
         let mm = Mm { pool: self.pool, nx: self.nx, n, ref_cols: ub.len };
         // result_norm (n, n_embd) -> logits = token_embd · result_norm (n, n_vocab).
         mm.rms_norm_each(&s.x[..n * e], self.output_norm, c.rms_eps, &mut s.h[..n * e]);
+        hooks.emit("result_norm", None, &s.h[..n * e], e);
         let head = Product { w: self.token_embd, scale: None, bias: None };
         mm.one(head, &s.h[..n * e], &mut s.input, &mut s.head[..nv * n]);
         mm.token_major(&s.head[..nv * n], &mut s.batch_logits[row0 * nv..(row0 + n) * nv]);
+        hooks.emit("result_output", None, &s.batch_logits[row0 * nv..(row0 + n) * nv], nv);
     }
 
     /// Embedding and every layer for `tokens` at `pos..`; `ub` is the ubatch of the batched
     /// path (`None`: one token at a time, the bits of `eval`).
     fn layers_pass(&mut self, tokens: &[u32], pos: usize, ub: Option<Ubatch>, hooks: &mut Hooks<'_>) {
         let n = tokens.len();
-        if n > 1 {
+        if n > 1 && !hooks.rows {
             hooks.emit = None;
         }
         let mm = Mm { pool: self.pool, nx: self.nx, n, ref_cols: ub.map_or(1, |u| u.len) };
@@ -161,7 +181,7 @@ impl Forward<'_, '_> {
         for (t, &token) in tokens.iter().enumerate() {
             self.token_embd.row(token as usize, &mut self.s.x[t * e..(t + 1) * e]);
         }
-        hooks.emit("inp_embd", None, &self.s.x[..e]);
+        hooks.emit("inp_embd", None, &self.s.x[..tokens.len() * e], e);
     }
 
     /// x (n, n_embd) -> x + Wo·sub_norm(attention(RoPE(Wq·h), RoPE(Wk·h), Wv·h)), h = norm(x).
@@ -178,7 +198,8 @@ impl Forward<'_, '_> {
         for t in 0..mm.n {
             self.attend_token(l, (pos, t), ub, hooks);
         }
-        hooks.emit("kqv_out", Some(l), &self.s.attn[..self.c.n_embd]);
+        let e = self.c.n_embd;
+        hooks.emit("kqv_out", Some(l), &self.s.attn[..mm.n * e], e);
         self.attn_output(l, layer, mm, hooks);
     }
 
@@ -188,7 +209,7 @@ impl Forward<'_, '_> {
         let (c, s, n) = (self.c, &mut *self.s, mm.n);
         let (e, kv) = (c.n_embd, c.n_embd_kv());
         mm.rms_norm_each(&s.x[..n * e], &layer.attn_norm, c.rms_eps, &mut s.h[..n * e]);
-        hooks.emit("attn_norm", Some(l), &s.h[..e]);
+        hooks.emit("attn_norm", Some(l), &s.h[..n * e], e);
         // One quantization of attn_norm serves Q, K and V (the reference quantizes the same
         // input three times, with identical results).
         mm.three(
@@ -223,9 +244,9 @@ impl Forward<'_, '_> {
             (&mut s.q[t * e..(t + 1) * e], &mut s.k[t * kv..(t + 1) * kv], &s.v[t * kv..(t + 1) * kv]);
         self.rope.apply(q, p, mode);
         self.rope.apply(k, p, mode);
-        hooks.emit("Qcur", Some(l), q);
-        hooks.emit("Kcur", Some(l), k);
-        hooks.emit("Vcur", Some(l), v);
+        hooks.emit_token("Qcur", Some(l), t, q);
+        hooks.emit_token("Kcur", Some(l), t, k);
+        hooks.emit_token("Vcur", Some(l), t, v);
         self.cache.store(l, p, k, v, self.nx);
         let attention = Attention { c, cache: &*self.cache, nx: self.nx, ubatch: ub };
         let q = &*q;
@@ -244,13 +265,13 @@ impl Forward<'_, '_> {
         } else {
             mm.rms_norm_each(&s.attn[..n * e], &layer.attn_sub_norm, c.rms_eps, &mut s.h[..n * e]);
         }
-        hooks.emit("attn_sub_norm", Some(l), &s.h[..e]);
+        hooks.emit("attn_sub_norm", Some(l), &s.h[..n * e], e);
         let wo = Product::of(layer, &layer.wo, scale_idx::O, &layer.bo);
         mm.one(wo, &s.h[..n * e], &mut s.input, &mut s.tq[..n * e]);
         mm.token_major(&s.tq, &mut s.o[..n * e]);
-        hooks.emit("attn_o_out", Some(l), &s.o[..e]);
+        hooks.emit("attn_o_out", Some(l), &s.o[..n * e], e);
         ops::add_assign(&mut s.x[..n * e], &s.o[..n * e]);
-        hooks.emit("ffn_inp", Some(l), &s.x[..e]);
+        hooks.emit("ffn_inp", Some(l), &s.x[..n * e], e);
     }
 
     /// x (n, n_embd) -> h = ffn_norm(x) -> gate = Wg·h, up = Wu·h (n, n_ff)
@@ -261,7 +282,7 @@ impl Forward<'_, '_> {
         {
             let s = &mut *self.s;
             mm.rms_norm_each(&s.x[..n * e], &layer.ffn_norm, c.rms_eps, &mut s.h[..n * e]);
-            hooks.emit("ffn_norm", Some(l), &s.h[..e]);
+            hooks.emit("ffn_norm", Some(l), &s.h[..n * e], e);
             // `llm_build_ffn` reports the gate and up products before their multipliers
             // (`ffn_up`, then `ffn_up_s`), so those are applied after the products here.
             mm.two(
@@ -280,41 +301,41 @@ impl Forward<'_, '_> {
         } else {
             mm.rms_norm_each(&s.gate[..n * f], &layer.ffn_sub_norm, c.rms_eps, &mut s.ff[..n * f]);
         }
-        hooks.emit("ffn_sub_norm", Some(l), &s.ff[..f]);
+        hooks.emit("ffn_sub_norm", Some(l), &s.ff[..n * f], f);
         let down = Product::of(layer, &layer.ffn_down, scale_idx::DOWN, &NO_BIAS);
         mm.one(down, &s.ff[..n * f], &mut s.input, &mut s.tq[..n * e]);
         mm.token_major(&s.tq, &mut s.o[..n * e]);
-        hooks.emit("ffn_down", Some(l), &s.o[..e]);
+        hooks.emit("ffn_down", Some(l), &s.o[..n * e], e);
         ops::add_assign(&mut s.x[..n * e], &s.o[..n * e]);
-        hooks.emit("l_out", Some(l), &s.x[..e]);
+        hooks.emit("l_out", Some(l), &s.x[..n * e], e);
     }
 
     /// gate, up (n, n_ff) -> gate = relu(gate)²·up (`bitnet-b1.58`, `bitnet-25`)
     /// or silu(gate · gate_scale)·(up · up_scale) (`bitnet`), reported in ggml's order.
     fn ffn_activation(&mut self, l: usize, layer: &Layer<'_>, mm: &Mm<'_>, hooks: &mut Hooks<'_>) {
         let (s, n, f) = (&mut *self.s, mm.n, self.c.n_ff);
-        hooks.emit("ffn_gate", Some(l), &s.gate[..f]);
+        hooks.emit("ffn_gate", Some(l), &s.gate[..n * f], f);
         match self.c.arch.ffn_activation() {
             FfnActivation::ReluSqr => {
                 // No `.scale` tensors in this architecture (see `arch.rs`).
-                hooks.emit("ffn_up", Some(l), &s.up[..f]);
+                hooks.emit("ffn_up", Some(l), &s.up[..n * f], f);
                 ops::relu_sqr_mul(&mut s.gate[..n * f], &s.up[..n * f]);
-                hooks.emit("ffn_out", Some(l), &s.gate[..f]);
+                hooks.emit("ffn_out", Some(l), &s.gate[..n * f], f);
             }
             FfnActivation::Silu => {
                 if let Some(k) = layer.scales[scale_idx::GATE] {
                     ops::scale(&mut s.gate[..n * f], k);
-                    hooks.emit("ffn_gate_s", Some(l), &s.gate[..f]);
+                    hooks.emit("ffn_gate_s", Some(l), &s.gate[..n * f], f);
                 }
                 mm.silu_each(&s.gate[..n * f], &mut s.ff[..n * f]);
-                hooks.emit("ffn_silu", Some(l), &s.ff[..f]);
-                hooks.emit("ffn_up", Some(l), &s.up[..f]);
+                hooks.emit("ffn_silu", Some(l), &s.ff[..n * f], f);
+                hooks.emit("ffn_up", Some(l), &s.up[..n * f], f);
                 if let Some(k) = layer.scales[scale_idx::UP] {
                     ops::scale(&mut s.up[..n * f], k);
-                    hooks.emit("ffn_up_s", Some(l), &s.up[..f]);
+                    hooks.emit("ffn_up_s", Some(l), &s.up[..n * f], f);
                 }
                 ops::mul(&s.ff[..n * f], &s.up[..n * f], &mut s.gate[..n * f]);
-                hooks.emit("ffn_sub_out", Some(l), &s.gate[..f]);
+                hooks.emit("ffn_sub_out", Some(l), &s.gate[..n * f], f);
             }
         }
     }
@@ -324,10 +345,10 @@ impl Forward<'_, '_> {
         let (c, s) = (self.c, &mut *self.s);
         let e = c.n_embd;
         ops::rms_norm(&s.x[(n - 1) * e..n * e], self.output_norm, c.rms_eps, &mut s.h[..e]);
-        hooks.emit("result_norm", None, &s.h[..e]);
+        hooks.emit("result_norm", None, &s.h[..e], e);
         let mm = Mm { pool: self.pool, nx: self.nx, n: 1, ref_cols: 1 };
         output(&mm, self.token_embd, &s.h[..e], &mut s.input, &mut s.logits);
-        hooks.emit("result_output", None, &s.logits);
+        hooks.emit("result_output", None, &s.logits, c.n_vocab);
     }
 
     /// The output layer alone: `s.logits = token_embd · h` for one normed hidden state `h`

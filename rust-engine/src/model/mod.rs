@@ -281,16 +281,7 @@ impl<'a> Model<'a> {
     /// [`BATCH_TOKENS`] tokens. The first batch longer than one token allocates the batch
     /// buffers (kept for later batches).
     pub fn eval_batch(&mut self, tokens: &[u32], start_pos: usize) -> Result<&[f32], ModelError> {
-        let Some(last) = tokens.len().checked_sub(1) else {
-            return Err(ModelError::EmptyBatch);
-        };
-        self.check(tokens[0], start_pos)?;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.n_vocab) {
-            return Err(ModelError::TokenOutOfRange { token: bad, n_vocab: self.config.n_vocab });
-        }
-        if start_pos + last >= self.cache.n_ctx {
-            return Err(ModelError::ContextFull { pos: start_pos + last, n_ctx: self.cache.n_ctx });
-        }
+        self.check_batch(tokens, start_pos)?;
         if tokens.len() > 1 && self.s.cap < BATCH_TOKENS {
             self.s = Scratch::new(&self.config, BATCH_TOKENS, self.qk256);
         }
@@ -321,6 +312,35 @@ impl<'a> Model<'a> {
         start_pos: usize,
         n_ubatch: usize,
     ) -> Result<&[f32], ModelError> {
+        self.check_batch(tokens, start_pos)?;
+        self.batched(tokens, start_pos, n_ubatch, None)
+    }
+
+    /// [`decode_batch`](Self::decode_batch), handing every named intermediate tensor of token
+    /// `row` of `tokens` (position `start_pos + row`) to `hook`, as the batched path computed it:
+    /// the rows the reference's eval callback holds for that position.
+    pub fn decode_batch_traced(
+        &mut self,
+        tokens: &[u32],
+        start_pos: usize,
+        n_ubatch: usize,
+        row: usize,
+        hook: Hook<'_>,
+    ) -> Result<&[f32], ModelError> {
+        if row >= tokens.len() {
+            return Err(ModelError::TraceRow { row, tokens: tokens.len() });
+        }
+        self.check_batch(tokens, start_pos)?;
+        let mut emit = |name: &str, layer: Option<usize>, t: &[f32]| match layer {
+            Some(l) => hook(&format!("{name}-{l}"), t),
+            None => hook(name, t),
+        };
+        self.batched(tokens, start_pos, n_ubatch, Some((row, &mut emit)))
+    }
+
+    /// The checks of a batch: not empty, every token in the vocabulary, every position in the
+    /// context, the first one next in the cache.
+    fn check_batch(&self, tokens: &[u32], start_pos: usize) -> Result<(), ModelError> {
         let Some(last) = tokens.len().checked_sub(1) else {
             return Err(ModelError::EmptyBatch);
         };
@@ -331,6 +351,19 @@ impl<'a> Model<'a> {
         if start_pos + last >= self.cache.n_ctx {
             return Err(ModelError::ContextFull { pos: start_pos + last, n_ctx: self.cache.n_ctx });
         }
+        Ok(())
+    }
+
+    /// The batched path over ubatches of `n_ubatch` (0: one ubatch), tracing token `row` of
+    /// `tokens` into the emitter when given (that part runs on this thread: the emitter is not
+    /// `Send`; the bits do not depend on the thread).
+    fn batched(
+        &mut self,
+        tokens: &[u32],
+        start_pos: usize,
+        n_ubatch: usize,
+        mut trace: Option<(usize, forward::Emit<'_>)>,
+    ) -> Result<&[f32], ModelError> {
         let n_ubatch = if n_ubatch == 0 { tokens.len() } else { n_ubatch };
         if tokens.len() > 1 && self.s.cap < BATCH_TOKENS {
             self.s = Scratch::new(&self.config, BATCH_TOKENS, self.qk256);
@@ -343,8 +376,20 @@ impl<'a> Model<'a> {
             let ub = attention::Ubatch { last: start_pos + row + ubatch.len() - 1, len: ubatch.len() };
             for part in ubatch.chunks(cap) {
                 let fault = self.fault;
-                let (pass, pool) = self.pass();
-                pool.install(|| pass.run_ubatch(part, start_pos + row, ub, row, Hooks::silent(fault)));
+                let traced = trace.as_mut().filter(|(r, _)| (row..row + part.len()).contains(r));
+                match traced {
+                    Some((r, emit)) => {
+                        let hooks = Hooks::traced_row(&mut **emit, fault, *r - row);
+                        let (pass, _) = self.pass();
+                        pass.run_ubatch(part, start_pos + row, ub, row, hooks);
+                    }
+                    None => {
+                        let (pass, pool) = self.pass();
+                        pool.install(|| {
+                            pass.run_ubatch(part, start_pos + row, ub, row, Hooks::silent(fault))
+                        });
+                    }
+                }
                 row += part.len();
             }
         }

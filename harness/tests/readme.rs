@@ -20,6 +20,7 @@ const ELSEWHERE: &[(&str, &str)] = &[
     ("cargo run --release -p harness -- bench --layers 30 --threads 1 --threads 2 --json", "harness/tests/bench.rs (1 and 2 threads, --json) on a fixture"),
     ("cargo build -p harness --example example_engine", "harness/tests/external_engine_cli.rs builds it; .ci/run runs the demo and gates it"),
     ("cargo run -p harness -- run --engine-cmd \"target/debug/examples/example_engine --mistake iq2s-sequential\" --trace", ".ci/run (the wrong engine's receipt must fail the gate at position 0, trace Qcur-0) and harness/tests/external_engine_cli.rs"),
+    ("scripts/batch-speed", "minutes on the 1.2 GB 30-layer model, by hand (figures in the issue notes); harness/tests/batch_mode.rs runs batch mode on every fixture"),
     ("cargo run -p harness -- fixtures --shape 2b --layers 4", "writes 730 MB; the same generator writes the committed fixtures (fixtures/tests/regenerate.rs) and bench's cached models"),
 ];
 

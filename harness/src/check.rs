@@ -79,20 +79,13 @@ impl CheckOptions {
 /// receipt (also written to `options.out` when set). Errors are the CLI's: a model that does not
 /// load, a reference that cannot start, prompts outside the context.
 pub fn check<'e>(engine: Box<dyn Engine + 'e>, options: &CheckOptions) -> Result<Receipt, Failure> {
-    let scratch;
-    let out = match &options.out {
-        Some(p) => p.clone(),
-        None => {
-            scratch = tempdir_receipt()?;
-            scratch.join("receipt.json")
-        }
-    };
     let args = RunArgs {
         model: Some(options.model.clone()),
         prompt: options.prompts.clone(),
         threads: options.threads,
         continue_tokens: Some(options.continue_tokens),
-        out: Some(out.clone()),
+        // None: the receipt is only returned (a run with a given engine writes no default file).
+        out: options.out.clone(),
         against: Some(options.against.clone()),
         min_cosine: options.min_cosine,
         trace: options.trace.then(|| "auto".to_string()),
@@ -100,28 +93,7 @@ pub fn check<'e>(engine: Box<dyn Engine + 'e>, options: &CheckOptions) -> Result
         quiet: !options.verbose,
         ..RunArgs::default()
     };
-    let result = crate::run::run_receipt(&args, Some(engine), Arc::new(AtomicBool::new(false)));
-    if options.out.is_none() {
-        if let Some(dir) = out.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-    result
-}
-
-/// A private folder for a receipt nobody asked to keep.
-fn tempdir_receipt() -> Result<PathBuf, Failure> {
-    let dir = std::env::temp_dir().join(format!("bitnet-parity-check-{}-{}", std::process::id(), unique()));
-    std::fs::create_dir(&dir).map_err(|e| {
-        Failure::new(crate::exit::Exit::OutputFailed, anyhow::anyhow!("{}: {e}", dir.display()))
-    })?;
-    Ok(dir)
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    crate::run::run_receipt(&args, Some(engine), Arc::new(AtomicBool::new(false)))
 }
 
 /// The gate's checks on `receipt`, against its own thresholds or those of a thresholds file

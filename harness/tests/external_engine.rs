@@ -7,9 +7,11 @@
 //!   process, and with `--mistake iq2s-sequential` wrong from the first position, the trace
 //!   naming the first op that differs.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bitnet_engine::gguf::GgufFile;
@@ -17,6 +19,8 @@ use bitnet_engine::model::ModelOptions;
 use harness::engine::external::ExternalEngine;
 use harness::engine::rust::RustSide;
 use harness::engine::{eval, Engine, EngineError, EngineResult, Identity};
+
+use common::example_engine;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny-256-gqa-i2_s.gguf")
@@ -266,38 +270,6 @@ fn raising_the_cancel_flag_interrupts_a_wait_and_stops_the_engine() {
 }
 
 // --- The example engine -------------------------------------------------------------------
-
-/// `target/<profile>/examples/example_engine`, built (once per test binary) with cargo: a no-op
-/// when `cargo test` has just built it, and the way to get it (or refresh it) when only this
-/// test was built.
-fn example_engine() -> PathBuf {
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = built.as_ref() {
-        return path.clone();
-    }
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test binary>
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let path = profile_dir.join("examples").join("example_engine");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = std::process::Command::new(cargo);
-    build.current_dir(env!("CARGO_MANIFEST_DIR")).args([
-        "build",
-        "-p",
-        "harness",
-        "--example",
-        "example_engine",
-    ]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("cargo runs");
-    assert!(status.success(), "cargo build --example example_engine: {status}");
-    assert!(path.is_file(), "{} was built", path.display());
-    *built = Some(path.clone());
-    path
-}
 
 fn start_example(args: &str, n_ctx: usize) -> ExternalEngine {
     let command = format!("'{}' {args}", example_engine().display());

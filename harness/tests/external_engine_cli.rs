@@ -5,43 +5,17 @@
 //! The crashing and hanging engines are the real example engine behind a python3 proxy that
 //! forwards the protocol and misbehaves at a chosen `eval`: the positions before are real.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Mutex;
 
 use serde_json::Value;
 
+use common::example_engine;
+
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny-256-gqa-i2_s.gguf")
-}
-
-/// `target/<profile>/examples/example_engine`, built once per test binary (a no-op when
-/// `cargo test` has just built it).
-fn example_engine() -> PathBuf {
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = built.as_ref() {
-        return path.clone();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let path = profile_dir.join("examples").join("example_engine");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build.current_dir(env!("CARGO_MANIFEST_DIR")).args([
-        "build",
-        "-p",
-        "harness",
-        "--example",
-        "example_engine",
-    ]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("cargo runs");
-    assert!(status.success(), "cargo build --example example_engine: {status}");
-    *built = Some(path.clone());
-    path
 }
 
 /// Forwards the protocol to the engine named by its other arguments; at the Nth `eval` it

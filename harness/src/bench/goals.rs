@@ -148,14 +148,16 @@ pub fn evaluate(r: &BenchReport) -> Vec<Goal> {
             r.model.n_layer, r.model.kind, r.model.n_embd
         )
     });
-    for t in goal_threads(r) {
-        let result = r.results.iter().find(|x| x.threads == t);
-        let not_run = || format!("not run at {t} thread(s) (add --threads {t})");
-        goals.push(decode_goal(t, result, &model_scope, not_run()));
-        goals.push(prefill_goal(r, t, result, &model_scope, not_run()));
-        goals.push(memory_goal(r, t, result, &model_scope, not_run()));
-        goals.push(run_goal(r, t, result, &model_scope, not_run()));
-        goals.push(bandwidth_goal(t, result, &model_scope, not_run()));
+    for threads in goal_threads(r) {
+        let result = r.results.iter().find(|x| x.threads == threads);
+        let at = At { report: r, threads, result, scope: &model_scope };
+        goals.extend([
+            decode_goal(&at),
+            prefill_goal(&at),
+            memory_goal(&at),
+            run_goal(&at),
+            bandwidth_goal(&at),
+        ]);
     }
     for (rows, cols) in SHAPES {
         for t in goal_threads(r) {
@@ -182,7 +184,32 @@ pub fn evaluate(r: &BenchReport) -> Vec<Goal> {
     goals
 }
 
-fn decode_goal(t: usize, result: Option<&ThreadResult>, scope: &Option<String>, not_run: String) -> Goal {
+/// What a goal at one thread count is judged on.
+struct At<'r> {
+    report: &'r BenchReport,
+    threads: usize,
+    /// The engines' run at that thread count, when there was one.
+    result: Option<&'r ThreadResult>,
+    /// Why a model-level figure does not count (it was measured on another model), if so.
+    scope: &'r Option<String>,
+}
+
+impl At<'_> {
+    /// The goal `spec`, not measured: nothing ran at this thread count.
+    fn not_run(&self, spec: Spec) -> Goal {
+        let t = self.threads;
+        goal(
+            spec,
+            Outcome {
+                notes: vec![format!("not run at {t} thread(s) (add --threads {t})")],
+                ..Outcome::default()
+            },
+        )
+    }
+}
+
+fn decode_goal(at: &At<'_>) -> Goal {
+    let (t, scope) = (at.threads, at.scope);
     let spec = Spec {
         id: "decode_ratio",
         level: "required",
@@ -193,7 +220,7 @@ fn decode_goal(t: usize, result: Option<&ThreadResult>, scope: &Option<String>, 
         threads: Some(t),
         bound: Some(Bound::AtLeast(DECODE_RATIO_MIN)),
     };
-    let Some(x) = result else { return goal(spec, Outcome { notes: vec![not_run], ..Outcome::default() }) };
+    let Some(x) = at.result else { return at.not_run(spec) };
     // Paired by round: the machine's state drifts over seconds; a round's runs share it.
     let mut notes = vec![format!(
         "median of per-round ratios; ratio of medians {:.3}, of best runs {:.3}",
@@ -213,13 +240,8 @@ fn decode_goal(t: usize, result: Option<&ThreadResult>, scope: &Option<String>, 
     )
 }
 
-fn prefill_goal(
-    r: &BenchReport,
-    t: usize,
-    result: Option<&ThreadResult>,
-    scope: &Option<String>,
-    not_run: String,
-) -> Goal {
+fn prefill_goal(at: &At<'_>) -> Goal {
+    let (r, t, scope) = (at.report, at.threads, at.scope);
     let spec = Spec {
         id: "prefill_ratio",
         level: "required",
@@ -230,7 +252,7 @@ fn prefill_goal(
         threads: Some(t),
         bound: Some(Bound::AtLeast(PREFILL_RATIO_MIN)),
     };
-    let Some(x) = result else { return goal(spec, Outcome { notes: vec![not_run], ..Outcome::default() }) };
+    let Some(x) = at.result else { return at.not_run(spec) };
     let tokens = r.settings.prefill_tokens;
     let length = (tokens != PREFILL_GOAL_TOKENS).then(|| {
         format!("a batch of {tokens} tokens, not {PREFILL_GOAL_TOKENS} (--prefill {PREFILL_GOAL_TOKENS})")
@@ -247,13 +269,8 @@ fn prefill_goal(
     )
 }
 
-fn memory_goal(
-    r: &BenchReport,
-    t: usize,
-    result: Option<&ThreadResult>,
-    scope: &Option<String>,
-    not_run: String,
-) -> Goal {
+fn memory_goal(at: &At<'_>) -> Goal {
+    let (r, t, scope) = (at.report, at.threads, at.scope);
     let spec = |limit: Option<u64>| Spec {
         id: "rust_peak_memory",
         level: "required",
@@ -264,9 +281,7 @@ fn memory_goal(
         threads: Some(t),
         bound: limit.map(|l| Bound::AtMost(l as f64)),
     };
-    let Some(x) = result else {
-        return goal(spec(None), Outcome { notes: vec![not_run], ..Outcome::default() });
-    };
+    let Some(x) = at.result else { return at.not_run(spec(None)) };
     let limit = r.model.file_bytes + x.rust.memory.kv_cache_bytes + MEMORY_SLACK_BYTES;
     let peak = x.rust.memory.peak_rss_bytes;
     goal(
@@ -286,13 +301,8 @@ fn memory_goal(
     )
 }
 
-fn run_goal(
-    r: &BenchReport,
-    t: usize,
-    result: Option<&ThreadResult>,
-    scope: &Option<String>,
-    not_run: String,
-) -> Goal {
+fn run_goal(at: &At<'_>) -> Goal {
+    let (r, t, scope) = (at.report, at.threads, at.scope);
     let spec = Spec {
         id: "run_wall_over_slower_engine",
         level: "required",
@@ -303,7 +313,7 @@ fn run_goal(
         threads: Some(t),
         bound: Some(Bound::AtMost(RUN_WALL_OVER_SLOWER_MAX)),
     };
-    let Some(x) = result else { return goal(spec, Outcome { notes: vec![not_run], ..Outcome::default() }) };
+    let Some(x) = at.result else { return at.not_run(spec) };
     let Some(c) = &x.run_check else {
         let why = if r.settings.run_check_tokens == 0 {
             "skipped (--run-tokens 0)"
@@ -329,7 +339,8 @@ fn run_goal(
     )
 }
 
-fn bandwidth_goal(t: usize, result: Option<&ThreadResult>, scope: &Option<String>, not_run: String) -> Goal {
+fn bandwidth_goal(at: &At<'_>) -> Goal {
+    let (t, scope) = (at.threads, at.scope);
     let spec = Spec {
         id: "decode_bandwidth_fraction",
         level: "target",
@@ -341,7 +352,7 @@ fn bandwidth_goal(t: usize, result: Option<&ThreadResult>, scope: &Option<String
         threads: Some(t),
         bound: Some(Bound::AtLeast(BANDWIDTH_FRACTION_TARGET)),
     };
-    let Some(x) = result else { return goal(spec, Outcome { notes: vec![not_run], ..Outcome::default() }) };
+    let Some(x) = at.result else { return at.not_run(spec) };
     goal(
         spec,
         Outcome {

@@ -209,6 +209,15 @@ impl CppSide {
     }
 }
 
+/// What the eval callback keeps: the tensors of `names`, or every node when `names` is empty.
+fn capture_filter(names: &[String]) -> CaptureFilter {
+    if names.is_empty() {
+        CaptureFilter::All
+    } else {
+        CaptureFilter::Names(names.to_vec())
+    }
+}
+
 /// A worker error as an engine error, naming what was asked.
 fn engine_error(e: WorkerError) -> EngineError {
     match e {
@@ -325,7 +334,7 @@ impl Engine for CppSide {
         row: usize,
         names: &[String],
     ) -> EngineResult<Option<NamedTensors>> {
-        let filter = if names.is_empty() { CaptureFilter::All } else { CaptureFilter::Names(names.to_vec()) };
+        let filter = capture_filter(names);
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
         let (_, captured) =
             self.worker.eval_batch_capture(&ids, pos as u32, &filter).map_err(engine_error)?;
@@ -345,7 +354,7 @@ impl Engine for CppSide {
         pos: usize,
         names: &[String],
     ) -> EngineResult<Vec<(String, Vec<f32>)>> {
-        let filter = if names.is_empty() { CaptureFilter::All } else { CaptureFilter::Names(names.to_vec()) };
+        let filter = capture_filter(names);
         let (_, captured) =
             self.worker.eval_token_capture(token as i32, pos as u32, &filter).map_err(engine_error)?;
         Ok(captured.into_iter().map(|c| (c.name, c.data)).collect())

@@ -65,12 +65,10 @@ impl Identity {
     pub fn label(&self) -> String {
         match self {
             Identity::Rust(r) => r.name.clone(),
-            Identity::Cpp(c) if c.source.starts_with("saved:") => {
-                format!("saved reference {}", &c.source[6..])
-            }
-            Identity::Cpp(c) => match march_of(c) {
-                Some(m) => format!("bitnet.cpp ({m})"),
-                None => "bitnet.cpp".to_string(),
+            Identity::Cpp(c) => match (c.source.strip_prefix("saved:"), march_of(c)) {
+                (Some(file), _) => format!("saved reference {file}"),
+                (None, Some(m)) => format!("bitnet.cpp ({m})"),
+                (None, None) => "bitnet.cpp".to_string(),
             },
             Identity::External(e) => format!("{} {}", e.name, e.version),
         }

@@ -74,6 +74,15 @@ impl<'a> RustSide<'a> {
     }
 }
 
+/// The engine's trace hook keeping the tensors of `names` (in the order reported) in `kept`.
+fn keep_named<'k>(names: &'k [String], kept: &'k mut NamedTensors) -> impl FnMut(&str, &[f32]) + 'k {
+    move |name, data| {
+        if names.iter().any(|n| n == name) {
+            kept.push((name.to_string(), data.to_vec()));
+        }
+    }
+}
+
 impl Engine for RustSide<'_> {
     fn identity(&self) -> Identity {
         let options = self.model.options();
@@ -143,13 +152,8 @@ impl Engine for RustSide<'_> {
         names: &[String],
     ) -> EngineResult<Option<NamedTensors>> {
         let mut kept: NamedTensors = Vec::new();
-        let mut keep = |name: &str, data: &[f32]| {
-            if names.iter().any(|n| n == name) {
-                kept.push((name.to_string(), data.to_vec()));
-            }
-        };
         self.model
-            .decode_batch_traced(tokens, pos, self.n_ubatch, row, &mut keep)
+            .decode_batch_traced(tokens, pos, self.n_ubatch, row, &mut keep_named(names, &mut kept))
             .map_err(|e| EngineError::Failed(e.to_string()))?;
         Ok(Some(kept))
     }
@@ -164,13 +168,10 @@ impl Engine for RustSide<'_> {
         pos: usize,
         names: &[String],
     ) -> EngineResult<Vec<(String, Vec<f32>)>> {
-        let mut kept: Vec<(String, Vec<f32>)> = Vec::new();
-        let mut keep = |name: &str, data: &[f32]| {
-            if names.iter().any(|n| n == name) {
-                kept.push((name.to_string(), data.to_vec()));
-            }
-        };
-        self.model.eval_traced(token, pos, &mut keep).map_err(|e| EngineError::Failed(e.to_string()))?;
+        let mut kept: NamedTensors = Vec::new();
+        self.model
+            .eval_traced(token, pos, &mut keep_named(names, &mut kept))
+            .map_err(|e| EngineError::Failed(e.to_string()))?;
         Ok(kept)
     }
 }

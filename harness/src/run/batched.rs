@@ -8,9 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::anyhow;
-use sha2::{Digest, Sha256};
 
-use super::evaluate::{evaluate_case, hex, stop, token_text, Ctx, Outcome, Stop};
+use super::evaluate::{evaluate_case, stop, token_text, Ctx, LogitDigests, Outcome, Stop};
 use super::plan::Plan;
 use super::RunMode;
 use crate::compare::{compare_position, summarize};
@@ -177,8 +176,7 @@ fn batch_pass<'e>(
     let n_vocab = a.n_vocab();
     let mut pass =
         BatchPass { positions: Vec::new(), hashes: Default::default(), self_positions: Default::default() };
-    let mut hashes = [Sha256::new(), Sha256::new()];
-    let mut hash_bytes: Vec<u8> = Vec::new();
+    let mut digests = LogitDigests::new();
     let mut stopped = None;
     let mut start = 0;
     while start < n_positions {
@@ -196,17 +194,8 @@ fn batch_pass<'e>(
         };
         for (i, pos) in (start..end).enumerate() {
             let (la, lb) = (&ra[i * n_vocab..(i + 1) * n_vocab], &rb[i * n_vocab..(i + 1) * n_vocab]);
-            for (hash, logits) in hashes.iter_mut().zip([la, lb]) {
-                hash_bytes.clear();
-                hash_bytes.extend(logits.iter().flat_map(|v| v.to_le_bytes()));
-                hash.update(&hash_bytes);
-            }
-            if let Some(Err(e)) = out.saver.as_mut().map(|w| w.push_logits(lb)) {
-                if let Some(w) = out.saver.take() {
-                    w.abandon();
-                }
-                return Err(e.into());
-            }
+            digests.add([la, lb]);
+            out.save_logits(lb)?;
             let (token, next) = (ids[pos], ids.get(pos + 1).copied());
             pass.positions.push(compare_position(pos, token, next, la, lb));
             if let Some(rows) = decoded.and_then(|d| d.get(pos)) {
@@ -219,7 +208,7 @@ fn batch_pass<'e>(
         }
         start = end;
     }
-    pass.hashes = hashes.map(|h| hex(&h.finalize()));
+    pass.hashes = digests.finish();
     Ok((Some(pass), stopped))
 }
 

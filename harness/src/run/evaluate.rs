@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
+use super::identity::hex;
+
 use super::plan::Plan;
 use super::sides::Engines;
 use super::{batched, ModeChoice, ModelFile, RunArgs, RunMode};
@@ -193,7 +195,7 @@ pub(super) fn evaluate_case<'e>(
     let Ctx { model, interrupted, ui, .. } = *ctx;
     let mut ids = plan.ids.clone();
     let mut positions: Vec<Position> = Vec::with_capacity(plan.n_positions);
-    let (mut a_hash, mut b_hash) = (Sha256::new(), Sha256::new());
+    let mut digests = LogitDigests::new();
     for (side, e) in [&mut *a, &mut *b].into_iter().enumerate() {
         if let Err(e) = e.reset(ci) {
             return Ok((None, Some(stop(side, e, ci, 0))));
@@ -204,7 +206,6 @@ pub(super) fn evaluate_case<'e>(
     let mut prev_argmax: Option<u32> = None;
     // The last evaluated position, whose metrics are computed during the next evaluation.
     let mut unmeasured: Option<Unmeasured> = None;
-    let mut hash_bytes: Vec<u8> = Vec::new();
     for pos in 0..plan.n_positions {
         if stopped.is_some() {
             break;
@@ -235,19 +236,8 @@ pub(super) fn evaluate_case<'e>(
             positions.push(compare_position(p, tok, next, &ra, &rb));
         }
         out.evaluated += 1;
-        for (hash, logits) in [(&mut a_hash, &la[..]), (&mut b_hash, &lb[..])] {
-            // Digest of the f32 logits, little-endian, hashed in one piece.
-            hash_bytes.clear();
-            hash_bytes.extend(logits.iter().flat_map(|v| v.to_le_bytes()));
-            hash.update(&hash_bytes);
-        }
-        if let Some(Err(e)) = out.saver.as_mut().map(|w| w.push_logits(&lb)) {
-            // Leave no half-written file behind (a full disk, typically).
-            if let Some(w) = out.saver.take() {
-                w.abandon();
-            }
-            return Err(e.into());
-        }
+        digests.add([&la, &lb]);
+        out.save_logits(&lb)?;
         prev_argmax = Some(argmax(&lb) as u32);
         // The teacher token that follows (for Δp): known for prompt positions; after the
         // prompt, side B's greedy choice (or the saved token).
@@ -273,6 +263,7 @@ pub(super) fn evaluate_case<'e>(
         n_prompt_tokens: plan.n_prompt,
         n_positions: positions.len(),
     });
+    let [rust_logits_sha256, reference_logits_sha256] = digests.finish();
     let case = Some(Case {
         prompt: plan.prompt.clone(),
         token_texts: Some(
@@ -280,8 +271,8 @@ pub(super) fn evaluate_case<'e>(
         ),
         token_ids: ids,
         n_prompt_tokens: plan.n_prompt,
-        rust_logits_sha256: hex(&a_hash.finalize()),
-        reference_logits_sha256: hex(&b_hash.finalize()),
+        rust_logits_sha256,
+        reference_logits_sha256,
         positions,
         summary,
         batch: None,
@@ -290,6 +281,44 @@ pub(super) fn evaluate_case<'e>(
     Ok((case, stopped))
 }
 
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The sha256 of each side's logits over a case: every position's f32 values, little-endian,
+/// one position after the other.
+pub(super) struct LogitDigests {
+    hashes: [Sha256; 2],
+    /// One position's bytes, hashed in one piece (reused).
+    bytes: Vec<u8>,
+}
+
+impl LogitDigests {
+    pub fn new() -> LogitDigests {
+        LogitDigests { hashes: [Sha256::new(), Sha256::new()], bytes: Vec::new() }
+    }
+
+    /// Adds one position's logits of sides A and B.
+    pub fn add(&mut self, logits: [&[f32]; 2]) {
+        for (hash, logits) in self.hashes.iter_mut().zip(logits) {
+            self.bytes.clear();
+            self.bytes.extend(logits.iter().flat_map(|v| v.to_le_bytes()));
+            hash.update(&self.bytes);
+        }
+    }
+
+    /// The two digests, as lowercase hex.
+    pub fn finish(self) -> [String; 2] {
+        self.hashes.map(|h| hex(&h.finalize()))
+    }
+}
+
+impl Outcome {
+    /// Appends side B's logits of one position to `--save-reference`'s file, if any; on a
+    /// failure (a full disk, typically) the half-written file is removed.
+    pub(super) fn save_logits(&mut self, logits: &[f32]) -> Result<(), Failure> {
+        if let Some(Err(e)) = self.saver.as_mut().map(|w| w.push_logits(logits)) {
+            if let Some(w) = self.saver.take() {
+                w.abandon();
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
 }

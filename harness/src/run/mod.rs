@@ -208,7 +208,12 @@ impl ModelFile {
 }
 
 /// The outputs, checked before any work: only regular files (or new paths), never an input.
-fn check_outputs(args: &RunArgs, model: &Path, out: &Path, sides: &sides::Specs) -> Result<(), Failure> {
+fn check_outputs(
+    args: &RunArgs,
+    model: &Path,
+    out: Option<&Path>,
+    sides: &sides::Specs,
+) -> Result<(), Failure> {
     let saved: Vec<&Path> = [&sides.a, &sides.b]
         .into_iter()
         .filter_map(|s| match s {
@@ -218,7 +223,7 @@ fn check_outputs(args: &RunArgs, model: &Path, out: &Path, sides: &sides::Specs)
         .collect();
     let inputs: Vec<&Path> =
         [Some(model), args.prompts_file.as_deref()].into_iter().flatten().chain(saved).collect();
-    for o in [Some(out), args.save_reference.as_deref()].into_iter().flatten() {
+    for o in [out, args.save_reference.as_deref()].into_iter().flatten() {
         crate::files::check_output(o)?;
         crate::files::check_not_input(o, &inputs)?;
     }
@@ -255,8 +260,13 @@ pub(crate) fn run_receipt<'e>(
     let ui = Progress::new(args.quiet);
     let specs = sides::Specs::from_args(args, given.is_some())?;
     let src = resolve_model(args.model.as_deref())?;
-    let out = args.out.clone().unwrap_or_else(|| default_receipt_path(&src.label));
-    check_outputs(args, &src.path, &out, &specs)?;
+    let out = match (&args.out, given.is_some()) {
+        (Some(path), _) => Some(path.clone()),
+        (None, false) => Some(default_receipt_path(&src.label)),
+        // A program that handed its engine over gets the receipt back: no file unless asked.
+        (None, true) => None,
+    };
+    check_outputs(args, &src.path, out.as_deref(), &specs)?;
 
     // The prompts the user gave (or the fixture's), checked before any engine starts.
     ModeChoice::from_args(args)?;
@@ -277,7 +287,7 @@ pub(crate) fn run_receipt<'e>(
     outcome.trace = tracing::trace(args, &model, &mut engines, &outcome, &ui)?;
     let receipt = record::receipt(args, &model, &facts, &engines, &mut plans, &mut outcome, wall);
     record::save_reference(outcome.saver.take(), &receipt, &model, &outcome, &ui)?;
-    record::write_and_show(&receipt, &out, args, &ui)?;
+    record::write_and_show(&receipt, out.as_deref(), args, &ui)?;
     engines.shutdown();
     Ok(receipt)
 }

@@ -9,6 +9,7 @@ use crate::exit::{Exit, Failure};
 use crate::inputs;
 use crate::receipt::{CorpusAgreement, Shard, TokenizerMismatch};
 use crate::report::term::Progress;
+use crate::tokenize_check::Tokenizing;
 
 /// A case to evaluate: prompt text and the ids both engines will see.
 pub(super) struct Plan {
@@ -123,7 +124,7 @@ fn prompts_sha256(prompts: &[String]) -> String {
         h.update((p.len() as u64).to_le_bytes());
         h.update(p.as_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    super::identity::hex(&h.finalize())
 }
 
 /// A saved reference replays its own prompts, in order.
@@ -262,25 +263,24 @@ pub(super) fn corpus_agreement(
     engines: &mut Engines<'_>,
     ui: &Progress,
 ) -> Result<Option<CorpusAgreement>, Failure> {
-    let strings = crate::corpus::builtin_corpus();
     if engines.saved.is_some() {
         return Ok(None);
     }
-    let mut lists = Vec::new();
-    for (side, spec) in [(&mut engines.a, &engines.specs.a), (&mut engines.b, &engines.specs.b)] {
-        lists.push(match side {
-            Side::RustPending => Some(crate::tokenize_check::Tokenizing::Rust(&model.tokenizer)),
-            Side::Ready(e) => Some(crate::tokenize_check::Tokenizing::Engine(e.as_mut(), side_name(spec))),
-        });
-    }
-    let (Some(a), Some(b)) = (lists.remove(0), lists.remove(0)) else { return Ok(None) };
+    let a = tokenizing(&mut engines.a, &engines.specs.a, model);
+    let b = tokenizing(&mut engines.b, &engines.specs.b, model);
     ui.step("checking the tokenizers on the built-in corpus");
-    let mut c = match crate::tokenize_check::check(a, b, &strings, "builtin")? {
-        Some(c) => c,
-        None => return Ok(None),
-    };
+    let strings = crate::corpus::builtin_corpus();
+    let Some(mut c) = crate::tokenize_check::check(a, b, &strings, "builtin")? else { return Ok(None) };
     for m in &mut c.modes {
         m.mismatches.truncate(20);
     }
     Ok(Some(c))
+}
+
+/// A side's tokenizer for the corpus check (the Rust engine, not loaded yet: the file's).
+fn tokenizing<'x, 'e>(side: &'x mut Side<'e>, spec: &EngineSpec, model: &'x ModelFile) -> Tokenizing<'x, 'e> {
+    match side {
+        Side::RustPending => Tokenizing::Rust(&model.tokenizer),
+        Side::Ready(e) => Tokenizing::Engine(e.as_mut(), side_name(spec)),
+    }
 }

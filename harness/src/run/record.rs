@@ -183,19 +183,24 @@ pub(super) fn save_reference(
     Ok(())
 }
 
-/// Writes the receipt (atomically) and prints the table, or the JSON with `--json`.
+/// Writes the receipt (atomically) to `out`, when there is one, and prints the table, or the
+/// JSON with `--json`.
 pub(super) fn write_and_show(
     receipt: &Receipt,
-    out: &Path,
+    out: Option<&Path>,
     args: &RunArgs,
     ui: &Progress,
 ) -> Result<(), Failure> {
-    receipt::write_atomic(out, receipt)?;
+    if let Some(out) = out {
+        receipt::write_atomic(out, receipt)?;
+    }
     ui.done();
     if args.json {
         println!("{}", serde_json::to_string_pretty(receipt).or_exit(Exit::Internal)?);
         // stdout holds the JSON document alone.
-        eprintln!("receipt: {}", out.display());
+        if let Some(out) = out {
+            eprintln!("receipt: {}", out.display());
+        }
     } else {
         if !args.quiet {
             print!("{}", table::render(receipt, Paint::stdout()));
@@ -215,7 +220,9 @@ pub(super) fn write_and_show(
                 }
             }
         }
-        println!("receipt: {}", out.display());
+        if let Some(out) = out {
+            println!("receipt: {}", out.display());
+        }
     }
     Ok(())
 }

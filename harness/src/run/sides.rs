@@ -31,6 +31,7 @@ use crate::report::term::Progress;
 const DEFAULT_ENGINE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Which engines, as the user named them: side A (under test) and side B (held against).
+#[derive(Clone)]
 pub(super) struct Specs {
     pub a: EngineSpec,
     pub b: EngineSpec,
@@ -233,8 +234,7 @@ pub(super) fn join<'f>(
             }
         }
     }
-    let specs = Specs { a: specs.a.clone(), b: specs.b.clone() };
-    let mut engines = Engines { specs, a, b, profile: None, saved, load_s: [a_s, b_s] };
+    let mut engines = Engines { specs: specs.clone(), a, b, profile: None, saved, load_s: [a_s, b_s] };
     engines.profile = engines.choose_profile(args.reference_profile);
     if let Some(p) = &engines.profile {
         if let Some(w) = p.warning() {
@@ -388,7 +388,7 @@ impl<'f> Engines<'f> {
             };
             let loaded = Model::load(&model.file, options).map_err(model_failure)?;
             // A fault goes into the engine under test (side A), or side B when only it is Rust.
-            let fault = if i == 0 || self_is_only_rust(&self.specs, i) { args.inject_fault } else { None };
+            let fault = args.inject_fault.filter(|_| i == 0 || self.specs.a != EngineSpec::Rust);
             if let Some(f) = fault {
                 ui.say(&format!(
                     "warning: fault {f} injected into the Rust engine (it shows first at {})",
@@ -438,8 +438,4 @@ impl<'f> Engines<'f> {
             }
         }
     }
-}
-
-fn self_is_only_rust(specs: &Specs, i: usize) -> bool {
-    i == 1 && specs.a != EngineSpec::Rust
 }

@@ -6,8 +6,9 @@ use tabled::settings::object::{Cell, Rows};
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
 
+use crate::engine::march_of;
 use crate::hazards::{find, HazardKind};
-use crate::receipt::{Receipt, Summary};
+use crate::receipt::{Receipt, ReferenceEngine, Summary};
 use crate::report::term::{verdict_tone, Paint, Tone};
 
 /// Characters of each prompt shown (the receipt and `harness report` have it whole).
@@ -176,22 +177,16 @@ fn engines_line(r: &Receipt) -> Option<String> {
     if a.kind == "rust-engine" && b_is_cpp {
         return None;
     }
-    let march = |flags: &[String]| {
-        flags
-            .iter()
-            .flat_map(|g| g.split(' '))
-            .find_map(|w| w.strip_prefix("-march="))
-            .map(|m| format!(" (-march={m})"))
-    };
+    let march = |build: &ReferenceEngine| march_of(build).map(|m| format!(" (-march={m})"));
     let side_a = match (a.kind.as_str(), &a.build, &a.external) {
         ("bitnet.cpp", Some(build), _) => {
-            format!("bitnet.cpp {}{}", build.source, march(&build.flags).unwrap_or_default())
+            format!("bitnet.cpp {}{}", build.source, march(build).unwrap_or_default())
         }
         ("external", _, Some(e)) => format!("{} {} (`{}`)", e.name, e.version, e.command),
         _ => format!("{} {}", a.name, a.version),
     };
     let side_b = if b_is_cpp {
-        format!("bitnet.cpp {}{}", b.source, march(&b.flags).unwrap_or_default())
+        format!("bitnet.cpp {}{}", b.source, march(b).unwrap_or_default())
     } else {
         b.source.clone()
     };

@@ -70,14 +70,14 @@ impl<'e> Hooks<'e> {
     fn emit(&mut self, name: &str, layer: Option<usize>, rows: &[f32], width: usize) {
         if let Some(emit) = &mut self.emit {
             let r = self.row * width;
-            emit(name, layer, rows.get(r..r + width).unwrap_or(rows));
+            emit(name, layer, &rows[r..r + width]);
         }
     }
 
     /// Reports `data`, computed for token `t` of the pass alone, when `t` is the traced token.
     fn emit_token(&mut self, name: &str, layer: Option<usize>, t: usize, data: &[f32]) {
-        if t == self.row {
-            self.emit(name, layer, data, data.len());
+        if let (Some(emit), true) = (&mut self.emit, t == self.row) {
+            emit(name, layer, data);
         }
     }
 

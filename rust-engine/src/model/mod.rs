@@ -331,10 +331,7 @@ impl<'a> Model<'a> {
             return Err(ModelError::TraceRow { row, tokens: tokens.len() });
         }
         self.check_batch(tokens, start_pos)?;
-        let mut emit = |name: &str, layer: Option<usize>, t: &[f32]| match layer {
-            Some(l) => hook(&format!("{name}-{l}"), t),
-            None => hook(name, t),
-        };
+        let mut emit = with_layer_names(hook);
         self.batched(tokens, start_pos, n_ubatch, Some((row, &mut emit)))
     }
 
@@ -400,10 +397,7 @@ impl<'a> Model<'a> {
     pub fn eval_traced(&mut self, token: u32, pos: usize, hook: Hook<'_>) -> Result<&[f32], ModelError> {
         self.check(token, pos)?;
         let fault = self.fault;
-        let mut emit = |name: &str, layer: Option<usize>, t: &[f32]| match layer {
-            Some(l) => hook(&format!("{name}-{l}"), t),
-            None => hook(name, t),
-        };
+        let mut emit = with_layer_names(hook);
         let (pass, _) = self.pass();
         pass.run(&[token], pos, true, Hooks::traced(&mut emit, fault));
         Ok(&self.s.logits)
@@ -445,5 +439,14 @@ impl<'a> Model<'a> {
             return Err(ModelError::PositionGap { pos, filled: self.cache.filled });
         }
         Ok(())
+    }
+}
+
+/// The forward pass's `(name, layer, values)` reports as the reference names them: `Qcur-1`
+/// for a layer's tensor, the bare name outside the layers.
+fn with_layer_names<'h>(hook: Hook<'h>) -> impl FnMut(&str, Option<usize>, &[f32]) + 'h {
+    move |name, layer, t| match layer {
+        Some(l) => hook(&format!("{name}-{l}"), t),
+        None => hook(name, t),
     }
 }

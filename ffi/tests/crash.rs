@@ -96,3 +96,45 @@ fn a_model_that_makes_the_reference_abort_is_reported_cleanly() {
     // The parent is fine and still holds what it computed.
     assert!(before.iter().all(|l| l.len() == n_vocab && l.iter().all(|x| x.is_finite())));
 }
+
+/// A started batch's answer is read on a thread of its own (`RefWorker::start_eval_batch`):
+/// a worker that dies, or a cancel raised, while that thread waits is still reported as in a
+/// plain wait, and a batch read that way gives the logits a plain batch gives.
+#[test]
+fn a_started_batch_reports_a_crash_or_a_cancel_and_otherwise_its_logits() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_f32_model(dir.path(), "small-f32", &Spec::small());
+    let mut w = common::worker();
+    w.load_model(&path, PARAMS).unwrap();
+    let tokens = w.tokenize(PROMPT, true, false).unwrap();
+    let plain = w.eval_batch(&tokens, 0).unwrap();
+    w.reset().unwrap();
+    let pending = w.start_eval_batch(&tokens, 0).unwrap();
+    assert_eq!(w.finish_eval(pending).unwrap(), plain);
+    // Requests after a batch read aside still work (the pipe came back).
+    w.reset().unwrap();
+    assert_eq!(w.eval_batch(&tokens, 0).unwrap(), plain);
+
+    // Killed while its answer is awaited (stopped first, so that it cannot answer before).
+    w.reset().unwrap();
+    Command::new("kill").args(["-STOP", &w.pid().to_string()]).status().unwrap();
+    let pending = w.start_eval_batch(&tokens, 0).unwrap();
+    Command::new("kill").args(["-KILL", &w.pid().to_string()]).status().unwrap();
+    let Err(err) = w.finish_eval(pending) else { panic!("a killed worker answered") };
+    assert_eq!(err.signal(), Some(9), "{err}");
+    assert!(err.to_string().contains("eval of a batch"), "{err}");
+    assert!(matches!(w.reset(), Err(WorkerError::Gone(_))));
+
+    // Stopped (SIGSTOP) so it never answers, then cancelled: the wait ends, the worker is killed.
+    let mut w = common::worker();
+    w.load_model(&path, PARAMS).unwrap();
+    let cancel = Arc::new(AtomicBool::new(false));
+    w.set_cancel(cancel.clone());
+    Command::new("kill").args(["-STOP", &w.pid().to_string()]).status().unwrap();
+    let pending = w.start_eval_batch(&tokens, 0).unwrap();
+    cancel.store(true, Ordering::Relaxed);
+    let Err(err) = w.finish_eval(pending) else { panic!("a stopped worker answered") };
+    assert!(matches!(err, WorkerError::Interrupted { .. }), "{err}");
+}

@@ -344,3 +344,59 @@ fn batch_mode_is_bit_exact_on_every_fixture_size_and_build() {
     }
     assert!(failures.is_empty(), "{} of {checked} not bit-exact:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// Batched metrics are computed on a helper thread while the engines evaluate the next batch
+/// or case (`run::measure`): every case of a multi-case, multi-batch run must still get its own
+/// positions, digests and metrics, exactly those an in-line computation gives (recomputed here
+/// from the saved reference's logits; the engines are bit-exact on the fixtures, so side A's
+/// logits are side B's).
+#[test]
+fn batched_metrics_computed_aside_are_those_of_each_case() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-256-gqa-i2_s.gguf");
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "the cat sat on the mat\nhello world, again and again\nabc def ghi jkl mno\n")
+        .unwrap();
+    let saved = dir.path().join("ref.bin");
+    let args = [
+        "--model",
+        &model,
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--mode",
+        "batch",
+        "--batch",
+        "4",
+        "--ubatch",
+        "3",
+        "--save-reference",
+        saved.to_str().unwrap(),
+    ];
+    let r = read_json(&run_receipt(dir.path(), "aside", &args));
+    assert!(r["run_state"]["completed"].as_bool().unwrap());
+    let cases = r["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    let mut reference = harness::engine::saved::SavedReference::open(&saved).unwrap();
+    for (ci, c) in cases.iter().enumerate() {
+        let ids: Vec<u32> = c["token_ids"].as_array().unwrap().iter().map(|v| count(v) as u32).collect();
+        let positions = c["positions"].as_array().unwrap();
+        assert!(positions.len() > 4, "case {ci}: several batches wanted, {} positions", positions.len());
+        let mut hash = Sha256::new();
+        for (pos, p) in positions.iter().enumerate() {
+            let logits = reference.logits(ci, pos).unwrap();
+            hash.update(logits.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+            let want = harness::compare::compare_position(
+                pos,
+                ids[pos],
+                ids.get(pos + 1).copied(),
+                &logits,
+                &logits,
+            );
+            assert_eq!(p, &serde_json::to_value(&want).unwrap(), "case {ci}, position {pos}");
+        }
+        let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(c["reference_logits_sha256"], digest, "case {ci}");
+        assert_eq!(c["rust_logits_sha256"], digest, "case {ci}");
+    }
+}

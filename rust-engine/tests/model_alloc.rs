@@ -52,6 +52,9 @@ fn decoding_allocates_nothing_per_token() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(model);
         let file = GgufFile::open(&path).unwrap();
         for threads in [1, 2] {
+            // The previous model's workers may still be exiting (and allocating as they do):
+            // they must be gone before anything is counted.
+            let threads_before = settled_thread_count();
             let mut m =
                 Model::load(&file, ModelOptions { n_ctx: 128, threads, ..ModelOptions::default() }).unwrap();
             // Warm up: the first evaluations may touch lazily made thread-local state.
@@ -73,6 +76,41 @@ fn decoding_allocates_nothing_per_token() {
             let allowed = if threads == 1 { 0 } else { 80usize.div_ceil(63) };
             assert!(tokens <= allowed, "threads {threads}: decoding allocated {tokens} times");
             assert!(batch <= allowed, "threads {threads}: a batch allocated {batch} times after the first");
+            drop(m);
+            wait_for_thread_count(threads_before);
         }
+    }
+}
+
+/// This process's threads (Linux: the entries of `/proc/self/task`); `None` elsewhere.
+fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
+}
+
+/// The thread count once it has stopped changing for a moment (threads of earlier work may
+/// still be exiting).
+fn settled_thread_count() -> Option<usize> {
+    let mut last = thread_count();
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let now = thread_count();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// Waits (up to 10 s) until a dropped model's worker threads have exited: rayon lets them
+/// finish in the background, and their exit allocates, which would be counted against the
+/// next model (that made this test fail now and then on a busy machine).
+fn wait_for_thread_count(want: Option<usize>) {
+    let Some(want) = want else { return };
+    for _ in 0..1000 {
+        if thread_count().is_some_and(|n| n <= want) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }

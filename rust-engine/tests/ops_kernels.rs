@@ -123,6 +123,115 @@ fn row_blocks_equal_single_rows_and_dot_f16() {
     }
 }
 
+/// The strided form gives each row exactly `dot_f16_f32`, and with an f16 vector widened to
+/// f32 exactly `dot_f16` (attention's `K·q` and `V·p`): rows in groups of eight and leftover
+/// rows, vectors with and without leftover elements (whole eights of them and not), hard
+/// values (infinities and NaN too, whose sums are NaN; any f32 vector, not only f16 values).
+#[test]
+fn strided_rows_equal_dot_f16() {
+    let mut rng = Rng(13);
+    let kernels: Vec<FloatKernel> = RefProfile::ALL.into_iter().flat_map(FloatKernel::available).collect();
+    for (n, rows, stride) in [
+        (32usize, 128usize, 160usize),
+        (96, 17, 96),
+        (128, 9, 640),
+        (0, 8, 3),
+        (5, 8, 5),
+        (100, 24, 131),
+        (71, 1, 71),
+    ] {
+        for hard in [false, true] {
+            let m: Vec<u16> = (0..(rows - 1) * stride + n)
+                .map(|_| match rng.next() % 64 {
+                    0 if hard => [0x7c00, 0xfc00, 0x7e00, 0x7bff, 0xfbff, 0x0001][(rng.next() % 6) as usize],
+                    _ => rng.f16(),
+                })
+                .collect();
+            let y16: Vec<u16> =
+                (0..n).map(|_| if hard { rng.f16() } else { ops::f32_to_f16(rng.f32()) }).collect();
+            let y16f: Vec<f32> = y16.iter().map(|&h| ops::f16_to_f32(h)).collect();
+            let yf: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+            for &k in &kernels {
+                let p = k.profile();
+                let mut out = vec![0f32; rows];
+                k.dot_f16_strided(&m, stride, &y16f, &mut out);
+                for (i, &o) in out.iter().enumerate() {
+                    let want = ops::dot_f16(p, &m[i * stride..i * stride + n], &y16);
+                    assert!(same(o, want), "{} {p} n={n} stride={stride} row {i}: {o} != {want}", k.name());
+                }
+                k.dot_f16_strided(&m, stride, &yf, &mut out);
+                for (i, &o) in out.iter().enumerate() {
+                    let want = ops::dot_f16_f32(p, &m[i * stride..i * stride + n], &yf);
+                    assert!(
+                        same(o, want),
+                        "{} {p} n={n} stride={stride} row {i} (f32): {o} != {want}",
+                        k.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// RMSNorm of many rows (eight rows' sums of squares at once) gives each row exactly
+/// `rms_norm`: row counts around multiples of eight, row lengths with and without leftover
+/// elements, hard values (subnormals, squares that overflow, infinities, NaN).
+#[test]
+fn rms_norm_rows_equal_rms_norm() {
+    let mut rng = Rng(17);
+    let kernels: Vec<FloatKernel> = RefProfile::ALL.into_iter().flat_map(FloatKernel::available).collect();
+    for (rows, d) in [(8usize, 2560usize), (17, 6912), (1, 64), (7, 13), (9, 8), (16, 1), (24, 100)] {
+        for hard in [false, true] {
+            let x: Vec<f32> = (0..rows * d)
+                .map(|_| match rng.next() % 64 {
+                    0 if hard => [f32::INFINITY, f32::NAN, 3e38, -2e19, 1e-45][(rng.next() % 5) as usize],
+                    _ => rng.f32(),
+                })
+                .collect();
+            let w: Vec<f32> = (0..d).map(|_| rng.f32()).collect();
+            let mut want = vec![0f32; rows * d];
+            for (xr, o) in x.chunks_exact(d).zip(want.chunks_exact_mut(d)) {
+                bitnet_engine::ops::rms_norm(xr, &w, 1e-6, o);
+            }
+            for &k in &kernels {
+                let mut out = vec![0f32; rows * d];
+                k.rms_norm_rows(&x, &w, 1e-6, &mut out);
+                for (i, (&o, &e)) in out.iter().zip(&want).enumerate() {
+                    assert!(same(o, e), "{} rows={rows} d={d} element {i}: {o} != {e}", k.name());
+                }
+            }
+        }
+    }
+}
+
+/// The transpose of a batch's products moves every value to its place (blocks of eight and
+/// the edges), for every kernel.
+#[test]
+fn transpose_cols_moves_every_value() {
+    let mut kernels: Vec<FloatKernel> =
+        RefProfile::ALL.into_iter().flat_map(FloatKernel::available).collect();
+    kernels.push(FloatKernel::scalar(RefProfile::Avx2));
+    for (rows, n) in [(2560usize, 32usize), (17, 9), (8, 8), (7, 16), (40, 1), (0, 5)] {
+        let src: Vec<f32> = (0..rows * n + 3).map(|i| i as f32).collect();
+        for cols in [0..n, n / 2..n, 0..n / 3, 1..n.min(9)] {
+            for &k in &kernels {
+                let mut dst = vec![f32::NAN; rows * cols.len()];
+                k.transpose_cols(&src, n, cols.clone(), &mut dst);
+                for (j, c) in cols.clone().enumerate() {
+                    for r in 0..rows {
+                        assert_eq!(
+                            dst[j * rows + r],
+                            src[r * n + c],
+                            "{} {rows}×{n} {cols:?} r={r} c={c}",
+                            k.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn f16_conversions_equal_scalar() {
     let Some(&k) = simd().first() else { return };

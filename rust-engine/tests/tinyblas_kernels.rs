@@ -1,7 +1,7 @@
 //! llamafile's tinyBLAS (the batched path's float products, `ops/tinyblas.rs`): every float
 //! kernel this CPU runs equals the scalar oracle bit for bit, under both profiles, for F16
-//! (bytes and bits) and F32 rows, one and eight columns at a time, on values of wide range
-//! (cancellations, subnormal products, large magnitudes).
+//! (bytes and bits) and F32 rows, one and eight columns at a time and in tiles of four rows,
+//! on values of wide range (cancellations, subnormal products, large magnitudes).
 
 use bitnet_engine::ops::tinyblas::{self, TinyRow};
 use bitnet_engine::ops::FloatKernel;
@@ -61,6 +61,42 @@ fn every_kernel_equals_the_scalar_oracle() {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn row_tiles_equal_the_scalar_oracle() {
+    let mut rng = Rng(0x51_7cc1_b727_220a);
+    for profile in RefProfile::ALL {
+        let kn = tinyblas::lanes(profile);
+        for k in [kn, 3 * kn, 2560] {
+            let rows32: Vec<Vec<f32>> = (0..4).map(|_| (0..k).map(|_| rng.value()).collect()).collect();
+            let rows16: Vec<Vec<u8>> = rows32
+                .iter()
+                .map(|r| r.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect())
+                .collect();
+            let cols: Vec<Vec<f32>> = (0..4).map(|_| (0..k).map(|_| rng.value()).collect()).collect();
+            let b: [&[f32]; 4] = std::array::from_fn(|i| &cols[i][..]);
+            let f16_rows: [TinyRow<'_>; 4] = std::array::from_fn(|r| TinyRow::F16Bytes(&rows16[r]));
+            let f32_rows: [TinyRow<'_>; 4] = std::array::from_fn(|r| TinyRow::F32(&rows32[r]));
+            // The same types in a tile, and a tile of mixed types.
+            let mixed = [f16_rows[0], f32_rows[1], f16_rows[2], f32_rows[3]];
+            for a in [f16_rows, f32_rows, mixed] {
+                let want: Vec<Vec<u32>> = a
+                    .iter()
+                    .map(|&row| b.iter().map(|c| tinyblas::dot(profile, row, c).to_bits()).collect())
+                    .collect();
+                for kernel in FloatKernel::available(profile) {
+                    let got: Vec<Vec<u32>> =
+                        kernel.tinyblas_tile(a, b).iter().map(|r| r.map(f32::to_bits).to_vec()).collect();
+                    assert_eq!(got, want, "{profile} {} k {k}", kernel.name());
+                    let one: Vec<u32> =
+                        kernel.tinyblas_tile(a, [b[2]]).iter().map(|[v]| v.to_bits()).collect();
+                    let want_one: Vec<u32> = want.iter().map(|r| r[2]).collect();
+                    assert_eq!(one, want_one, "{profile} {} k {k}, one column", kernel.name());
                 }
             }
         }

@@ -1,8 +1,9 @@
 //! The parent side: a handle on a worker process whose methods mirror the safe wrapper.
 
-use std::io::{BufReader, BufWriter};
+use std::io::{self, BufReader, BufWriter};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,7 +82,11 @@ fn signal_name(signal: i32) -> &'static str {
 pub struct RefWorker {
     child: Child,
     stdin: Option<BufWriter<ChildStdin>>,
-    stdout: BufReader<ChildStdout>,
+    /// The answers; `None` while a [`Reading`] thread holds it (or after that thread was
+    /// abandoned with the worker killed).
+    stdout: Option<BufReader<ChildStdout>>,
+    /// The answer to a started batch, read as soon as the worker sends it.
+    reading: Option<Reading>,
     dead: Option<WorkerError>,
     build_info: BuildInfo,
     library: PathBuf,
@@ -131,7 +136,8 @@ impl RefWorker {
         let mut w = RefWorker {
             child,
             stdin: Some(BufWriter::with_capacity(1 << 16, stdin)),
-            stdout: BufReader::with_capacity(1 << 20, stdout),
+            stdout: Some(BufReader::with_capacity(1 << 20, stdout)),
+            reading: None,
             dead: None,
             build_info: BuildInfo::baked().map_err(|e| WorkerError::Spawn(e.to_string()))?,
             library: PathBuf::new(),
@@ -224,13 +230,15 @@ impl RefWorker {
     /// Waits until the worker's answer starts to arrive, watching the cancel flag, the timeout
     /// and whether the worker process is stopped; kills the worker on any of those.
     fn wait_for_answer(&mut self, during: &str) -> R<()> {
-        if !self.stdout.buffer().is_empty() {
+        let Some(stdout) = self.stdout.as_ref() else { return Err(self.lost(during)) };
+        if !stdout.buffer().is_empty() {
             return Ok(());
         }
         let started = Instant::now();
         let mut stopped_since: Option<Instant> = None;
         loop {
-            let fd = self.stdout.get_ref().as_fd();
+            let Some(stdout) = self.stdout.as_ref() else { return Err(self.lost(during)) };
+            let fd = stdout.get_ref().as_fd();
             let mut fds = [PollFd::new(&fd, PollFlags::IN)];
             let slice = Timespec { tv_sec: 0, tv_nsec: POLL_SLICE.as_nanos() as _ };
             match poll(&mut fds, Some(&slice)) {
@@ -239,35 +247,63 @@ impl RefWorker {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(proto(during, format!("cannot wait for the worker: {e}"))),
             }
-            let failure = if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
-                Some(WorkerError::Interrupted { during: during.to_string() })
-            } else if process_stopped(self.child.id()) {
-                let since = *stopped_since.get_or_insert_with(Instant::now);
-                (since.elapsed() >= STOPPED_GRACE).then(|| WorkerError::Unresponsive {
-                    during: during.to_string(),
-                    reason: format!("its process {} is stopped (SIGSTOP?)", self.child.id()),
-                })
-            } else {
-                stopped_since = None;
-                self.timeout.filter(|t| started.elapsed() >= *t).map(|t| WorkerError::Unresponsive {
-                    during: during.to_string(),
-                    reason: format!("no answer in {} s", t.as_secs_f64()),
-                })
-            };
-            if let Some(err) = failure {
-                self.stdin = None;
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                self.dead = Some(err.clone());
-                return Err(err);
-            }
+            self.check_waiting(started, &mut stopped_since, during)?;
+        }
+    }
+
+    /// While an answer is awaited: the cancel flag, the timeout and a stopped worker, each of
+    /// which kills the worker and ends the wait with its error.
+    fn check_waiting(
+        &mut self,
+        started: Instant,
+        stopped_since: &mut Option<Instant>,
+        during: &str,
+    ) -> R<()> {
+        let failure = if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            Some(WorkerError::Interrupted { during: during.to_string() })
+        } else if process_stopped(self.child.id()) {
+            let since = *stopped_since.get_or_insert_with(Instant::now);
+            (since.elapsed() >= STOPPED_GRACE).then(|| WorkerError::Unresponsive {
+                during: during.to_string(),
+                reason: format!("its process {} is stopped (SIGSTOP?)", self.child.id()),
+            })
+        } else {
+            *stopped_since = None;
+            self.timeout.filter(|t| started.elapsed() >= *t).map(|t| WorkerError::Unresponsive {
+                during: during.to_string(),
+                reason: format!("no answer in {} s", t.as_secs_f64()),
+            })
+        };
+        if let Some(err) = failure {
+            self.stdin = None;
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.dead = Some(err.clone());
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// The answers cannot be read any more: a reading thread was abandoned when the worker was
+    /// killed (every later request reports that failure).
+    fn lost(&self, during: &str) -> WorkerError {
+        match &self.dead {
+            Some(dead) => WorkerError::Gone(Box::new(dead.clone())),
+            None => proto(during, "the worker's answers are being read elsewhere"),
         }
     }
 
     /// Read the response to the request sent last.
     fn receive(&mut self, during: &str) -> R<Vec<u8>> {
         self.wait_for_answer(during)?;
-        match read_frame(&mut self.stdout) {
+        let Some(stdout) = self.stdout.as_mut() else { return Err(self.lost(during)) };
+        let frame = read_frame(stdout);
+        self.answer(frame, during)
+    }
+
+    /// A response frame as the request's result, or how the worker failed.
+    fn answer(&mut self, frame: io::Result<Option<(u8, Vec<u8>)>>, during: &str) -> R<Vec<u8>> {
+        match frame {
             Ok(Some((OK, body))) => Ok(body),
             Ok(Some((ERR, body))) => Err(WorkerError::Request {
                 during: during.to_string(),
@@ -307,6 +343,24 @@ impl RefWorker {
         }
         self.send(tag::EVAL_BATCH, Enc::new().i32s(tokens).u32(start_pos), &during)?;
         self.in_flight = true;
+        // A batch's answer is large (2048 positions of a 128k vocabulary: 1 GiB), and the
+        // worker blocks on the pipe until it is read. Read on a thread, it crosses while the
+        // caller is still computing (the harness's own engine), not after.
+        if let Some(mut stdout) = self.stdout.take() {
+            let (tx, answer) = mpsc::channel();
+            std::thread::spawn(move || {
+                let read = match read_frame(&mut stdout) {
+                    Ok(Some((OK, body))) => match decode_eval(&body) {
+                        Ok(logits) => Read::Eval(logits),
+                        Err(_) => Read::Frame(Ok(Some((OK, body)))),
+                    },
+                    other => Read::Frame(other),
+                };
+                // The worker was killed and the answer abandoned: nothing to hand back.
+                let _ = tx.send((stdout, read));
+            });
+            self.reading = Some(Reading { answer });
+        }
         Ok(PendingEval { during })
     }
 
@@ -314,11 +368,43 @@ impl RefWorker {
     /// [`RefWorker::start_eval_batch`]: every position's, row after row).
     pub fn finish_eval(&mut self, pending: PendingEval) -> R<Vec<f32>> {
         self.in_flight = false;
-        let body = self.receive(&pending.during)?;
-        let mut d = Dec::new(&body);
-        let micros = d.u32("eval time").map_err(|m| proto(&pending.during, m))?;
+        let during = &pending.during;
+        let decoded = match self.reading.take() {
+            Some(reading) => match self.collect(reading, during)? {
+                Read::Eval(decoded) => decoded,
+                Read::Frame(frame) => {
+                    decode_eval(&self.answer(frame, during)?).map_err(|m| proto(during, m))?
+                }
+            },
+            None => decode_eval(&self.receive(during)?).map_err(|m| proto(during, m))?,
+        };
+        let (micros, logits) = decoded;
         self.last_eval = std::time::Duration::from_micros(u64::from(micros));
-        d.f32s("logits").map_err(|m| proto(&pending.during, m))
+        Ok(logits)
+    }
+
+    /// Waits for a reading thread's answer as [`RefWorker::wait_for_answer`] waits for the
+    /// pipe, and takes the answers' pipe back.
+    fn collect(&mut self, reading: Reading, during: &str) -> R<Read> {
+        let started = Instant::now();
+        let mut stopped_since: Option<Instant> = None;
+        loop {
+            match reading.answer.recv_timeout(POLL_SLICE) {
+                Ok((stdout, read)) => {
+                    self.stdout = Some(stdout);
+                    return Ok(read);
+                }
+                Err(RecvTimeoutError::Timeout) => self.check_waiting(started, &mut stopped_since, during)?,
+                Err(RecvTimeoutError::Disconnected) => {
+                    let err = proto(during, "the thread reading the worker's answer stopped");
+                    self.stdin = None;
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    self.dead = Some(err.clone());
+                    return Err(err);
+                }
+            }
+        }
     }
 
     /// How long the worker itself spent computing the last `eval_token` or `eval_batch` (excluding
@@ -481,6 +567,25 @@ impl Drop for RefWorker {
         }
         let _ = self.child.wait();
     }
+}
+
+/// An answer being read on a thread of its own: the pipe comes back with it.
+struct Reading {
+    answer: Receiver<(BufReader<ChildStdout>, Read)>,
+}
+
+/// What a reading thread read: an evaluation's answer, decoded, or any other frame (an error,
+/// an end of stream), for [`RefWorker::answer`] to interpret.
+enum Read {
+    Eval((u32, Vec<f32>)),
+    Frame(io::Result<Option<(u8, Vec<u8>)>>),
+}
+
+/// The body of an evaluation's answer: the worker's compute time (µs), then the logits.
+fn decode_eval(body: &[u8]) -> Result<(u32, Vec<f32>), String> {
+    let mut d = Dec::new(body);
+    let micros = d.u32("eval time")?;
+    Ok((micros, d.f32s("logits")?))
 }
 
 /// Whether process `pid` is stopped (state `T` or `t` in `/proc/<pid>/stat`).

@@ -9,16 +9,64 @@ use std::time::Instant;
 
 use anyhow::anyhow;
 
-use super::evaluate::{evaluate_case, stop, token_text, Ctx, LogitDigests, Outcome, Stop};
+use super::evaluate::{evaluate_case, stop, token_text, Ctx, Outcome, Stop};
+use super::measure::{Batch, Measurer};
 use super::plan::Plan;
 use super::RunMode;
-use crate::compare::{compare_position, summarize};
+use crate::compare::summarize;
 use crate::engine::saved::SavedCase;
 use crate::engine::{Engine, EngineError};
 use crate::exit::{Exit, Failure};
-use crate::receipt::{self, BatchCase, Case, Position, SelfConsistency};
+use crate::receipt::{self, BatchCase, Case, SelfConsistency};
 
-/// One case as the run's mode evaluates it (`plan.index` names it).
+/// What evaluating a case in the run's mode gave, and why it stopped early if it did.
+pub(super) enum Evaluated {
+    /// A finished case (none when an engine could not even reset); boxed, a case is large.
+    Case(Option<Box<Case>>, Option<Stop>),
+    /// `--mode batch`: a case whose metrics the measuring thread is still computing while the
+    /// engines go on to the next case; [`Waiting::finish`] makes it a case.
+    Waiting(Waiting, Option<Stop>),
+}
+
+/// A batched case evaluated, its metrics not collected yet.
+pub(super) struct Waiting {
+    ci: usize,
+    prompt: String,
+    ids: Vec<u32>,
+    n_prompt: usize,
+    /// Positions both engines evaluated.
+    pub evaluated: usize,
+}
+
+impl Waiting {
+    /// The case, with the metrics [`Measurer`] computed for it (the oldest case it holds).
+    pub fn finish(self, ctx: &Ctx<'_>, measurer: &Measurer, out: &Outcome) -> Result<Case, Failure> {
+        let pass = measurer.pass()?;
+        let text = token_text(ctx.model);
+        let summary =
+            summarize(pass.positions.iter().map(|p| (self.ci, p)), out.thresholds.min_cosine, &text);
+        let [rust_logits_sha256, reference_logits_sha256] = pass.hashes;
+        Ok(Case {
+            prompt: self.prompt,
+            token_texts: Some(
+                self.ids
+                    .iter()
+                    .map(|&t| receipt::piece_text(&ctx.model.tokenizer.token_to_piece(t)))
+                    .collect(),
+            ),
+            token_ids: self.ids,
+            n_prompt_tokens: self.n_prompt,
+            rust_logits_sha256,
+            reference_logits_sha256,
+            positions: pass.positions,
+            summary,
+            batch: None,
+            self_consistency: None,
+        })
+    }
+}
+
+/// One case as the run's mode evaluates it (`plan.index` names it); batches go to `measurer`.
 pub(super) fn evaluate_case_in_mode<'e>(
     ctx: &Ctx<'_>,
     a: &mut (dyn Engine + 'e),
@@ -26,56 +74,46 @@ pub(super) fn evaluate_case_in_mode<'e>(
     plan: &Plan,
     saved: Option<&[u32]>,
     out: &mut Outcome,
-) -> Result<(Option<Case>, Option<Stop>), Failure> {
+    measurer: &Measurer,
+) -> Result<Evaluated, Failure> {
     let ci = plan.index;
     match ctx.mode.mode {
-        RunMode::Decode => evaluate_case(ctx, a, b, ci, plan, saved, out),
+        RunMode::Decode => {
+            let (case, stopped) = evaluate_case(ctx, a, b, ci, plan, saved, out)?;
+            Ok(Evaluated::Case(case.map(Box::new), stopped))
+        }
         RunMode::Batch => {
             let ids = batch_ids(plan, saved)?;
             let input = CaseInput { ci, ids: &ids, n_positions: plan.n_positions, decoded: None };
-            let (pass, stopped) = batch_pass(ctx, a, b, &input, out)?;
-            let Some(pass) = pass else { return Ok((None, stopped)) };
+            let (evaluated, stopped) = batch_pass(ctx, a, b, input, out, measurer)?;
+            let Some(evaluated) = evaluated else { return Ok(Evaluated::Case(None, stopped)) };
             out.saved_cases.push(SavedCase {
                 prompt: plan.prompt.clone(),
                 token_ids: ids.clone(),
                 n_prompt_tokens: plan.n_prompt,
-                n_positions: pass.positions.len(),
+                n_positions: evaluated,
             });
-            let text = token_text(ctx.model);
-            let summary = summarize(pass.positions.iter().map(|p| (ci, p)), out.thresholds.min_cosine, &text);
-            let [rust_logits_sha256, reference_logits_sha256] = pass.hashes;
-            let case = Case {
-                prompt: plan.prompt.clone(),
-                token_texts: Some(
-                    ids.iter()
-                        .map(|&t| receipt::piece_text(&ctx.model.tokenizer.token_to_piece(t)))
-                        .collect(),
-                ),
-                token_ids: ids,
-                n_prompt_tokens: plan.n_prompt,
-                rust_logits_sha256,
-                reference_logits_sha256,
-                positions: pass.positions,
-                summary,
-                batch: None,
-                self_consistency: None,
-            };
-            Ok((Some(case), stopped))
+            let waiting =
+                Waiting { ci, prompt: plan.prompt.clone(), ids, n_prompt: plan.n_prompt, evaluated };
+            Ok(Evaluated::Waiting(waiting, stopped))
         }
         RunMode::Both => {
             out.decode_rows = Some(Vec::new());
             let decoded = evaluate_case(ctx, a, b, ci, plan, saved, out);
             let rows = out.decode_rows.take().unwrap_or_default();
             let (case, stopped) = decoded?;
-            let Some(mut case) = case else { return Ok((None, stopped)) };
+            let Some(mut case) = case else { return Ok(Evaluated::Case(None, stopped)) };
             if stopped.is_some() || case.positions.len() < plan.n_positions {
-                return Ok((Some(case), stopped));
+                return Ok(Evaluated::Case(Some(Box::new(case)), stopped));
             }
             // The decode pass fixed every token, continuation included.
             let ids = case.token_ids[..plan.n_positions].to_vec();
-            let input = CaseInput { ci, ids: &ids, n_positions: plan.n_positions, decoded: Some(&rows) };
-            let (pass, stopped) = batch_pass(ctx, a, b, &input, out)?;
-            if let Some(pass) = pass {
+            let input = CaseInput { ci, ids: &ids, n_positions: plan.n_positions, decoded: Some(rows) };
+            let (evaluated, stopped) = batch_pass(ctx, a, b, input, out, measurer)?;
+            if evaluated.is_some() {
+                // The next case starts with a decode pass, which computes its own metrics as
+                // it goes: these are collected now.
+                let pass = measurer.pass()?;
                 let text = token_text(ctx.model);
                 let min = out.thresholds.min_cosine;
                 let summary = summarize(pass.positions.iter().map(|p| (ci, p)), min, &text);
@@ -95,7 +133,7 @@ pub(super) fn evaluate_case_in_mode<'e>(
                     summary,
                 });
             }
-            Ok((Some(case), stopped))
+            Ok(Evaluated::Case(Some(Box::new(case)), stopped))
         }
     }
 }
@@ -146,70 +184,66 @@ struct CaseInput<'c> {
     ids: &'c [u32],
     n_positions: usize,
     /// `--mode both`: both sides' decode logits of every position.
-    decoded: Option<&'c [[Vec<f32>; 2]]>,
+    decoded: Option<Vec<[Vec<f32>; 2]>>,
 }
 
-/// What the batched pass of a case produced.
-struct BatchPass {
-    positions: Vec<Position>,
-    /// sha256 of each side's batch logits.
-    hashes: [String; 2],
-    /// `--mode both`: each side's batch logits against its decode logits.
-    self_positions: [Vec<Position>; 2],
-}
-
-/// One case in batches: both engines reset, then batch after batch, until the case's end or a
-/// failure (no pass when an engine cannot even reset).
+/// One case in batches: both engines reset, then batch after batch, each handed to `measurer`
+/// as it arrives, until the case's end or a failure. Returns how many positions both engines
+/// evaluated; none when an engine cannot even reset (then nothing was handed over).
 fn batch_pass<'e>(
     ctx: &Ctx<'_>,
     a: &mut (dyn Engine + 'e),
     b: &mut (dyn Engine + 'e),
-    case: &CaseInput<'_>,
+    case: CaseInput<'_>,
     out: &mut Outcome,
-) -> Result<(Option<BatchPass>, Option<Stop>), Failure> {
-    let CaseInput { ci, ids, n_positions, decoded } = *case;
+    measurer: &Measurer,
+) -> Result<(Option<usize>, Option<Stop>), Failure> {
+    let CaseInput { ci, ids, n_positions, decoded } = case;
     for (side, e) in [&mut *a, &mut *b].into_iter().enumerate() {
         if let Err(e) = e.reset(ci) {
             return Ok((None, Some(stop(side, e, ci, 0))));
         }
     }
     let n_vocab = a.n_vocab();
-    let mut pass =
-        BatchPass { positions: Vec::new(), hashes: Default::default(), self_positions: Default::default() };
-    let mut digests = LogitDigests::new();
+    let mut decoded = decoded.unwrap_or_default().into_iter();
     let mut stopped = None;
-    let mut start = 0;
+    let (mut start, mut ended) = (0, false);
     while start < n_positions {
         if ctx.interrupted.load(Ordering::Relaxed) {
             stopped = Some(Stop::Interrupted);
             break;
         }
         let end = (start + ctx.mode.batch).min(n_positions);
-        let [ra, rb] = match eval_batch_both(a, b, &ids[start..end], start, &mut out.eval_s) {
+        let logits = match eval_batch_both(a, b, &ids[start..end], start, &mut out.eval_s) {
             Ok(rows) => rows,
             Err((side, e)) => {
                 stopped = Some(stop(side, e, ci, start));
                 break;
             }
         };
-        for (i, pos) in (start..end).enumerate() {
-            let (la, lb) = (&ra[i * n_vocab..(i + 1) * n_vocab], &rb[i * n_vocab..(i + 1) * n_vocab]);
-            digests.add([la, lb]);
-            out.save_logits(lb)?;
-            let (token, next) = (ids[pos], ids.get(pos + 1).copied());
-            pass.positions.push(compare_position(pos, token, next, la, lb));
-            if let Some(rows) = decoded.and_then(|d| d.get(pos)) {
-                for (side, batch) in [la, lb].into_iter().enumerate() {
-                    pass.self_positions[side].push(compare_position(pos, token, next, batch, &rows[side]));
-                }
-            }
-            out.evaluated += 1;
+        for row in logits[1].chunks_exact(n_vocab) {
+            out.save_logits(row)?;
+        }
+        let n = end - start;
+        let batch = Batch {
+            start,
+            tokens: ids[start..(end + 1).min(ids.len())].to_vec(),
+            n,
+            logits,
+            decoded: decoded.by_ref().take(n).collect(),
+        };
+        ended = end == n_positions;
+        measurer.send(batch, ended)?;
+        out.evaluated += n;
+        for _ in 0..n {
             ctx.ui.position_done();
         }
         start = end;
     }
-    pass.hashes = digests.finish();
-    Ok((Some(pass), stopped))
+    if !ended {
+        measurer.end_case()?;
+    }
+    Ok((Some(start), stopped))
 }
 
 /// The logits of every position of one batch from both engines (side B first when it computes

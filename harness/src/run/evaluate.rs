@@ -8,6 +8,8 @@ use sha2::{Digest, Sha256};
 
 use super::identity::hex;
 
+use super::batched::Evaluated;
+use super::measure::Measurer;
 use super::plan::Plan;
 use super::sides::Engines;
 use super::{batched, ModeChoice, ModelFile, RunArgs, RunMode};
@@ -117,25 +119,53 @@ pub(super) fn evaluate(
         engines.saved.as_ref().map(|(_, f)| f.cases.iter().map(|c| c.token_ids.clone()).collect());
     let passes = if out.mode.mode == RunMode::Both { 2 } else { 1 };
     ui.positions(passes * plans.iter().map(|p| p.n_positions as u64).sum::<u64>());
-    for (ci, plan) in plans.iter().enumerate() {
-        ui.case(ci + 1, plans.len(), plan.n_prompt, plan.n_positions);
-        let (a, b) = engines.pair();
-        let saved = saved_tokens.as_ref().map(|s| s[plan.index].as_slice());
-        let ctx = Ctx { model, interrupted, ui, mode: out.mode };
-        // Case indices in the receipt are global (the same with or without `--shard`).
-        let (case, stopped) = batched::evaluate_case_in_mode(&ctx, a, b, plan, saved, &mut out)?;
-        let done = case.as_ref().is_some_and(|c| c.positions.len() == plan.n_positions) && stopped.is_none();
-        out.cases.extend(case);
-        match stopped {
-            Some(Stop::Interrupted) => out.state.interrupted = true,
-            Some(Stop::Failed { side: 0, why }) => out.state.rust_failure = Some(why),
-            Some(Stop::Failed { why, .. }) => out.state.reference_failure = Some(why),
-            None => {}
+    // Batched metrics are computed on a thread of their own while the engines evaluate on
+    // (`measure`); the scope ends it with the evaluation.
+    std::thread::scope(|scope| {
+        let measurer = Measurer::start(scope);
+        // A batched case whose metrics are still being computed.
+        let mut waiting: Option<batched::Waiting> = None;
+        for (ci, plan) in plans.iter().enumerate() {
+            ui.case(ci + 1, plans.len(), plan.n_prompt, plan.n_positions);
+            let (a, b) = engines.pair();
+            let saved = saved_tokens.as_ref().map(|s| s[plan.index].as_slice());
+            let ctx = Ctx { model, interrupted, ui, mode: out.mode };
+            // Case indices in the receipt are global (the same with or without `--shard`).
+            let evaluated = batched::evaluate_case_in_mode(&ctx, a, b, plan, saved, &mut out, &measurer)?;
+            // The previous case was measured while this one was evaluated.
+            if let Some(w) = waiting.take() {
+                let case = w.finish(&ctx, &measurer, &out)?;
+                out.cases.push(case);
+            }
+            let (done, stopped) = match evaluated {
+                Evaluated::Case(case, stopped) => {
+                    let done = case.as_ref().is_some_and(|c| c.positions.len() == plan.n_positions);
+                    out.cases.extend(case.map(|c| *c));
+                    (done && stopped.is_none(), stopped)
+                }
+                Evaluated::Waiting(w, stopped) => {
+                    let done = w.evaluated == plan.n_positions && stopped.is_none();
+                    waiting = Some(w);
+                    (done, stopped)
+                }
+            };
+            match stopped {
+                Some(Stop::Interrupted) => out.state.interrupted = true,
+                Some(Stop::Failed { side: 0, why }) => out.state.rust_failure = Some(why),
+                Some(Stop::Failed { why, .. }) => out.state.reference_failure = Some(why),
+                None => {}
+            }
+            if !done {
+                break;
+            }
         }
-        if !done {
-            break;
+        if let Some(w) = waiting.take() {
+            let ctx = Ctx { model, interrupted, ui, mode: out.mode };
+            let case = w.finish(&ctx, &measurer, &out)?;
+            out.cases.push(case);
         }
-    }
+        Ok::<(), Failure>(())
+    })?;
     out.state.completed = out.cases.len() == plans.len()
         && out.cases.iter().zip(plans).all(|(c, p)| c.positions.len() == p.n_positions)
         && out.state.reference_failure.is_none()
@@ -284,28 +314,49 @@ pub(super) fn evaluate_case<'e>(
 /// The sha256 of each side's logits over a case: every position's f32 values, little-endian,
 /// one position after the other.
 pub(super) struct LogitDigests {
-    hashes: [Sha256; 2],
-    /// One position's bytes, hashed in one piece (reused).
-    bytes: Vec<u8>,
+    /// Side A's, side B's.
+    pub sides: [LogitDigest; 2],
 }
 
 impl LogitDigests {
     pub fn new() -> LogitDigests {
-        LogitDigests { hashes: [Sha256::new(), Sha256::new()], bytes: Vec::new() }
+        LogitDigests { sides: [LogitDigest::new(), LogitDigest::new()] }
     }
 
     /// Adds one position's logits of sides A and B.
     pub fn add(&mut self, logits: [&[f32]; 2]) {
-        for (hash, logits) in self.hashes.iter_mut().zip(logits) {
-            self.bytes.clear();
-            self.bytes.extend(logits.iter().flat_map(|v| v.to_le_bytes()));
-            hash.update(&self.bytes);
+        for (side, logits) in self.sides.iter_mut().zip(logits) {
+            side.add(logits);
         }
     }
 
     /// The two digests, as lowercase hex.
     pub fn finish(self) -> [String; 2] {
-        self.hashes.map(|h| hex(&h.finalize()))
+        self.sides.map(LogitDigest::finish)
+    }
+}
+
+/// The sha256 of one side's logits (see [`LogitDigests`]).
+pub(super) struct LogitDigest {
+    hash: Sha256,
+    /// One position's bytes, hashed in one piece (reused).
+    bytes: Vec<u8>,
+}
+
+impl LogitDigest {
+    fn new() -> LogitDigest {
+        LogitDigest { hash: Sha256::new(), bytes: Vec::new() }
+    }
+
+    /// Adds one position's logits.
+    pub fn add(&mut self, logits: &[f32]) {
+        self.bytes.clear();
+        self.bytes.extend(logits.iter().flat_map(|v| v.to_le_bytes()));
+        self.hash.update(&self.bytes);
+    }
+
+    fn finish(self) -> String {
+        hex(&self.hash.finalize())
     }
 }
 

@@ -12,6 +12,7 @@
 mod batched;
 mod evaluate;
 mod identity;
+mod measure;
 mod mode;
 mod plan;
 mod record;

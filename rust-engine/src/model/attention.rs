@@ -21,13 +21,13 @@ use super::numerics::Numerics;
 /// Per-thread buffers of attention, allocated once.
 pub(super) struct AttnScratch {
     scores: Vec<f32>,
-    q16: Vec<u16>,
-    p16: Vec<u16>,
+    /// A head's query rounded through f16.
+    q: Vec<f32>,
 }
 
 impl AttnScratch {
     pub(super) fn new(n_ctx: usize, head_dim: usize) -> AttnScratch {
-        AttnScratch { scores: vec![0.0; n_ctx], q16: vec![0; head_dim], p16: vec![0; n_ctx] }
+        AttnScratch { scores: vec![0.0; n_ctx], q: vec![0.0; head_dim] }
     }
 }
 
@@ -73,11 +73,12 @@ impl Attention<'_> {
             let q_h = &q[h * hd..(h + 1) * hd];
             match (self.nx.exact_rounding, &self.cache.layers[l]) {
                 (true, KvStore::F16 { k, v }) => {
-                    kernel.f32_to_f16_row(q_h, &mut sc.q16);
-                    for (j, s) in scores.iter_mut().enumerate() {
-                        let key = &k[j * d + kvh * hd..j * d + (kvh + 1) * hd];
-                        *s = kernel.dot_f16(key, &sc.q16);
-                    }
+                    // q_h and p rounded to f16 as the reference rounds them, kept as f32 (the
+                    // products are the same): converted once, not once per key or value row.
+                    sc.q.copy_from_slice(q_h);
+                    kernel.round_through_f16(&mut sc.q);
+                    // Only the unmasked cells: softmax replaces every later score with −∞.
+                    kernel.dot_f16_strided(&k[kvh * hd..], d, &sc.q, &mut scores[..=pos]);
                     kernel.softmax_scaled(scores, pos + 1, kq_scale);
                     if tiny {
                         for (i, o) in out_h.iter_mut().enumerate() {
@@ -86,12 +87,8 @@ impl Attention<'_> {
                         }
                         continue;
                     }
-                    let p16 = &mut sc.p16[..n_kv];
-                    kernel.f32_to_f16_row(scores, p16);
-                    for (i, o) in out_h.iter_mut().enumerate() {
-                        let row = (kvh * hd + i) * n_ctx;
-                        *o = kernel.dot_f16(&v[row..row + n_kv], p16);
-                    }
+                    kernel.round_through_f16(scores);
+                    kernel.dot_f16_strided(&v[kvh * hd * n_ctx..], n_ctx, scores, out_h);
                 }
                 (false, KvStore::F32 { k, v }) => {
                     for (j, s) in scores.iter_mut().enumerate() {

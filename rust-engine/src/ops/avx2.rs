@@ -203,6 +203,185 @@ pub(crate) fn bytes_of(x: &[u16]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, 2 * x.len()) }
 }
 
+/// The 8×8 transpose: `out[k][i] = r[i][k]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    // Pairs of rows interleaved, then quadruples, then the 128-bit halves exchanged.
+    let t: [__m256; 8] = std::array::from_fn(|i| {
+        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_ps(a, b)
+        } else {
+            _mm256_unpackhi_ps(a, b)
+        }
+    });
+    // u[0..4]: elements 0|4, 1|5, 2|6, 3|7 of rows 0..3; u[4..8] the same of rows 4..7.
+    let quad =
+        |lo: __m256, hi: __m256| [_mm256_shuffle_ps::<0x44>(lo, hi), _mm256_shuffle_ps::<0xee>(lo, hi)];
+    let [u0, u1] = quad(t[0], t[2]);
+    let [u2, u3] = quad(t[1], t[3]);
+    let [u4, u5] = quad(t[4], t[6]);
+    let [u6, u7] = quad(t[5], t[7]);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
+}
+
+/// Columns `cols` of the row-major `src` (`rows × n`, from its front) as rows of `dst`:
+/// `dst[(c − cols.start)·rows + r] = src[r·n + c]`, `rows = dst.len() / cols.len()`. Blocks
+/// of 8 × 8 go through [`transpose8`], the edges one value at a time.
+///
+/// # Panics
+/// If `dst` is not whole rows, `cols` exceeds `n` or `src` holds fewer than `rows · n` values.
+pub(crate) fn transpose_cols(
+    _t: Avx2Fma,
+    src: &[f32],
+    n: usize,
+    cols: std::ops::Range<usize>,
+    dst: &mut [f32],
+) {
+    let (c0, w) = (cols.start, cols.len());
+    if w == 0 {
+        return;
+    }
+    let rows = dst.len() / w;
+    assert!(dst.len() == rows * w && cols.end <= n && src.len() >= rows * n, "transpose shapes");
+    let (r8, c8) = (rows & !7, c0 + (w & !7));
+    for r in (0..r8).step_by(8) {
+        for c in (c0..c8).step_by(8) {
+            // SAFETY: the token proves the features; rows r..r+8 (< rows) of `src` hold
+            // columns c..c+8 (c + 8 <= cols.end <= n), and rows c−c0..c−c0+8 (< w) of `dst`
+            // hold elements r..r+8 (< rows), all inside the slices (asserted above).
+            unsafe {
+                transpose_block(
+                    src.as_ptr().add(r * n + c),
+                    n,
+                    dst.as_mut_ptr().add((c - c0) * rows + r),
+                    rows,
+                )
+            };
+        }
+        for c in c8..cols.end {
+            for i in r..r + 8 {
+                dst[(c - c0) * rows + i] = src[i * n + c];
+            }
+        }
+    }
+    for r in r8..rows {
+        for c in cols.clone() {
+            dst[(c - c0) * rows + r] = src[r * n + c];
+        }
+    }
+}
+
+/// One 8 × 8 block of [`transpose_cols`].
+///
+/// # Safety
+/// AVX must be available; `src` must be valid for reading 8 f32s at `i·n` and `dst` for
+/// writing 8 at `k·stride`, for every `i, k < 8`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn transpose_block(src: *const f32, n: usize, dst: *mut f32, stride: usize) {
+    // SAFETY: eight f32s at each `i·n` (caller contract); unaligned loads.
+    let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add(i * n)) });
+    for (k, col) in transpose8(r).into_iter().enumerate() {
+        // SAFETY: eight f32s at each `k·stride` (caller contract); unaligned stores.
+        unsafe { _mm256_storeu_ps(dst.add(k * stride), col) };
+    }
+}
+
+/// NEOX RoPE of one head (`x` = `2·cos.len()` values) with the fused multiply-adds of
+/// [`super::rope`]: `x0 = fma(x0, cos, −(x1·sin))`, `x1 = fma(x0, sin, x1·cos)` for the pairs
+/// `(i, i + half)`, eight pairs at a time (the same operations on each lane).
+///
+/// # Panics
+/// If `x.len() != 2·cos.len()` or `sin.len() != cos.len()`.
+pub(crate) fn rope_neox(_t: Avx2Fma, x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    assert!(x.len() == 2 * half && sin.len() == half, "RoPE shapes");
+    let (lo, hi) = x.split_at_mut(half);
+    // SAFETY: the token proves the features.
+    unsafe { rope_neox_body(lo, hi, cos, sin) }
+}
+
+/// [`rope_neox`] on the halves `lo`, `hi` (each `cos.len()` values).
+///
+/// # Safety
+/// AVX2 and FMA must be available; all four slices must hold `cos.len()` values.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rope_neox_body(lo: &mut [f32], hi: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    let whole = half & !7;
+    for i in (0..whole).step_by(8) {
+        // SAFETY: i + 8 <= half elements of all four slices (caller contract); unaligned
+        // loads and stores.
+        unsafe {
+            let (x0, x1) = (_mm256_loadu_ps(lo.as_ptr().add(i)), _mm256_loadu_ps(hi.as_ptr().add(i)));
+            let (c, s) = (_mm256_loadu_ps(cos.as_ptr().add(i)), _mm256_loadu_ps(sin.as_ptr().add(i)));
+            let neg_x1s = _mm256_xor_ps(_mm256_mul_ps(x1, s), _mm256_set1_ps(-0.0));
+            _mm256_storeu_ps(lo.as_mut_ptr().add(i), _mm256_fmadd_ps(x0, c, neg_x1s));
+            _mm256_storeu_ps(hi.as_mut_ptr().add(i), _mm256_fmadd_ps(x0, s, _mm256_mul_ps(x1, c)));
+        }
+    }
+    for i in whole..half {
+        let (x0, x1) = (lo[i], hi[i]);
+        lo[i] = x0.mul_add(cos[i], -(x1 * sin[i]));
+        hi[i] = x0.mul_add(sin[i], x1 * cos[i]);
+    }
+}
+
+/// The sums of squares of eight rows of equal length, `Σ f64(x·x)` over each row in order
+/// (the sum of [`super::rms_norm`]): each f64 lane is one row's sequential sum with exactly
+/// the scalar's operations, so eight sums advance together instead of one. Eight elements
+/// of the eight rows become eight vectors of one element per row by [`transpose8`].
+///
+/// # Panics
+/// If the rows differ in length.
+pub(crate) fn sum_squares8(_t: Avx2Fma, rows: [&[f32]; 8]) -> [f64; 8] {
+    let d = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == d), "rows differ in length");
+    // SAFETY: the token proves the features; every row holds d elements.
+    unsafe { sum_squares8_body(rows, d) }
+}
+
+/// # Safety
+/// Every row must hold `d` elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum_squares8_body(rows: [&[f32]; 8], d: usize) -> [f64; 8] {
+    // Rows 0..4 and 4..8.
+    let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let whole = d & !7;
+    for k in (0..whole).step_by(8) {
+        // SAFETY: k + 8 <= d elements of every row (caller contract); unaligned loads.
+        let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(rows[i].as_ptr().add(k)) });
+        for col in transpose8(r) {
+            let sq = _mm256_mul_ps(col, col);
+            lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
+            hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq)));
+        }
+    }
+    let mut sums = [0f64; 8];
+    // SAFETY: `sums` holds eight f64s, four at 0 and four at 4.
+    unsafe {
+        _mm256_storeu_pd(sums.as_mut_ptr(), lo);
+        _mm256_storeu_pd(sums.as_mut_ptr().add(4), hi);
+    }
+    for (s, r) in sums.iter_mut().zip(rows) {
+        for &v in &r[whole..] {
+            *s += f64::from(v * v);
+        }
+    }
+    sums
+}
+
 /// `dot_f32` of two f32 vectors.
 pub(crate) fn dot_f32<const H: usize>(_t: Avx2Fma, x: &[f32], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len());

@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{bytes_of, Avx2Fma};
+use super::avx2::{bytes_of, transpose8, Avx2Fma};
 use super::dot::{f16_tail, f16_to_f32};
 use super::qdot_avx512::{Bf16Dot, Vnni};
 
@@ -93,8 +93,11 @@ unsafe fn load_vector(y: Vector, i: usize) -> __m512 {
     }
 }
 
-/// How far ahead of each row's loads the row kernel prefetches (see `avx2.rs`).
-const PREFETCH_BYTES: usize = 512;
+/// How far ahead of each row's loads the row kernel prefetches (see `avx2.rs`). Four lines
+/// here, not the AVX2 kernel's eight: the lm_head alone (`harness bench`, AMD Zen 4, paired
+/// against the reference, two rounds each) went 1.01–1.02× → 1.05–1.09× at one thread and
+/// 0.96× → 0.98–1.01× at two with 256 bytes; 128 was no better, 1024 worse (0.85×, 0.72–0.94×).
+const PREFETCH_BYTES: usize = 256;
 
 /// Four-accumulator FMA sums over `np` (a multiple of 64) elements of `R` f16 rows against
 /// one vector, reduced the ggml way. The vector is loaded once per step for all rows.
@@ -157,6 +160,90 @@ pub(crate) fn dot_f16_bytes_rows_f16<const R: usize>(_t: Avx512, rows: [&[u8]; R
     let heads =
         unsafe { f16_rows_body::<R>(rows.map(|r| r.as_ptr()), Vector::F16(y.as_ptr() as *const u8), np) };
     std::array::from_fn(|r| f16_tail(heads[r], rows[r], |k| f16_to_f32(y[k]), np))
+}
+
+/// `dot_f16_f32` (see `dot.rs`) of each row of an f16 matrix against `y`: `out[i]` is the
+/// dot of `m[i·stride..i·stride + y.len()]` with `y`, the bits of [`dot_f16_bytes_rows`] row
+/// by row. Eight rows at a time: their lanes four rows a pass, then their leftovers (the
+/// elements past the last whole step, summed one by one in f64) as eight f64 lanes, one row
+/// each, so that eight sequential sums advance together instead of one (the leftovers of
+/// attention's `V·p` over 32 or 96 cells, one row at a time, were a sixth of a prefill).
+///
+/// # Panics
+/// If a row reaches past the end of `m`.
+pub(crate) fn dot_f16_strided(t: Avx512, m: &[u16], stride: usize, y: &[f32], out: &mut [f32]) {
+    let (n, rows) = (y.len(), out.len());
+    if rows == 0 {
+        return;
+    }
+    assert!((rows - 1) * stride + n <= m.len(), "an f16 row reaches past the matrix");
+    let np = n & !(STEP - 1);
+    let yt = &y[np..];
+    let yv = Vector::F32(y.as_ptr());
+    let mut groups = out.chunks_exact_mut(8);
+    for (g, o) in (&mut groups).enumerate() {
+        let p: [*const u8; 8] = std::array::from_fn(|r| m[(8 * g + r) * stride..].as_ptr() as *const u8);
+        // SAFETY: the token proves the features; each of the eight rows holds n >= np elements
+        // (asserted above) and y holds n.
+        let (lo, hi) = unsafe {
+            (
+                f16_rows_body::<4>([p[0], p[1], p[2], p[3]], yv, np),
+                f16_rows_body::<4>([p[4], p[5], p[6], p[7]], yv, np),
+            )
+        };
+        let heads = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]];
+        if yt.is_empty() {
+            o.copy_from_slice(&heads);
+        } else {
+            let tails: [&[u16]; 8] =
+                std::array::from_fn(|r| &m[(8 * g + r) * stride + np..(8 * g + r) * stride + n]);
+            // SAFETY: the token proves the features.
+            unsafe { tails8(heads, tails, yt, o) };
+        }
+    }
+    let done = rows - groups.into_remainder().len();
+    for i in done..rows {
+        let row = &m[i * stride..i * stride + n];
+        out[i] = dot_f16_bytes_rows::<1>(t, [bytes_of(row)], y)[0];
+    }
+}
+
+/// [`f16_tail`] of eight rows at once: `out[r]` = `head[r]` plus each product of `w[r][k]`
+/// and `yt[k]` (exact in f32) in f64, in order of `k`, narrowed. Each f64 lane is one row's
+/// sum with exactly the scalar's operations; eight elements of the eight rows are turned
+/// into eight vectors of one element per row by an 8×8 transpose.
+///
+/// # Panics
+/// If a row's length differs from `yt.len()` or `out` does not hold eight values.
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq,avx2,fma,f16c")]
+fn tails8(head: [f32; 8], w: [&[u16]; 8], yt: &[f32], out: &mut [f32]) {
+    let t = yt.len();
+    assert!(w.iter().all(|r| r.len() == t) && out.len() == 8);
+    // SAFETY: `head` holds eight f32s.
+    let mut acc = _mm512_cvtps_pd(unsafe { _mm256_loadu_ps(head.as_ptr()) });
+    let whole = t & !7;
+    for k in (0..whole).step_by(8) {
+        // SAFETY: k + 8 <= t: eight elements of yt and of every row; unaligned loads.
+        let y8 = unsafe { _mm256_loadu_ps(yt.as_ptr().add(k)) };
+        let r: [__m256; 8] = std::array::from_fn(|i| {
+            // SAFETY: as above (16 bytes of row i at k).
+            let h = unsafe { _mm_loadu_si128(w[i].as_ptr().add(k) as *const __m128i) };
+            _mm256_mul_ps(_mm256_cvtph_ps(h), y8)
+        });
+        for col in transpose8(r) {
+            acc = _mm512_add_pd(acc, _mm512_cvtps_pd(col));
+        }
+    }
+    let mut sums = [0f64; 8];
+    // SAFETY: `sums` holds eight f64s.
+    unsafe { _mm512_storeu_pd(sums.as_mut_ptr(), acc) };
+    for (i, (s, o)) in sums.iter_mut().zip(out).enumerate() {
+        for k in whole..t {
+            *s += f64::from(f16_to_f32(w[i][k]) * yt[k]);
+        }
+        *o = *s as f32;
+    }
 }
 
 /// `dot_f16_f32` (see `dot.rs`): f16 values against f32 values.

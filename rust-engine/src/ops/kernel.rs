@@ -170,6 +170,74 @@ impl FloatKernel {
         }
     }
 
+    /// [`dot::dot_f16_f32`] of each row of the f16 matrix `m` against `y`: `out[i]` is the
+    /// dot of `m[i·stride..i·stride + y.len()]` with `y`, the bits of one
+    /// [`dot_f16_f32`](Self::dot_f16_f32) per row. With `y` rounded through f16 these are
+    /// the bits of `dot_f16` (attention's `K·q` and `V·p`), converting `y` only once.
+    ///
+    /// # Panics
+    /// If a row reaches past the end of `m`.
+    pub fn dot_f16_strided(self, m: &[u16], stride: usize, y: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Path::Avx512(t) = self.path() {
+            return avx512::dot_f16_strided(t, m, stride, y, out);
+        }
+        let n = y.len();
+        if let Some(last) = out.len().checked_sub(1) {
+            assert!(last * stride + n <= m.len(), "an f16 row reaches past the matrix");
+        }
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = self.dot_f16_f32(&m[i * stride..i * stride + n], y);
+        }
+    }
+
+    /// Columns `cols` of the row-major `src` (`rows × n`, from its front) as the rows of
+    /// `dst`: `dst[(c − cols.start)·rows + r] = src[r·n + c]` with `rows = dst.len() /
+    /// cols.len()` (a batch's products, row-major, to token-major). Only moves values.
+    ///
+    /// # Panics
+    /// If `dst` is not whole rows, `cols` exceeds `n` or `src` holds fewer than `rows · n` values.
+    pub fn transpose_cols(self, src: &[f32], n: usize, cols: std::ops::Range<usize>, dst: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = self.avx2_token() {
+            return avx2::transpose_cols(t, src, n, cols, dst);
+        }
+        let w = cols.len();
+        if w == 0 {
+            return;
+        }
+        let rows = dst.len() / w;
+        assert!(dst.len() == rows * w && cols.end <= n && src.len() >= rows * n, "transpose shapes");
+        for (d, c) in dst.chunks_exact_mut(rows.max(1)).zip(cols) {
+            for (r, v) in d.iter_mut().enumerate() {
+                *v = src[r * n + c];
+            }
+        }
+    }
+
+    /// [`super::rms_norm`] of each row of `x` (rows of `weight.len()` values) into the same
+    /// row of `out`, the same bits; eight rows' sums of squares at once where the CPU allows.
+    ///
+    /// # Panics
+    /// If `x` and `out` differ in length or are not whole rows.
+    pub fn rms_norm_rows(self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+        let d = weight.len();
+        assert!(x.len() == out.len() && d > 0 && x.len().is_multiple_of(d), "rows of rms_norm");
+        let (mut xs, mut os) = (x.chunks_exact(d), out.chunks_exact_mut(d));
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = self.avx2_token() {
+            while xs.len() >= 8 {
+                let rows: [&[f32]; 8] = std::array::from_fn(|_| xs.next().expect("eight rows left"));
+                for (r, s) in rows.into_iter().zip(avx2::sum_squares8(t, rows)) {
+                    super::rms_norm_with_sum(r, s, weight, eps, os.next().expect("as many rows out"));
+                }
+            }
+        }
+        for (r, o) in xs.zip(os) {
+            super::rms_norm(r, weight, eps, o);
+        }
+    }
+
     /// [`dot::dot_f32`].
     #[inline]
     pub fn dot_f32(self, x: &[f32], y: &[f32]) -> f32 {
@@ -239,6 +307,21 @@ impl FloatKernel {
             Path::Avx2x2(t) => tinyblas_x86::avx2::<2, C>(t, a, b),
             #[cfg(target_arch = "x86_64")]
             Path::Avx512(t) => tinyblas_x86::avx512::<C>(t, a, b),
+        }
+    }
+
+    /// [`tinyblas`](Self::tinyblas) of `R` rows with the same `C` columns: `out[r][c]`, the
+    /// same bits (a register tile with AVX-512, the rows one by one otherwise).
+    #[inline]
+    pub fn tinyblas_tile<const R: usize, const C: usize>(
+        self,
+        a: [TinyRow<'_>; R],
+        b: [&[f32]; C],
+    ) -> [[f32; C]; R] {
+        match self.path() {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512(t) => tinyblas_x86::avx512_tile::<R, C>(t, a, b),
+            _ => a.map(|row| self.tinyblas(row, b)),
         }
     }
 

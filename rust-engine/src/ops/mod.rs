@@ -2,8 +2,9 @@
 //! rounding the way ggml's CPU backend does for a single token.
 //!
 //! The free functions are the scalar oracles; [`FloatKernel`] dispatches the hot ones
-//! (dots, f16 conversion, softmax, SiLU, the Q8_0 / K-quant / BF16 head products of
-//! `blocks.rs` and `qdot.rs`) to AVX2 or AVX-512 twins that compute identical bits. Those whose bits depend on the ISA the reference was built for take a
+//! (dots, f16 conversion, softmax, SiLU, RMSNorm of a batch's rows, the Q8_0 / K-quant /
+//! BF16 head products of `blocks.rs` and `qdot.rs`) to AVX2 or AVX-512 twins that compute
+//! identical bits. Those whose bits depend on the ISA the reference was built for take a
 //! [`RefProfile`](crate::profile::RefProfile).
 
 #[cfg(target_arch = "x86_64")]
@@ -36,6 +37,11 @@ pub(crate) use rope::Rope;
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     debug_assert!(x.len() == weight.len() && x.len() == out.len());
     let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
+    rms_norm_with_sum(x, sum, weight, eps, out);
+}
+
+/// The rest of [`rms_norm`] once the sum of squares of `x` is known.
+pub(crate) fn rms_norm_with_sum(x: &[f32], sum: f64, weight: &[f32], eps: f32, out: &mut [f32]) {
     let mean = (sum / x.len() as f64) as f32;
     let scale = 1.0 / (mean + eps).sqrt();
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {

@@ -389,6 +389,11 @@ impl<'a> TernaryMatrix<'a> {
                 // the compiler vectorizes: the same operations, eight rows per division.
                 self.for_each_code_dot(x.q(), rows, |i, d| out[i] = d as f32);
                 let act_sum = x.sum() as f32;
+                #[cfg(target_arch = "x86_64")]
+                if let Some(t) = self.kernel.act_avx2_token() {
+                    super::avx2::tensor_epilogue(t, out, act_sum, s, w);
+                    return;
+                }
                 for y in out.iter_mut() {
                     *y = (*y - act_sum) / s * w;
                 }

@@ -274,14 +274,19 @@ impl RefWorker {
                 reason: format!("no answer in {} s", t.as_secs_f64()),
             })
         };
-        if let Some(err) = failure {
-            self.stdin = None;
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            self.dead = Some(err.clone());
-            return Err(err);
+        match failure {
+            Some(err) => Err(self.kill(err)),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Kills the worker for `err`, which every later request then reports; returns `err`.
+    fn kill(&mut self, err: WorkerError) -> WorkerError {
+        self.stdin = None;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.dead = Some(err.clone());
+        err
     }
 
     /// The answers cannot be read any more: a reading thread was abandoned when the worker was
@@ -396,12 +401,7 @@ impl RefWorker {
                 }
                 Err(RecvTimeoutError::Timeout) => self.check_waiting(started, &mut stopped_since, during)?,
                 Err(RecvTimeoutError::Disconnected) => {
-                    let err = proto(during, "the thread reading the worker's answer stopped");
-                    self.stdin = None;
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    self.dead = Some(err.clone());
-                    return Err(err);
+                    return Err(self.kill(proto(during, "the thread reading the worker's answer stopped")));
                 }
             }
         }

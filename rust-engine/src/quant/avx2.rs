@@ -75,10 +75,10 @@ pub(crate) fn qk256_dots<const R: usize>(_t: Avx2Token, rows: [&[u8]; R], q: &[i
 /// the prefetches cost 1–2 %.
 pub(crate) const PREFETCH_BYTES: usize = 512;
 
-/// The float epilogue of a tensor-scaled product, `y = (y − Σq) / s · w` for every output,
-/// as the generic loop in `matrix.rs` computes it: IEEE operations round the same at any
-/// vector width (and none is fused), so only the speed differs. Eight lanes instead of the
-/// baseline's four halve the divisions' time, about 1 % of a 2560-row product.
+/// [`matrix::tensor_epilogue`](super::matrix::tensor_epilogue) compiled for AVX2: IEEE
+/// operations round the same at any vector width (and none is fused), so only the speed
+/// differs. Eight lanes instead of the baseline's four halve the divisions' time, about 1 % of
+/// a 2560-row product.
 pub(crate) fn tensor_epilogue(_t: Avx2Token, out: &mut [f32], act_sum: f32, s: f32, w: f32) {
     // SAFETY: the token proves AVX2 is available.
     unsafe { tensor_epilogue_avx2(out, act_sum, s, w) }
@@ -88,9 +88,7 @@ pub(crate) fn tensor_epilogue(_t: Avx2Token, out: &mut [f32], act_sum: f32, s: f
 /// AVX2 must be available.
 #[target_feature(enable = "avx2")]
 unsafe fn tensor_epilogue_avx2(out: &mut [f32], act_sum: f32, s: f32, w: f32) {
-    for y in out.iter_mut() {
-        *y = (*y - act_sum) / s * w;
-    }
+    super::matrix::tensor_epilogue(out, act_sum, s, w);
 }
 
 /// Asks the CPU to bring `bytes` into its L2 cache, one 64-byte line at a time: a hint that

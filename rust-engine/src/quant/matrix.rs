@@ -394,9 +394,7 @@ impl<'a> TernaryMatrix<'a> {
                     super::avx2::tensor_epilogue(t, out, act_sum, s, w);
                     return;
                 }
-                for y in out.iter_mut() {
-                    *y = (*y - act_sum) / s * w;
-                }
+                tensor_epilogue(out, act_sum, s, w);
             }
             Scales::InlineF16 | Scales::Sibling(..) => {
                 let q = x.q();
@@ -591,5 +589,15 @@ impl<'a> TernaryMatrix<'a> {
             self.dequantize_row(r, dst);
         }
         out
+    }
+}
+
+/// The float epilogue of a tensor-scaled product, `y = (y − Σq) / s · w` for every output, in
+/// the reference's order. Inlined into the caller, so the AVX2 wrapper
+/// (`avx2::tensor_epilogue`) compiles this same loop eight lanes wide.
+#[inline(always)]
+pub(super) fn tensor_epilogue(out: &mut [f32], act_sum: f32, s: f32, w: f32) {
+    for y in out.iter_mut() {
+        *y = (*y - act_sum) / s * w;
     }
 }

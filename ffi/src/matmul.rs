@@ -105,6 +105,39 @@ impl std::fmt::Debug for Matmul<'_> {
     }
 }
 
+/// Checks the arguments of an I2_S product; returns the weights' full size (`rows·cols/4 + 32`).
+fn check_i2s(
+    len: usize,
+    rows: usize,
+    cols: usize,
+    n_vectors: usize,
+    repeats: usize,
+    threads: usize,
+) -> Result<usize> {
+    let bad = |m: String| Err(Error::InvalidArgument(format!("I2_S matmul {rows}×{cols}: {m}")));
+    if rows == 0 || !rows.is_multiple_of(I2S_ROW_MULTIPLE) {
+        return bad(format!("rows must be a positive multiple of {I2S_ROW_MULTIPLE}"));
+    }
+    if cols == 0 || !cols.is_multiple_of(I2S_COL_MULTIPLE) {
+        return bad(format!("cols must be a positive multiple of {I2S_COL_MULTIPLE}"));
+    }
+    if n_vectors == 0 || !(1..=MAX_REPEATS).contains(&repeats) || !(1..=512).contains(&threads) {
+        return bad(format!(
+            "need n_vectors ≥ 1 (got {n_vectors}), 1 ≤ repeats ≤ {MAX_REPEATS} (got {repeats}), \
+             1 ≤ threads ≤ 512 (got {threads})"
+        ));
+    }
+    let packed = rows * cols / 4;
+    let full = packed + 32;
+    if len != full && len != packed + 4 {
+        return bad(format!(
+            "{len} bytes given; I2_S needs {full} ({packed} packed + scale + padding) or {}",
+            packed + 4
+        ));
+    }
+    Ok(full)
+}
+
 impl Reference {
     /// Prepares the reference's I2_S product on a copy of `i2s` — x86 I2_S bytes exactly as a
     /// GGUF file stores them: `rows·cols/4` packed bytes, the f32 tensor scale, padding to
@@ -119,28 +152,7 @@ impl Reference {
         repeats: usize,
         threads: usize,
     ) -> Result<I2sMatmul> {
-        let bad = |m: String| Err(Error::InvalidArgument(format!("I2_S matmul {rows}×{cols}: {m}")));
-        if rows == 0 || !rows.is_multiple_of(I2S_ROW_MULTIPLE) {
-            return bad(format!("rows must be a positive multiple of {I2S_ROW_MULTIPLE}"));
-        }
-        if cols == 0 || !cols.is_multiple_of(I2S_COL_MULTIPLE) {
-            return bad(format!("cols must be a positive multiple of {I2S_COL_MULTIPLE}"));
-        }
-        if n_vectors == 0 || !(1..=MAX_REPEATS).contains(&repeats) || !(1..=512).contains(&threads) {
-            return bad(format!(
-                "need n_vectors ≥ 1 (got {n_vectors}), 1 ≤ repeats ≤ {MAX_REPEATS} (got {repeats}), \
-                 1 ≤ threads ≤ 512 (got {threads})"
-            ));
-        }
-        let packed = rows * cols / 4;
-        let full = packed + 32;
-        if i2s.len() != full && i2s.len() != packed + 4 {
-            return bad(format!(
-                "{} bytes given; I2_S needs {full} ({packed} packed + scale + padding) or {}",
-                i2s.len(),
-                packed + 4
-            ));
-        }
+        let full = check_i2s(i2s.len(), rows, cols, n_vectors, repeats, threads)?;
         let mut weights = Aligned::zeroed(full);
         weights.bytes_mut()[..i2s.len()].copy_from_slice(i2s);
         let ptr = weights.ptr();
@@ -148,6 +160,45 @@ impl Reference {
         // holds ggml_nbytes = rows·cols/4 + 32 bytes of I2_S.
         unsafe {
             self.build(sys::ggml_type_GGML_TYPE_I2_S, ptr, weights, rows, cols, n_vectors, repeats, threads)
+        }
+    }
+
+    /// The same product reading `i2s` in place, as the reference reads a mapped model's
+    /// weights (the benchmarks give both engines the very same bytes, on the same pages):
+    /// `i2s` must hold the padding (`rows·cols/4 + 32` bytes) and start on a 64-byte boundary,
+    /// as ggml's own buffers do.
+    pub fn i2s_matmul_in_place<'w>(
+        &self,
+        i2s: &'w [u8],
+        rows: usize,
+        cols: usize,
+        n_vectors: usize,
+        repeats: usize,
+        threads: usize,
+    ) -> Result<Matmul<'w>> {
+        let full = check_i2s(i2s.len(), rows, cols, n_vectors, repeats, threads)?;
+        if i2s.len() != full || i2s.as_ptr().align_offset(64) != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "I2_S matmul {rows}×{cols} in place: needs {full} bytes (got {}) starting on a 64-byte \
+                 boundary",
+                i2s.len()
+            )));
+        }
+        // ggml only reads src0 (the weights); the pointer is cast to mut for the tensor struct.
+        let ptr = i2s.as_ptr() as *mut u8;
+        // SAFETY: `ptr` is valid for rows·cols/4 + 32 bytes (checked above) for 'w, the life of
+        // the result, and ggml never writes through a mul_mat's src0.
+        unsafe {
+            self.build(
+                sys::ggml_type_GGML_TYPE_I2_S,
+                ptr,
+                Aligned::zeroed(0),
+                rows,
+                cols,
+                n_vectors,
+                repeats,
+                threads,
+            )
         }
     }
 

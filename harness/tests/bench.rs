@@ -549,3 +549,30 @@ fn reference_mul_mat_equals_ours_bit_for_bit() {
         }
     }
 }
+
+/// The in-place product (what the GEMV bench times, on the bench's own 2 MiB-page buffer)
+/// gives the copy's bits, and refuses bytes without the padding or off a 64-byte boundary.
+#[test]
+fn reference_mul_mat_in_place_equals_the_copy() {
+    let reference = bitnet_cpp::Reference::open_built().unwrap();
+    let (rows, cols) = (256, 512);
+    let (bytes, x) = data(rows, cols, 1, 77);
+    let mut copy = reference.i2s_matmul(&bytes, rows, cols, 1, 1, 1).unwrap();
+    copy.set_input(&x).unwrap();
+    copy.compute().unwrap();
+    let buf = ::harness::bench::huge::HugeBuffer::copy_of(&bytes);
+    let mut in_place = reference.i2s_matmul_in_place(buf.bytes(), rows, cols, 1, 1, 1).unwrap();
+    in_place.set_input(&x).unwrap();
+    in_place.compute().unwrap();
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    assert_eq!(bits(in_place.output()), bits(copy.output()));
+
+    let short = &buf.bytes()[..rows * cols / 4 + 4];
+    let e = reference.i2s_matmul_in_place(short, rows, cols, 1, 1, 1).unwrap_err().to_string();
+    assert!(e.contains("64-byte boundary"), "{e}");
+    let mut shifted = vec![0u8; bytes.len() + 64];
+    let off = (shifted.as_ptr().align_offset(64) + 1) % 64;
+    shifted[off..off + bytes.len()].copy_from_slice(&bytes);
+    let e = reference.i2s_matmul_in_place(&shifted[off..off + bytes.len()], rows, cols, 1, 1, 1).unwrap_err();
+    assert!(e.to_string().contains("in place"), "{e}");
+}

@@ -315,6 +315,15 @@ fn long_rows_cross_lane_groups_and_wrap_like_scalar() {
                 }
             }
         }
+        // All five rows at once: four stretches of one row and a leftover row in the GEMV.
+        let q: Vec<i8> = (0..cols).map(|i| if i % 3 == 0 { -128 } else { 127 }).collect();
+        let mut want = vec![0i32; rows];
+        matrix(&data, rows, cols, Qk256Kernel::scalar()).code_dots(&q, 0..rows, &mut want);
+        for k in simd_kernels() {
+            let mut out = vec![0i32; rows];
+            matrix(&data, rows, cols, k).code_dots(&q, 0..rows, &mut out);
+            assert_eq!(out, want, "{} chunks {chunks}, five rows", k.name());
+        }
         let data = &data[(rows - 1) * cols / 4..];
         for v in [-128i8, 127] {
             let q = vec![v; cols];

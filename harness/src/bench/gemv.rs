@@ -23,17 +23,19 @@ use bitnet_engine::internals::quant::{QuantizedActs, TernaryMatrix};
 use bitnet_engine::quant::{pack_i2s_x86, I2sFlavor, Qk256Kernel};
 use bitnet_fixtures::rng::Rng;
 
+use super::huge::HugeBuffer;
 use super::report::{GemvKernelResult, GemvResult, GemvSpeed};
 
 /// `(rows, cols)`: attn_q/attn_output (2560×2560), ffn_gate/ffn_up (6912×2560) and ffn_down
 /// (2560×6912) of the 2B-4T model. Rows are the output length, cols the input length.
 pub const SHAPES: [(usize, usize); 3] = [(2560, 2560), (6912, 2560), (2560, 6912)];
 
-/// The test data of one shape: x86 I2_S bytes (as a GGUF file stores them) and activations.
+/// The test data of one shape: x86 I2_S bytes (as a GGUF file stores them, on 2 MiB pages as
+/// a mapped model's weights are; both engines read these very bytes) and activations.
 pub struct GemvData {
     pub rows: usize,
     pub cols: usize,
-    pub i2s: Vec<u8>,
+    pub i2s: HugeBuffer,
     pub x: Vec<f32>,
 }
 
@@ -46,12 +48,12 @@ impl GemvData {
         // As stored in a file: n/4 packed bytes, the scale, padding to n/4 + 32.
         i2s.resize(rows * cols / 4 + 32, 0);
         let x = (0..cols).map(|_| rng.normalish(1.0)).collect();
-        Ok(GemvData { rows, cols, i2s, x })
+        Ok(GemvData { rows, cols, i2s: HugeBuffer::copy_of(&i2s), x })
     }
 
     /// The matrix, computed with `kernel`.
     pub fn matrix(&self, kernel: Qk256Kernel) -> anyhow::Result<TernaryMatrix<'_>> {
-        Ok(TernaryMatrix::new("gemv", I2sFlavor::X86Qk256, &self.i2s, self.rows, self.cols, None)?
+        Ok(TernaryMatrix::new("gemv", I2sFlavor::X86Qk256, self.i2s.bytes(), self.rows, self.cols, None)?
             .with_kernel(kernel))
     }
 }
@@ -92,7 +94,7 @@ pub fn time_rust(
     Ok((times, y))
 }
 
-/// The reference: its own `ggml_mul_mat` on a copy of the same bytes, same batches.
+/// The reference: its own `ggml_mul_mat` reading the same bytes in place, same batches.
 pub fn time_reference(
     reference: &Reference,
     data: &GemvData,
@@ -101,7 +103,7 @@ pub fn time_reference(
     batches: usize,
 ) -> anyhow::Result<(Vec<f64>, Vec<f32>)> {
     let mut mm = reference
-        .i2s_matmul(&data.i2s, data.rows, data.cols, 1, repeats, threads)
+        .i2s_matmul_in_place(data.i2s.bytes(), data.rows, data.cols, 1, repeats, threads)
         .context("cannot build the reference's mul_mat")?;
     mm.set_input(&data.x)?;
     mm.compute()?;

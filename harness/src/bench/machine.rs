@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use bitnet_engine::quant::Qk256Kernel;
 
+use super::huge::HugeBuffer;
 use super::report::{Bandwidth, Machine};
 
 /// The CPU flags the bench reports, in /proc/cpuinfo's spelling: what the QK256 and float
@@ -155,46 +156,11 @@ fn sum(bytes: &[u8]) -> u64 {
     acc.iter().copied().chain(&mut tail).fold(0u64, u64::wrapping_add)
 }
 
-/// The benchmark's buffer: anonymous memory that asked for 2 MiB pages (Linux), as a mapped
-/// model gets them (see `page_cache.rs`); with 4 KiB pages a stream is measured ~30 % slower
-/// here, which would understate the limit. A plain Vec where mapping fails.
-enum Buffer {
-    Mapped(memmap2::MmapMut),
-    Heap(Vec<u8>),
-}
-
-impl Buffer {
-    fn new(len: usize) -> Buffer {
-        match memmap2::MmapMut::map_anon(len) {
-            Ok(m) => {
-                #[cfg(target_os = "linux")]
-                let _ = m.advise(memmap2::Advice::HugePage);
-                Buffer::Mapped(m)
-            }
-            Err(_) => Buffer::Heap(vec![0; len]),
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Buffer::Mapped(m) => m,
-            Buffer::Heap(v) => v,
-        }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        match self {
-            Buffer::Mapped(m) => m,
-            Buffer::Heap(v) => v,
-        }
-    }
-}
-
 /// Streaming-read bandwidth: a buffer of `bytes` (much larger than the caches) summed by each
 /// thread count's threads, each over its own contiguous part; best of `passes` passes.
 pub fn bandwidth(bytes: u64, threads: &[usize], passes: usize) -> Vec<Bandwidth> {
     let len = (bytes.max(64) / 64 * 64) as usize;
-    let mut buf = Buffer::new(len);
+    let mut buf = HugeBuffer::zeroed(len);
     // Written once, so every page is resident before timing (a fresh page would be a zero page).
     for (i, w) in buf.bytes_mut().chunks_exact_mut(8).enumerate() {
         w.copy_from_slice(&((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).to_le_bytes());

@@ -17,6 +17,7 @@
 
 pub mod gemv;
 pub mod goals;
+pub mod huge;
 pub mod lm_head;
 pub mod machine;
 pub mod model;

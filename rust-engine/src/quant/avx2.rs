@@ -67,6 +67,46 @@ pub(crate) fn qk256_dots<const R: usize>(_t: Avx2Token, rows: [&[u8]; R], q: &[i
     unsafe { rows_kernel::<R>(rows.map(|r| r.as_ptr()), q.as_ptr(), q.len() / 128) }
 }
 
+/// `emit(i, sums)` for every row `i` of `R` stretches of whole rows (`q.len() / 4` bytes
+/// each, all stretches of one length): `sums[k]` is `Σ c·q` of row `i` of stretch `k`, as
+/// [`qk256_dots`] gives it. The loop over rows runs inside the kernel: the checks, the call and
+/// the slicing are paid once per product, not once per row, which is a fifth of a product of
+/// 2560-long rows.
+///
+/// # Panics
+/// If `q` is empty or not a multiple of 128 long, or the stretches differ in length or do
+/// not hold whole rows.
+#[inline]
+pub(crate) fn qk256_dots_stretches<const R: usize>(
+    _t: Avx2Token,
+    stretches: [&[u8]; R],
+    q: &[i8],
+    mut emit: impl FnMut(usize, [i32; R]),
+) {
+    assert!(
+        !q.is_empty() && q.len().is_multiple_of(128),
+        "QK256 row length must be a positive multiple of 128"
+    );
+    let row_bytes = q.len() / 4;
+    let len = stretches.first().map_or(0, |s| s.len());
+    for s in &stretches {
+        assert_eq!(s.len(), len, "QK256 row stretches differ in length");
+    }
+    assert!(len.is_multiple_of(row_bytes), "a QK256 row stretch does not hold whole rows");
+    // SAFETY: the token proves AVX2 is available; every stretch holds `len / row_bytes` rows of
+    // `q.len() / 4` bytes and `q` holds `128 · (q.len() / 128)` values, which is all the
+    // kernel reads.
+    unsafe {
+        stretches_kernel::<R>(
+            stretches.map(|s| s.as_ptr()),
+            len / row_bytes,
+            q.as_ptr(),
+            q.len() / 128,
+            &mut emit,
+        )
+    }
+}
+
 /// How far ahead of each row's loads the rows kernels (this one and the VNNI one) prefetch
 /// into L1, at every chunk. They are not purely bandwidth-bound, and with the hardware
 /// prefetcher alone the core waits on lines it then computes on: streaming matrices from
@@ -116,6 +156,30 @@ pub(crate) fn qk256_dots_cols<const C: usize>(_t: Avx2Token, row: &[u8], qs: [&[
     // SAFETY: the token proves AVX2 is available; the row holds `n / 4` bytes and every
     // column `n` values, n = 128 · chunks, which is all the kernel reads.
     unsafe { cols_kernel::<C>(row.as_ptr(), qs.map(|q| q.as_ptr()), row.len() / 32) }
+}
+
+/// The rows kernel over `rows` rows of each of `R` stretches, row by row.
+///
+/// # Safety
+/// AVX2 must be available; each `w[k]` must be valid for `rows · 32 · chunks` bytes and `q`
+/// for `128 · chunks` bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn stretches_kernel<const R: usize>(
+    mut w: [*const u8; R],
+    rows: usize,
+    q: *const i8,
+    chunks: usize,
+    emit: &mut impl FnMut(usize, [i32; R]),
+) {
+    for i in 0..rows {
+        // SAFETY: row i of every stretch, 32·chunks bytes at w[k], and the chunks of q are in
+        // bounds (caller contract).
+        emit(i, unsafe { rows_kernel::<R>(w, q, chunks) });
+        for p in &mut w {
+            *p = p.wrapping_add(32 * chunks);
+        }
+    }
 }
 
 /// `R` rows × one column, one shift and four masks per chunk (see the module docs).

@@ -96,6 +96,34 @@ impl TileDots<1, MATMUL_COLS> for super::avx2::Avx2Token {
     }
 }
 
+/// The GEMV integer dots of one SIMD QK256 kernel: [`STREAMS`] stretches of rows in one call,
+/// and one row.
+#[cfg(target_arch = "x86_64")]
+trait RowDots: Copy {
+    fn stretches(self, stretches: [&[u8]; STREAMS], q: &[i8], emit: impl FnMut(usize, [i32; STREAMS]));
+    fn dot1(self, row: &[u8], q: &[i8]) -> i32;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowDots for super::avx512vnni::VnniToken {
+    fn stretches(self, stretches: [&[u8]; STREAMS], q: &[i8], emit: impl FnMut(usize, [i32; STREAMS])) {
+        super::avx512vnni::qk256_dots_stretches(self, stretches, q, emit);
+    }
+    fn dot1(self, row: &[u8], q: &[i8]) -> i32 {
+        super::avx512vnni::qk256_dots(self, [row], q)[0]
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowDots for super::avx2::Avx2Token {
+    fn stretches(self, stretches: [&[u8]; STREAMS], q: &[i8], emit: impl FnMut(usize, [i32; STREAMS])) {
+        super::avx2::qk256_dots_stretches(self, stretches, q, emit);
+    }
+    fn dot1(self, row: &[u8], q: &[i8]) -> i32 {
+        super::avx2::qk256_dots(self, [row], q)[0]
+    }
+}
+
 /// A ternary matrix of `rows × cols`, borrowing its bytes (typically from the GGUF map).
 #[derive(Debug, Clone)]
 pub struct TernaryMatrix<'a> {
@@ -293,26 +321,12 @@ impl<'a> TernaryMatrix<'a> {
             I2sFlavor::X86Qk256 => {
                 #[cfg(target_arch = "x86_64")]
                 if let Some(t) = self.kernel.vnni_token() {
-                    use super::avx512vnni::qk256_dots;
-                    self.stream_rows(
-                        start,
-                        rows.len(),
-                        |rs| qk256_dots(t, rs, q),
-                        |r| qk256_dots(t, [r], q)[0],
-                        emit,
-                    );
+                    self.stream_rows(t, start, rows.len(), q, emit);
                     return;
                 }
                 #[cfg(target_arch = "x86_64")]
                 if let Some(t) = self.kernel.avx2_token() {
-                    use super::avx2::qk256_dots;
-                    self.stream_rows(
-                        start,
-                        rows.len(),
-                        |rs| qk256_dots(t, rs, q),
-                        |r| qk256_dots(t, [r], q)[0],
-                        emit,
-                    );
+                    self.stream_rows(t, start, rows.len(), q, emit);
                     return;
                 }
                 for (j, r) in rows.enumerate() {
@@ -339,28 +353,31 @@ impl<'a> TernaryMatrix<'a> {
         }
     }
 
-    /// Calls `emit(i, Σ c·q)` for the `len` rows from `start`, taking [`STREAMS`] rows per
-    /// pass from separate stretches of the range (`dots`), the leftover rows one at a time
-    /// (`dot1`).
+    /// Calls `emit(i, Σ c·q)` for the `len` rows from `start`: [`STREAMS`] rows per pass, one
+    /// from each of as many separate stretches of the range, then the leftover rows one at a
+    /// time.
     #[cfg(target_arch = "x86_64")]
     fn stream_rows(
         &self,
+        kernel: impl RowDots,
         start: usize,
         len: usize,
-        dots: impl Fn([&'a [u8]; STREAMS]) -> [i32; STREAMS],
-        dot1: impl Fn(&'a [u8]) -> i32,
+        q: &[i8],
         mut emit: impl FnMut(usize, i32),
     ) {
         let per = len / STREAMS;
-        for i in 0..per {
-            let at: [usize; STREAMS] = std::array::from_fn(|k| k * per + i);
-            let sums = dots(at.map(|j| self.row(start + j)));
-            for (j, d) in at.into_iter().zip(sums) {
-                emit(j, d);
-            }
+        let rb = self.row_bytes();
+        let stretches: [&[u8]; STREAMS] =
+            std::array::from_fn(|k| &self.codes[(start + k * per) * rb..(start + (k + 1) * per) * rb]);
+        if per > 0 {
+            kernel.stretches(stretches, q, |i, sums| {
+                for (k, d) in sums.into_iter().enumerate() {
+                    emit(k * per + i, d);
+                }
+            });
         }
         for j in STREAMS * per..len {
-            emit(j, dot1(self.row(start + j)));
+            emit(j, kernel.dot1(self.row(start + j), q));
         }
     }
 

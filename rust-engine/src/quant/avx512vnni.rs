@@ -88,12 +88,11 @@ pub(crate) fn qk256_dots<const R: usize>(_t: VnniToken, rows: [&[u8]; R], q: &[i
 /// `emit(i, sums)` for every row `i` of `R` stretches of whole rows (`q.len() / 4` bytes
 /// each, all stretches of one length): `sums[k]` is `Σ c·q` of row `i` of stretch `k`, as
 /// [`qk256_dots`] gives it. The loop over rows runs inside the kernel: the checks, the call and
-/// the slicing are paid once per product, not once per row, which is a fifth of a product of
-/// 2560-long rows.
+/// the slicing are paid once per product, not once per four rows (with VNNI, 2560×2560 in
+/// cache, one thread: 41.9 → 37.0 µs a product).
 ///
 /// # Panics
-/// If `q` is empty or not a multiple of 128 long, or the stretches differ in length or do
-/// not hold whole rows.
+/// As [`qk256_stretch_rows`](super::layout::qk256_stretch_rows).
 #[inline]
 pub(crate) fn qk256_dots_stretches<const R: usize>(
     _t: VnniToken,
@@ -101,27 +100,12 @@ pub(crate) fn qk256_dots_stretches<const R: usize>(
     q: &[i8],
     mut emit: impl FnMut(usize, [i32; R]),
 ) {
-    assert!(
-        !q.is_empty() && q.len().is_multiple_of(128),
-        "QK256 row length must be a positive multiple of 128"
-    );
-    let row_bytes = q.len() / 4;
-    let len = stretches.first().map_or(0, |s| s.len());
-    for s in &stretches {
-        assert_eq!(s.len(), len, "QK256 row stretches differ in length");
-    }
-    assert!(len.is_multiple_of(row_bytes), "a QK256 row stretch does not hold whole rows");
-    // SAFETY: the token proves AVX-512 VL/VNNI is available; every stretch holds `len / row_bytes` rows of
+    let rows = super::layout::qk256_stretch_rows(&stretches, q);
+    // SAFETY: the token proves AVX-512 VL/VNNI is available; every stretch holds `rows` rows of
     // `q.len() / 4` bytes and `q` holds `128 · (q.len() / 128)` values, which is all the
     // kernel reads.
     unsafe {
-        stretches_kernel::<R>(
-            stretches.map(|s| s.as_ptr()),
-            len / row_bytes,
-            q.as_ptr(),
-            q.len() / 128,
-            &mut emit,
-        )
+        stretches_kernel::<R>(stretches.map(|s| s.as_ptr()), rows, q.as_ptr(), q.len() / 128, &mut emit)
     }
 }
 

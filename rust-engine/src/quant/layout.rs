@@ -24,6 +24,26 @@ pub(crate) const BITNET32_F16_BLOCK_BYTES: usize = 10;
 /// Bytes after the codes of an x86/ARM I2_S tensor: one f32 scale plus 28 bytes of padding.
 pub(crate) const I2S_TAIL_BYTES: usize = 32;
 
+/// The rows in each of the equal stretches of whole x86 I2_S rows a SIMD rows kernel is given
+/// with the activations `q` (a row holds `q.len() / 4` bytes).
+///
+/// # Panics
+/// If `q` is empty or not a multiple of 128 long, or the stretches differ in length or do not
+/// hold whole rows.
+pub(crate) fn qk256_stretch_rows(stretches: &[&[u8]], q: &[i8]) -> usize {
+    assert!(
+        !q.is_empty() && q.len().is_multiple_of(4 * X86_GROUP_BYTES),
+        "QK256 row length must be a positive multiple of 128"
+    );
+    let row_bytes = q.len() / 4;
+    let len = stretches.first().map_or(0, |s| s.len());
+    for s in stretches {
+        assert_eq!(s.len(), len, "QK256 row stretches differ in length");
+    }
+    assert!(len.is_multiple_of(row_bytes), "a QK256 row stretch does not hold whole rows");
+    len / row_bytes
+}
+
 /// The value a code stands for when dequantizing. Code 3 maps to 0, exactly as the
 /// reference's `dequantize_row_i2_s` table `{-1, 0, +1, 0}` does.
 pub(crate) const CODE_VALUE: [f32; 4] = [-1.0, 0.0, 1.0, 0.0];

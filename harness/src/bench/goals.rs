@@ -35,7 +35,7 @@ pub const GOAL_LAYERS: usize = 30;
 /// CPU flags (/proc/cpuinfo spelling) that make a CPU one "with VNNI".
 const VNNI_FLAGS: [&str; 2] = ["avx512_vnni", "avx_vnni"];
 /// QK256 kernels from slowest to fastest: the GEMV goal takes the last one a row has.
-const KERNEL_RANK: [&str; 3] = ["scalar", "avx2", "avx512vnni"];
+const KERNEL_RANK: [&str; 4] = ["scalar", "avx2", "avxvnni", "avx512vnni"];
 
 /// Which way a goal's bound goes.
 #[derive(Clone, Copy)]
@@ -399,7 +399,7 @@ fn gemv_goal(r: &BenchReport, rows: usize, cols: usize, t: usize) -> Goal {
         return goal(spec, Outcome { notes: vec![why], ..Outcome::default() });
     };
     let mut notes = Vec::new();
-    if has_vnni(r) && k.kernel != "avx512vnni" {
+    if has_vnni(r) && !k.kernel.ends_with("vnni") {
         notes.push(format!(
             "the CPU has VNNI and the best QK256 kernel the engine has for it is {}",
             k.kernel

@@ -29,6 +29,9 @@
 //! plane; the tile kernel's lanes less), so the lanes are folded into the (wrapping, like the
 //! scalar oracle) i32 totals every [`GROUP_CHUNKS`] chunks, long before one could overflow.
 //!
+//! The tile kernel and the helpers are the ones `vnni256.rs` writes once for this and the
+//! AVX-VNNI instruction set (`avxvnni.rs`).
+//!
 //! # Why 256-bit vectors
 //!
 //! The instructions are the EVEX (AVX-512 VL) forms on 256-bit registers, which also give
@@ -44,9 +47,9 @@ use std::arch::x86_64::*;
 
 use super::avx2::{Avx2Token, PREFETCH_BYTES};
 
-/// Chunks accumulated in i32 lanes before they are folded into the totals:
-/// 4096 · 98304 ≈ 4.0·10⁸ < 2³¹, so no lane (nor the sum of two) overflows within a group.
-pub(crate) const GROUP_CHUNKS: usize = 4096;
+use super::vnni256::{vnni256_kernels, GROUP_CHUNKS};
+
+vnni256_kernels!("avx512f,avx512bw,avx512vl,avx512vnni", _mm256_dpbusd_epi32);
 
 /// Proof that this CPU has AVX-512 F/BW/VL/VNNI, and AVX2 and FMA (for activation
 /// quantization): only [`detect`](Self::detect) creates one.
@@ -211,108 +214,96 @@ unsafe fn rows_kernel<const R: usize>(w: [*const u8; R], q: *const i8, chunks: u
     sums
 }
 
-/// `R` rows × `C` columns, a register tile: per chunk, the `R` weight loads and the code
-/// extraction are shared by the `C` columns and each activation load by the `R` rows, so the
-/// loop is bound by `vpdpbusd` rather than by loads. Codes are extracted plainly (three
-/// shifts, four masks), one accumulator per row and column.
-///
-/// # Safety
-/// AVX-512 VL/VNNI must be available; each `w[r]` must be valid for `32 · chunks` bytes and
-/// each `q[c]` for `128 · chunks` bytes.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_kernel<const R: usize, const C: usize>(
-    w: [*const u8; R],
-    q: [*const i8; C],
-    chunks: usize,
-) -> [[i32; C]; R] {
-    let m3 = _mm256_set1_epi8(3);
-    let mut sums = [[0i32; C]; R];
-    let mut start = 0;
-    while start < chunks {
-        let end = (start + GROUP_CHUNKS).min(chunks);
-        let mut acc = [[_mm256_setzero_si256(); C]; R];
-        for ch in start..end {
-            // SAFETY: the 32 weight bytes at 32·ch of every row are in bounds (caller contract).
-            let wv: [__m256i; R] =
-                std::array::from_fn(|r| unsafe { _mm256_loadu_si256(w[r].add(32 * ch) as *const __m256i) });
-            for k in 0..4 {
-                // SAFETY: ch < chunks and k < 4: the 32 activations at 128·ch + 32·k of every
-                // column are in bounds (caller contract).
-                let a: [__m256i; C] = std::array::from_fn(|c| unsafe {
-                    _mm256_loadu_si256(q[c].add(128 * ch + 32 * k) as *const __m256i)
-                });
-                for r in 0..R {
-                    let codes = match k {
-                        0 => _mm256_and_si256(_mm256_srli_epi16::<6>(wv[r]), m3),
-                        1 => _mm256_and_si256(_mm256_srli_epi16::<4>(wv[r]), m3),
-                        2 => _mm256_and_si256(_mm256_srli_epi16::<2>(wv[r]), m3),
-                        _ => _mm256_and_si256(wv[r], m3),
-                    };
-                    for c in 0..C {
-                        acc[r][c] = _mm256_dpbusd_epi32(acc[r][c], codes, a[c]);
-                    }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::layout::X86_GROUP_BYTES;
+    use crate::quant::scalar::grouped_dot;
+
+    /// Bytes of a small xorshift stream (any code, 3 included).
+    fn bytes(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// The GEMV kernels of AVX-VNNI (`avxvnni.rs`) are the source `vnni256.rs` writes once;
+    /// compiled here with the AVX-512 VL `vpdpbusd` (same operation), they equal the scalar
+    /// oracle: random codes and activations, every code 3 against −128 and 127, rows that end a
+    /// group early, exactly and late, and stretches of several rows. So the AVX-VNNI kernel's
+    /// logic is tested on a CPU without AVX-VNNI; where it runs, `tests/quant_kernels.rs`
+    /// tests the kernel itself.
+    #[test]
+    fn the_avxvnni_rows_source_equals_the_oracle() {
+        if VnniToken::detect().is_none() {
+            eprintln!("no AVX-512 VNNI here: the AVX-VNNI source is tested where either runs");
+            return;
+        }
+        for (case, chunks) in [1usize, 2, 5, 20, 54, 4095, 4096, 4097].into_iter().enumerate() {
+            let cols = 128 * chunks;
+            let rows = 2;
+            let random = bytes(case as u64 + 1, 4 * rows * cols / 4);
+            let q_random: Vec<i8> = bytes(case as u64 + 99, cols).into_iter().map(|b| b as i8).collect();
+            let ones = vec![0xffu8; 4 * rows * cols / 4];
+            for (w, q) in
+                [(&random, q_random.clone()), (&ones, vec![-128i8; cols]), (&ones, vec![127i8; cols])]
+            {
+                let row = |k: usize| &w[k * cols / 4..(k + 1) * cols / 4];
+                let want: Vec<i32> =
+                    (0..4 * rows).map(|k| grouped_dot::<X86_GROUP_BYTES>(row(k), &q)).collect();
+                // SAFETY: the CPU has AVX-512 VNNI (checked above); every row holds cols/4 bytes
+                // and q holds cols = 128·chunks values.
+                let one = unsafe { rows2_kernel::<1>([row(0).as_ptr()], q.as_ptr(), chunks) };
+                assert_eq!(one[0], want[0], "chunks {chunks}");
+                // SAFETY: as above.
+                let four =
+                    unsafe { rows2_kernel::<4>([0, 3, 5, 6].map(|k| row(k).as_ptr()), q.as_ptr(), chunks) };
+                assert_eq!(four, [0, 3, 5, 6].map(|k| want[k]), "chunks {chunks}");
+                let mut got = vec![0i32; 4 * rows];
+                let stretches: [*const u8; 4] = std::array::from_fn(|s| row(s * rows).as_ptr());
+                // SAFETY: as above; each stretch holds `rows` rows.
+                unsafe {
+                    stretches2_kernel::<4>(stretches, rows, q.as_ptr(), chunks, &mut |i, sums| {
+                        for (s, d) in sums.into_iter().enumerate() {
+                            got[s * rows + i] = d;
+                        }
+                    })
+                };
+                assert_eq!(got, want, "chunks {chunks}, stretches");
+            }
+        }
+    }
+
+    /// The tile kernel (shared with AVX-VNNI, which runs it 2 rows × 4 columns) equals the
+    /// oracle at that shape too, not only at the AVX-512 path's 4 × 4.
+    #[test]
+    fn the_avxvnni_tile_shape_equals_the_oracle() {
+        let Some(t) = VnniToken::detect() else {
+            eprintln!("no AVX-512 VNNI here: the AVX-VNNI source is tested where either runs");
+            return;
+        };
+        for chunks in [1usize, 3, 54] {
+            let cols = 128 * chunks;
+            let w = bytes(chunks as u64, 2 * cols / 4);
+            let qs: Vec<Vec<i8>> =
+                (0..4).map(|c| bytes(100 + c, cols).into_iter().map(|b| b as i8).collect()).collect();
+            let rows = [&w[..cols / 4], &w[cols / 4..]];
+            let got = qk256_dots_tile::<2, 4>(t, rows, std::array::from_fn(|c| qs[c].as_slice()));
+            for (r, row) in rows.iter().enumerate() {
+                for (c, q) in qs.iter().enumerate() {
+                    assert_eq!(
+                        got[r][c],
+                        grouped_dot::<X86_GROUP_BYTES>(row, q),
+                        "chunks {chunks} r {r} c {c}"
+                    );
                 }
             }
         }
-        for r in 0..R {
-            let mut c = 0;
-            while c + 4 <= C {
-                let s4 = hsum4_i32([acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]]);
-                for (k, s) in s4.into_iter().enumerate() {
-                    sums[r][c + k] = sums[r][c + k].wrapping_add(s);
-                }
-                c += 4;
-            }
-            for c in c..C {
-                sums[r][c] = sums[r][c].wrapping_add(hsum_i32(acc[r][c]));
-            }
-        }
-        start = end;
     }
-    sums
-}
-
-/// The sums of the eight i32 lanes of each of four vectors (wrapping), with three horizontal
-/// adds for all four instead of three shuffles and adds for each: the same integers (wrapping
-/// addition is associative and commutative).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-fn hsum4_i32(v: [__m256i; 4]) -> [i32; 4] {
-    // [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7], the same for c and d.
-    let ab = _mm256_hadd_epi32(v[0], v[1]);
-    let cd = _mm256_hadd_epi32(v[2], v[3]);
-    // [a0..3, b0..3, c0..3, d0..3 | a4..7, b4..7, c4..7, d4..7]
-    let abcd = _mm256_hadd_epi32(ab, cd);
-    let s = _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256::<1>(abcd));
-    [_mm_cvtsi128_si32(s), _mm_extract_epi32::<1>(s), _mm_extract_epi32::<2>(s), _mm_extract_epi32::<3>(s)]
-}
-
-/// Four unaligned 32-byte loads: one chunk's 128 activations.
-///
-/// # Safety
-/// `p` must be valid for 128 bytes.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn load_128_i8(p: *const i8) -> [__m256i; 4] {
-    let p = p as *const __m256i;
-    // SAFETY: 4 × 32 = 128 bytes at p (caller contract); unaligned loads.
-    unsafe {
-        [
-            _mm256_loadu_si256(p),
-            _mm256_loadu_si256(p.add(1)),
-            _mm256_loadu_si256(p.add(2)),
-            _mm256_loadu_si256(p.add(3)),
-        ]
-    }
-}
-
-/// The sum of the eight i32 lanes (wrapping).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-fn hsum_i32(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-    _mm_cvtsi128_si32(s)
 }

@@ -39,6 +39,9 @@ const MATMUL_COLS: usize = 4;
 /// tile of `MATMUL_TILE_ROWS × MATMUL_COLS` accumulators). Measured on a 128-token prefill:
 /// 2 × 8 as fast as 4 × 4, 4 × 8 and 1 × 8 slower (spills; codes extracted for one column).
 const MATMUL_TILE_ROWS: usize = 4;
+/// The same for the AVX-VNNI kernel, whose 16 registers hold 2 × 4 accumulators, the
+/// extracted codes of two rows and four activation runs (not measured: no AVX-VNNI CPU here).
+const AVXVNNI_TILE_ROWS: usize = 2;
 /// Rows per block in `matmul_rows`: 32 rows of 6912 columns are 55 KB of weights (in L2).
 /// (16 and 64 measured the same: the tile kernel is bound by `vpdpbusd`, not by the caches.)
 const MATMUL_BLOCK_ROWS: usize = 32;
@@ -82,6 +85,24 @@ impl TileDots<MATMUL_TILE_ROWS, MATMUL_COLS> for super::avx512vnni::VnniToken {
     }
 }
 
+/// AVX-VNNI: tiles of [`AVXVNNI_TILE_ROWS`] rows.
+#[cfg(target_arch = "x86_64")]
+impl TileDots<AVXVNNI_TILE_ROWS, MATMUL_COLS> for super::avxvnni::AvxVnniToken {
+    fn tile(
+        &self,
+        rows: [&[u8]; AVXVNNI_TILE_ROWS],
+        qs: [&[i8]; MATMUL_COLS],
+    ) -> [[i32; MATMUL_COLS]; AVXVNNI_TILE_ROWS] {
+        super::avxvnni::qk256_dots_tile(*self, rows, qs)
+    }
+    fn row_cols(&self, row: &[u8], qs: [&[i8]; MATMUL_COLS]) -> [i32; MATMUL_COLS] {
+        super::avxvnni::qk256_dots_tile(*self, [row], qs)[0]
+    }
+    fn dot1(&self, row: &[u8], q: &[i8]) -> i32 {
+        super::avxvnni::qk256_dots_tile(*self, [row], [q])[0][0]
+    }
+}
+
 /// AVX2: one row against the columns.
 #[cfg(target_arch = "x86_64")]
 impl TileDots<1, MATMUL_COLS> for super::avx2::Avx2Token {
@@ -111,6 +132,16 @@ impl RowDots for super::avx512vnni::VnniToken {
     }
     fn dot1(self, row: &[u8], q: &[i8]) -> i32 {
         super::avx512vnni::qk256_dots(self, [row], q)[0]
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowDots for super::avxvnni::AvxVnniToken {
+    fn stretches(self, stretches: [&[u8]; STREAMS], q: &[i8], emit: impl FnMut(usize, [i32; STREAMS])) {
+        super::avxvnni::qk256_dots_stretches(self, stretches, q, emit);
+    }
+    fn dot1(self, row: &[u8], q: &[i8]) -> i32 {
+        super::avxvnni::qk256_dots(self, [row], q)[0]
     }
 }
 
@@ -325,6 +356,11 @@ impl<'a> TernaryMatrix<'a> {
                     return;
                 }
                 #[cfg(target_arch = "x86_64")]
+                if let Some(t) = self.kernel.avxvnni_token() {
+                    self.stream_rows(t, start, rows.len(), q, emit);
+                    return;
+                }
+                #[cfg(target_arch = "x86_64")]
                 if let Some(t) = self.kernel.avx2_token() {
                     self.stream_rows(t, start, rows.len(), q, emit);
                     return;
@@ -472,6 +508,10 @@ impl<'a> TernaryMatrix<'a> {
         if let (I2sFlavor::X86Qk256, Scales::Tensor(w)) = (self.flavor, self.scales) {
             if let Some(t) = self.kernel.vnni_token() {
                 self.matmul_rows_blocked::<MATMUL_TILE_ROWS, MATMUL_COLS>(xs, rows, out, w, &t);
+                return;
+            }
+            if let Some(t) = self.kernel.avxvnni_token() {
+                self.matmul_rows_blocked::<AVXVNNI_TILE_ROWS, MATMUL_COLS>(xs, rows, out, w, &t);
                 return;
             }
             if let Some(t) = self.kernel.avx2_token() {

@@ -53,6 +53,8 @@ pub(crate) mod act;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512vnni;
+#[cfg(target_arch = "x86_64")]
+mod avxvnni;
 mod error;
 mod flavor;
 mod integrity;
@@ -61,6 +63,8 @@ pub(crate) mod layout;
 pub(crate) mod matrix;
 mod pack;
 mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod vnni256;
 
 pub(crate) use act::QuantizedActs;
 pub use error::QuantError;

@@ -29,8 +29,10 @@ fn many_prompts(dir: &Path) -> PathBuf {
     path
 }
 
-/// `harness run` on the default fixture with many prompts, in its own process group (like a
-/// job a shell starts), progress lines on stderr.
+/// `harness run` on the default fixture with many prompts, each continued for 64 tokens (so
+/// that a release build, whose progress lines come every 2 s, is still running when the test
+/// intervenes), in its own process group (like a job a shell starts), progress lines on
+/// stderr.
 fn start_long_run(dir: &Path, out: &Path) -> std::process::Child {
     let mut cmd = procs::harness();
     cmd.arg("run")
@@ -38,6 +40,8 @@ fn start_long_run(dir: &Path, out: &Path) -> std::process::Child {
         .arg(fixture())
         .arg("--prompts")
         .arg(many_prompts(dir))
+        .arg("--continue")
+        .arg("64")
         .arg("--out")
         .arg(out);
     cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -182,7 +182,7 @@ fn measure_positions(batch: &Batch, n_vocab: usize, range: std::ops::Range<usize
 /// Makes the calling thread the last to get a core (nice 19). PRIO_PROCESS with no id sets the
 /// calling thread's nice value on Linux (a per-thread attribute there); failing to lower it
 /// only costs speed.
-fn lower_priority() {
+pub(super) fn lower_priority() {
     let _ = rustix::process::setpriority_process(None, 19);
 }
 

@@ -38,6 +38,7 @@ pub use crate::inputs::{resolve_model, DEFAULT_FIXTURE_NAME};
 pub use crate::profile_choice::{parse_profile, ProfileChoice, ProfileSource};
 use crate::receipt::Receipt;
 use crate::report::term::Progress;
+use identity::ModelHash;
 pub use identity::{model_info, sha256_hex, tool_info};
 pub(crate) use mode::ModeChoice;
 pub use mode::RunMode;
@@ -274,23 +275,29 @@ pub(crate) fn run_receipt<'e>(
     let given_prompts = plan::given_prompts(args, &specs)?;
     let t0 = Instant::now();
     let model = ModelFile::read(src, args, &ui)?;
-    // Engines in other processes load the model while this one hashes it.
-    let starting = sides::start(&specs, &model, args, &interrupted, &ui)?;
-    let facts = record::ModelFacts::gather(&model, &ui);
-    let mut engines = sides::join(starting, given, &specs, &model, &facts, args, &ui)?;
-    engines.note_reading(t0.elapsed().as_secs_f64());
+    // The file's sha256 on a thread of its own, while the engines load and run.
+    let abandon_hash = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let model_hash = ModelHash::start(scope, model.file.as_bytes(), &abandon_hash);
+        // Engines in other processes load the model while this one checks it.
+        let starting = sides::start(&specs, &model, args, &interrupted, &ui)?;
+        let mut facts = record::ModelFacts::gather(&model, &ui);
+        let mut engines = sides::join(starting, given, &specs, &model, &model_hash, args, &ui)?;
+        engines.note_reading(t0.elapsed().as_secs_f64());
 
-    let mut plans = plan::plan_cases(args, &model, &mut engines, given_prompts, &ui)?;
-    plans.corpus = plan::corpus_agreement(&model, &mut engines, &ui)?;
-    engines.load_rust(&model, &plans, args, &ui)?;
+        let mut plans = plan::plan_cases(args, &model, &mut engines, given_prompts, &ui)?;
+        plans.corpus = plan::corpus_agreement(&model, &mut engines, &ui)?;
+        engines.load_rust(&model, &plans, args, &ui)?;
 
-    let mut outcome = evaluate::evaluate(&mut engines, &plans.cases, &model, args, &interrupted, &ui)?;
-    outcome.trace = tracing::trace(args, &model, &mut engines, &outcome, &ui)?;
-    let receipt = record::receipt(args, &model, &facts, &engines, &mut plans, &mut outcome, wall);
-    record::save_reference(outcome.saver.take(), &receipt, &model, &outcome, &ui)?;
-    record::write_and_show(&receipt, out.as_deref(), args, &ui)?;
-    engines.shutdown();
-    Ok(receipt)
+        let mut outcome = evaluate::evaluate(&mut engines, &plans.cases, &model, args, &interrupted, &ui)?;
+        outcome.trace = tracing::trace(args, &model, &mut engines, &outcome, &ui)?;
+        facts.info.sha256 = model_hash.get().to_string();
+        let receipt = record::receipt(args, &model, &facts, &engines, &mut plans, &mut outcome, wall);
+        record::save_reference(outcome.saver.take(), &receipt, &model, &outcome, &ui)?;
+        record::write_and_show(&receipt, out.as_deref(), args, &ui)?;
+        engines.shutdown();
+        Ok(receipt)
+    })
 }
 
 fn default_receipt_path(label: &str) -> PathBuf {

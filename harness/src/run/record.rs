@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::evaluate::Outcome;
-use super::identity::{model_info, tool_info};
+use super::identity::{model_info_unhashed, tool_info};
 use super::plan::Plans;
 use super::sides::Engines;
 use super::{table, verdict, ModelFile, RunArgs};
@@ -26,8 +26,10 @@ pub(super) struct ModelFacts {
 }
 
 impl ModelFacts {
+    /// Everything but the file's sha256 (`info.sha256` is empty: [`ModelHash`] computes it
+    /// meanwhile (`identity::ModelHash`); the run fills it in before the receipt).
     pub fn gather(model: &ModelFile, ui: &Progress) -> ModelFacts {
-        let info = model_info(&model.file, &model.label);
+        let info = model_info_unhashed(&model.file, &model.label);
         for p in &info.integrity_problems {
             ui.say(&format!("warning: {}: {}", p.tensor, p.problem));
         }

@@ -12,8 +12,8 @@ use bitnet_cpp::worker::LibraryChoice;
 use bitnet_cpp::ContextParams;
 use bitnet_engine::model::{Model, ModelOptions};
 
+use super::identity::ModelHash;
 use super::plan::Plans;
-use super::record::ModelFacts;
 use super::RunMode;
 use super::{model_failure, ModeChoice, ModelFile, RunArgs};
 use crate::engine::cpp::{library_choice, CppSide};
@@ -192,7 +192,7 @@ pub(super) fn join<'f>(
     given: Option<Box<dyn Engine + 'f>>,
     specs: &Specs,
     model: &'f ModelFile,
-    facts: &ModelFacts,
+    model_hash: &ModelHash<'_>,
     args: &RunArgs,
     ui: &Progress,
 ) -> Result<Engines<'f>, Failure> {
@@ -203,7 +203,7 @@ pub(super) fn join<'f>(
             Start::Rust => (Side::RustPending, 0.0),
             Start::Given => (Side::Ready(given.take().expect("a given engine for side A")), 0.0),
             Start::Saved(s) => {
-                check_saved(&s, &facts.info.sha256, model.config.n_vocab)?;
+                check_saved(&s, model_hash.get(), model.config.n_vocab)?;
                 check_saved_mode(&s, ModeChoice::from_args(args)?)?;
                 saved = Some((s.path().to_path_buf(), s.footer().clone()));
                 (Side::Ready(s), 0.0)

@@ -58,13 +58,10 @@ impl Avx2Token {
 /// If a row's byte length times 4 differs from `q.len()`, or `q.len()` is not a multiple of 128.
 #[inline]
 pub(crate) fn qk256_dots<const R: usize>(_t: Avx2Token, rows: [&[u8]; R], q: &[i8]) -> [i32; R] {
-    assert!(q.len().is_multiple_of(128), "QK256 row length must be a multiple of 128");
-    for r in &rows {
-        assert_eq!(r.len() * 4, q.len(), "QK256 weight row and activations differ in length");
-    }
+    let chunks = super::layout::qk256_row_chunks(&rows, q);
     // SAFETY: the token proves AVX2 is available; every row holds `q.len() / 4` bytes and `q`
     // holds `128 · (q.len() / 128)` values, which is all the kernel reads.
-    unsafe { rows_kernel::<R>(rows.map(|r| r.as_ptr()), q.as_ptr(), q.len() / 128) }
+    unsafe { rows_kernel::<R>(rows.map(|r| r.as_ptr()), q.as_ptr(), chunks) }
 }
 
 /// `emit(i, sums)` for every row `i` of `R` stretches of whole rows (`q.len() / 4` bytes
@@ -133,13 +130,10 @@ pub(crate) fn prefetch_l2(bytes: &[u8]) {
 /// multiple of 128.
 #[inline]
 pub(crate) fn qk256_dots_cols<const C: usize>(_t: Avx2Token, row: &[u8], qs: [&[i8]; C]) -> [i32; C] {
-    for q in &qs {
-        assert!(q.len() % 128 == 0, "QK256 row length must be a multiple of 128");
-        assert_eq!(row.len() * 4, q.len(), "QK256 weight row and activations differ in length");
-    }
+    let chunks = super::layout::qk256_tile_chunks(&[row], &qs);
     // SAFETY: the token proves AVX2 is available; the row holds `n / 4` bytes and every
     // column `n` values, n = 128 · chunks, which is all the kernel reads.
-    unsafe { cols_kernel::<C>(row.as_ptr(), qs.map(|q| q.as_ptr()), row.len() / 32) }
+    unsafe { cols_kernel::<C>(row.as_ptr(), qs.map(|q| q.as_ptr()), chunks) }
 }
 
 /// The rows kernel over `rows` rows of each of `R` stretches, row by row.

@@ -79,13 +79,10 @@ impl VnniToken {
 /// If a row's byte length times 4 differs from `q.len()`, or `q.len()` is not a multiple of 128.
 #[inline]
 pub(crate) fn qk256_dots<const R: usize>(_t: VnniToken, rows: [&[u8]; R], q: &[i8]) -> [i32; R] {
-    assert!(q.len().is_multiple_of(128), "QK256 row length must be a multiple of 128");
-    for r in &rows {
-        assert_eq!(r.len() * 4, q.len(), "QK256 weight row and activations differ in length");
-    }
+    let chunks = super::layout::qk256_row_chunks(&rows, q);
     // SAFETY: the token proves AVX-512 F/BW/VL/VNNI are available; every row holds `q.len() / 4`
     // bytes and `q` holds `128 · (q.len() / 128)` values, which is all the kernel reads.
-    unsafe { rows_kernel::<R>(rows.map(|r| r.as_ptr()), q.as_ptr(), q.len() / 128) }
+    unsafe { rows_kernel::<R>(rows.map(|r| r.as_ptr()), q.as_ptr(), chunks) }
 }
 
 /// `emit(i, sums)` for every row `i` of `R` stretches of whole rows (`q.len() / 4` bytes
@@ -123,17 +120,10 @@ pub(crate) fn qk256_dots_tile<const R: usize, const C: usize>(
     rows: [&[u8]; R],
     qs: [&[i8]; C],
 ) -> [[i32; C]; R] {
-    let n = rows.first().map_or(0, |r| r.len() * 4);
-    for r in &rows {
-        assert_eq!(r.len() * 4, n, "QK256 weight rows differ in length");
-    }
-    for q in &qs {
-        assert!(q.len().is_multiple_of(128), "QK256 row length must be a multiple of 128");
-        assert_eq!(q.len(), n, "QK256 weight row and activations differ in length");
-    }
+    let chunks = super::layout::qk256_tile_chunks(&rows, &qs);
     // SAFETY: the token proves AVX-512 VL/VNNI are available; every row holds `n / 4` bytes
     // and every column `n` values, n = 128 · chunks, which is all the kernel reads.
-    unsafe { tile_kernel::<R, C>(rows.map(|r| r.as_ptr()), qs.map(|q| q.as_ptr()), n / 128) }
+    unsafe { tile_kernel::<R, C>(rows.map(|r| r.as_ptr()), qs.map(|q| q.as_ptr()), chunks) }
 }
 
 /// The rows kernel over `rows` rows of each of `R` stretches, row by row.

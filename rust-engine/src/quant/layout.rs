@@ -24,6 +24,36 @@ pub(crate) const BITNET32_F16_BLOCK_BYTES: usize = 10;
 /// Bytes after the codes of an x86/ARM I2_S tensor: one f32 scale plus 28 bytes of padding.
 pub(crate) const I2S_TAIL_BYTES: usize = 32;
 
+/// The chunks (128 codes each) of the x86 I2_S rows a SIMD rows kernel multiplies with the
+/// activations `q`.
+///
+/// # Panics
+/// If `q.len()` is not a multiple of 128, or a row's byte length times 4 differs from it.
+pub(crate) fn qk256_row_chunks(rows: &[&[u8]], q: &[i8]) -> usize {
+    assert!(q.len().is_multiple_of(4 * X86_GROUP_BYTES), "QK256 row length must be a multiple of 128");
+    for r in rows {
+        assert_eq!(r.len() * 4, q.len(), "QK256 weight row and activations differ in length");
+    }
+    q.len() / (4 * X86_GROUP_BYTES)
+}
+
+/// The chunks of the x86 I2_S rows a SIMD tile kernel multiplies with every column of `qs`.
+///
+/// # Panics
+/// If the rows differ in length, or a column's length is not a multiple of 128 or differs from
+/// a row's byte length times 4.
+pub(crate) fn qk256_tile_chunks(rows: &[&[u8]], qs: &[&[i8]]) -> usize {
+    let n = rows.first().map_or(0, |r| r.len() * 4);
+    for r in rows {
+        assert_eq!(r.len() * 4, n, "QK256 weight rows differ in length");
+    }
+    for q in qs {
+        assert!(q.len().is_multiple_of(4 * X86_GROUP_BYTES), "QK256 row length must be a multiple of 128");
+        assert_eq!(q.len(), n, "QK256 weight row and activations differ in length");
+    }
+    n / (4 * X86_GROUP_BYTES)
+}
+
 /// The rows in each of the equal stretches of whole x86 I2_S rows a SIMD rows kernel is given
 /// with the activations `q` (a row holds `q.len() / 4` bytes).
 ///
